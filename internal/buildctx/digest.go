@@ -1,0 +1,157 @@
+package buildctx
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+)
+
+// ErrOutsideContext is returned by Digest for a path that climbs above the
+// context root.
+var ErrOutsideContext = errors.New("path is outside the build context")
+
+// digestVersion is mixed into every digest so a change of the record format
+// below changes every digest instead of silently colliding with old ones.
+const digestVersion = "kiln-buildctx-digest-v1"
+
+// entry is one file system object selected by Digest.
+type entry struct {
+	rel    string // slash-separated, root-relative
+	abs    string
+	mode   fs.FileMode
+	uid    uint32
+	gid    uint32
+	target string // symlink target
+	sum    string // hex sha256 of regular file bytes
+}
+
+// Digest returns a content digest of everything beneath the root-relative
+// paths rels (each a file or directory; excluded paths are skipped): path,
+// mode, uid/gid, symlink target and the bytes of each file, never mtimes.
+// The digest does not depend on the order of rels or on walk order. Regular
+// files are hashed in parallel.
+//
+// A named path that is a symlink is recorded as a symlink (its target is part
+// of the digest) and not followed; COPY's resolution of it is scoped to the
+// context, so the target string pins what it resolves to unless a file the
+// link names changes, which is also walked when it lies beneath rels.
+func (c *Context) Digest(ctx context.Context, rels []string) (digest.Digest, error) {
+	seen := map[string]bool{}
+	var entries []*entry
+	for _, r := range rels {
+		rel := path.Clean("/" + filepath.ToSlash(r))[1:]
+		if strings.HasPrefix(path.Clean(filepath.ToSlash(r)), "../") || path.Clean(filepath.ToSlash(r)) == ".." {
+			return "", fmt.Errorf("%w: %s", ErrOutsideContext, r)
+		}
+		start, err := securejoin.SecureJoin(c.root, filepath.Dir(filepath.FromSlash(rel)))
+		if err != nil {
+			return "", fmt.Errorf("digest %s: %w", r, err)
+		}
+		if rel != "" {
+			start = filepath.Join(start, path.Base(rel))
+		}
+		err = filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			sub, err := filepath.Rel(start, p)
+			if err != nil {
+				return err
+			}
+			erel := path.Join(rel, filepath.ToSlash(sub))
+			if erel == "." {
+				erel = ""
+			}
+			if erel != "" && c.Excluded(erel, d.IsDir()) {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if seen[erel] {
+				return nil
+			}
+			seen[erel] = true
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			e := &entry{rel: erel, abs: p, mode: fi.Mode()}
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				e.uid, e.gid = st.Uid, st.Gid
+			}
+			if fi.Mode()&fs.ModeSymlink != 0 {
+				if e.target, err = os.Readlink(p); err != nil {
+					return err
+				}
+			}
+			entries = append(entries, e)
+			return nil
+		})
+		if err != nil {
+			return "", fmt.Errorf("digest %s: %w", r, err)
+		}
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].rel < entries[j].rel })
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0) * 2)
+	for _, e := range entries {
+		if !e.mode.IsRegular() {
+			continue
+		}
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
+			sum, err := hashFile(e.abs)
+			if err != nil {
+				return fmt.Errorf("digest %s: %w", e.rel, err)
+			}
+			e.sum = sum
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return "", err
+	}
+
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00", digestVersion)
+	for _, e := range entries {
+		// NUL separates fields: it cannot occur in a path or a link target.
+		fmt.Fprintf(h, "%s\x00%o\x00%d\x00%d\x00%s\x00%s\x00", e.rel, uint32(e.mode), e.uid, e.gid, e.target, e.sum)
+	}
+	return digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)), nil
+}
+
+func hashFile(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
