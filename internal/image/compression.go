@@ -1,0 +1,58 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Compression names the algorithm a layer blob is compressed with.
+type Compression string
+
+// The compressions kiln writes; the names are those of buildx's
+// --output compression=... option.
+const (
+	Gzip         Compression = "gzip"
+	Zstd         Compression = "zstd"
+	Uncompressed Compression = "uncompressed"
+)
+
+// ErrUnknownCompression is returned for a compression name kiln cannot write.
+var ErrUnknownCompression = errors.New("unknown compression")
+
+// ParseCompression parses a user-supplied compression name; "" means gzip,
+// BuildKit's default.
+func ParseCompression(s string) (Compression, error) {
+	switch c := Compression(strings.ToLower(strings.TrimSpace(s))); c {
+	case "":
+		return Gzip, nil
+	case Gzip, Zstd, Uncompressed:
+		return c, nil
+	default:
+		return "", fmt.Errorf("%w %q (want gzip, zstd or uncompressed)", ErrUnknownCompression, s)
+	}
+}
+
+// mediaType is the layer media type for c in the chosen family. zstd exists
+// only as an OCI media type, so, like BuildKit, it is used in Docker
+// manifests too.
+func (c Compression) mediaType(oci bool) (types.MediaType, error) {
+	switch c {
+	case Gzip, "":
+		if oci {
+			return types.OCILayer, nil
+		}
+		return types.DockerLayer, nil
+	case Zstd:
+		return types.OCILayerZStd, nil
+	case Uncompressed:
+		if oci {
+			return types.OCIUncompressedLayer, nil
+		}
+		return types.DockerUncompressedLayer, nil
+	default:
+		return "", fmt.Errorf("%w %q", ErrUnknownCompression, string(c))
+	}
+}

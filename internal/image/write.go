@@ -1,0 +1,360 @@
+package image
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
+)
+
+// LayerOptions say how a layer blob is encoded and where it is written.
+type LayerOptions struct {
+	Compression Compression // "" means gzip
+	Level       int         // 0 = library default
+	// OCI selects OCI layer media types; otherwise Docker schema2 ones
+	// (zstd is always the OCI type, as in BuildKit).
+	OCI bool
+	// Epoch is SOURCE_DATE_EPOCH: every entry's mtime is clamped to at most
+	// this, and whiteouts get exactly this mtime.
+	Epoch *time.Time
+	// Dir receives the blob file; the caller owns and removes it. "" means
+	// os.TempDir().
+	Dir string
+}
+
+// Changes says what a step changed, relative to the root directory
+// (slash-separated paths, no leading slash).
+type Changes struct {
+	// Paths are created or modified paths, written from root. A directory
+	// listed here is written as one entry; its children only if listed too.
+	Paths []string
+	// Deleted paths are written as OCI whiteouts ".wh.<name>".
+	Deleted []string
+	// Opaque directories hide all lower contents: "<dir>/.wh..wh..opq".
+	Opaque []string
+}
+
+const (
+	whiteoutPrefix = ".wh."
+	whiteoutOpaque = ".wh..wh..opq"
+)
+
+// ErrUnsafePath is returned for a change path that is absolute after
+// cleaning or climbs out of the root with "..".
+var ErrUnsafePath = errors.New("unsafe path")
+
+// entry kinds in a layer plan
+type entryKind int
+
+const (
+	fromRoot entryKind = iota // file, dir, ... read from root
+	whiteout                  // ".wh.<name>" for a deleted path
+	opaque                    // "<dir>/.wh..wh..opq"
+)
+
+// WriteLayer writes a deterministic tar of ch read from root, compresses it
+// and stores it in a file in opts.Dir named after its digest.
+//
+// Entries are sorted by path; every parent directory of a listed path is
+// written first with its metadata from root, as BuildKit's diff does, so the
+// layer extracts the same on any lower filesystem. Owners are numeric, times
+// are mtime only (truncated to seconds, clamped to opts.Epoch), and a file
+// with several names inside the layer is written once and then as hardlinks.
+// Extended attributes are not written.
+func WriteLayer(ctx context.Context, root string, ch Changes, opts LayerOptions) (*Layer, error) {
+	mt, err := opts.Compression.mediaType(opts.OCI)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := planEntries(ch)
+	if err != nil {
+		return nil, err
+	}
+	dir := opts.Dir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	f, err := os.CreateTemp(dir, "layer-*.tmp")
+	if err != nil {
+		return nil, fmt.Errorf("create layer blob: %w", err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+
+	// tar → diffID hash + compressor → digest hash + counter + file
+	digester := sha256.New()
+	counter := &countWriter{}
+	buf := bufio.NewWriterSize(io.MultiWriter(f, digester, counter), 1<<20)
+	comp, err := newCompressor(buf, opts.Compression, opts.Level)
+	if err != nil {
+		return nil, err
+	}
+	differ := sha256.New()
+	tw := tar.NewWriter(io.MultiWriter(differ, comp))
+
+	lw := &layerWriter{root: root, tw: tw, epoch: opts.Epoch, links: map[fileID]string{}}
+	for _, e := range plan {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("write layer: %w", err)
+		}
+		if err := lw.write(e); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("finish layer tar: %w", err)
+	}
+	if err := comp.Close(); err != nil {
+		return nil, fmt.Errorf("finish layer compression: %w", err)
+	}
+	if err := buf.Flush(); err != nil {
+		return nil, fmt.Errorf("write layer blob: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		return nil, fmt.Errorf("sync layer blob: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("close layer blob: %w", err)
+	}
+	digest := hashOf(digester)
+	final := filepath.Join(dir, "sha256-"+digest.Hex)
+	if err := os.Rename(tmp, final); err != nil {
+		return nil, fmt.Errorf("store layer blob: %w", err)
+	}
+	ok = true
+	return &Layer{
+		path:        final,
+		digest:      digest,
+		diffID:      hashOf(differ),
+		size:        counter.n,
+		mediaType:   mt,
+		compression: opts.Compression,
+		empty:       len(plan) == 0,
+	}, nil
+}
+
+type planned struct {
+	name string // tar name without trailing slash
+	kind entryKind
+}
+
+// planEntries expands ch into the sorted list of tar entries: the listed
+// paths, their parents, whiteouts and opaque markers. Sorting the full
+// slash-separated names puts every directory before its contents.
+func planEntries(ch Changes) ([]planned, error) {
+	kinds := map[string]entryKind{}
+	addParents := func(p string) {
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
+			if _, ok := kinds[d]; !ok {
+				kinds[d] = fromRoot
+			}
+		}
+	}
+	for _, p := range ch.Paths {
+		c, err := cleanRel(p)
+		if err != nil {
+			return nil, err
+		}
+		if c == "." {
+			continue // the root itself is never a layer entry
+		}
+		kinds[c] = fromRoot
+		addParents(c)
+	}
+	for _, p := range ch.Deleted {
+		c, err := cleanRel(p)
+		if err != nil {
+			return nil, err
+		}
+		if c == "." {
+			return nil, fmt.Errorf("delete root: %w", ErrUnsafePath)
+		}
+		kinds[path.Join(path.Dir(c), whiteoutPrefix+path.Base(c))] = whiteout
+		addParents(c)
+	}
+	for _, p := range ch.Opaque {
+		c, err := cleanRel(p)
+		if err != nil {
+			return nil, err
+		}
+		if c != "." {
+			kinds[c] = fromRoot
+			addParents(c)
+		}
+		kinds[path.Join(c, whiteoutOpaque)] = opaque
+	}
+	plan := make([]planned, 0, len(kinds))
+	for n, k := range kinds {
+		plan = append(plan, planned{name: n, kind: k})
+	}
+	sort.Slice(plan, func(i, j int) bool { return plan[i].name < plan[j].name })
+	return plan, nil
+}
+
+// cleanRel cleans a change path to a relative slash path, refusing any that
+// would leave the root.
+func cleanRel(p string) (string, error) {
+	c := path.Clean(strings.TrimLeft(filepath.ToSlash(p), "/"))
+	if c == ".." || strings.HasPrefix(c, "../") {
+		return "", fmt.Errorf("change path %q: %w", p, ErrUnsafePath)
+	}
+	return c, nil
+}
+
+type fileID struct{ dev, ino uint64 }
+
+type layerWriter struct {
+	root  string
+	tw    *tar.Writer
+	epoch *time.Time
+	links map[fileID]string // first name written for a multiply-linked inode
+}
+
+func (w *layerWriter) clamp(t time.Time) time.Time {
+	// Truncate like containerd: without PAX sub-second records the tar
+	// package would round, and with them layers would differ by filesystem.
+	t = t.Truncate(time.Second)
+	if w.epoch != nil && t.After(*w.epoch) {
+		return w.epoch.Truncate(time.Second)
+	}
+	return t
+}
+
+func (w *layerWriter) write(e planned) error {
+	switch e.kind {
+	case whiteout, opaque:
+		mtime := time.Unix(0, 0)
+		if w.epoch != nil {
+			mtime = w.epoch.Truncate(time.Second)
+		}
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: e.name, ModTime: mtime, Format: tar.FormatPAX}
+		if err := w.tw.WriteHeader(hdr); err != nil {
+			return fmt.Errorf("write whiteout %s: %w", e.name, err)
+		}
+		return nil
+	}
+	full := filepath.Join(w.root, filepath.FromSlash(e.name))
+	fi, err := os.Lstat(full)
+	if err != nil {
+		return fmt.Errorf("layer entry %s: %w", e.name, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("layer entry %s: no stat data", e.name)
+	}
+	hdr := &tar.Header{
+		Name:    e.name,
+		Mode:    tarMode(fi.Mode()),
+		Uid:     int(st.Uid),
+		Gid:     int(st.Gid),
+		ModTime: w.clamp(fi.ModTime()),
+		Format:  tar.FormatPAX,
+	}
+	var content string
+	switch m := fi.Mode(); {
+	case m.IsDir():
+		hdr.Typeflag = tar.TypeDir
+		hdr.Name += "/"
+	case m.IsRegular():
+		hdr.Typeflag = tar.TypeReg
+		hdr.Size = fi.Size()
+		if st.Nlink > 1 {
+			id := fileID{uint64(st.Dev), st.Ino}
+			if first, seen := w.links[id]; seen {
+				hdr.Typeflag = tar.TypeLink
+				hdr.Linkname = first
+				hdr.Size = 0
+				break
+			}
+			w.links[id] = e.name
+		}
+		content = full
+	case m&os.ModeSymlink != 0:
+		target, err := os.Readlink(full)
+		if err != nil {
+			return fmt.Errorf("layer entry %s: %w", e.name, err)
+		}
+		hdr.Typeflag = tar.TypeSymlink
+		hdr.Linkname = target
+	case m&os.ModeNamedPipe != 0:
+		hdr.Typeflag = tar.TypeFifo
+	case m&os.ModeDevice != 0:
+		hdr.Typeflag = tar.TypeBlock
+		if m&os.ModeCharDevice != 0 {
+			hdr.Typeflag = tar.TypeChar
+		}
+		hdr.Devmajor = int64(unix.Major(uint64(st.Rdev)))
+		hdr.Devminor = int64(unix.Minor(uint64(st.Rdev)))
+	default:
+		// Sockets cannot be stored in a tar; Docker skips them too.
+		return nil
+	}
+	if err := w.tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("write layer entry %s: %w", e.name, err)
+	}
+	if content == "" {
+		return nil
+	}
+	return copyContent(w.tw, content, hdr.Size)
+}
+
+func copyContent(w io.Writer, name string, size int64) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("open layer file: %w", err)
+	}
+	defer f.Close()
+	n, err := io.Copy(w, io.LimitReader(f, size))
+	if err != nil {
+		return fmt.Errorf("copy %s into layer: %w", name, err)
+	}
+	if n != size {
+		return fmt.Errorf("copy %s into layer: file shrank from %d to %d bytes while writing", name, size, n)
+	}
+	return nil
+}
+
+// tarMode is the tar header mode: permission bits plus setuid, setgid and
+// sticky (the type lives in Typeflag).
+func tarMode(m os.FileMode) int64 {
+	mode := int64(m.Perm())
+	if m&os.ModeSetuid != 0 {
+		mode |= 0o4000
+	}
+	if m&os.ModeSetgid != 0 {
+		mode |= 0o2000
+	}
+	if m&os.ModeSticky != 0 {
+		mode |= 0o1000
+	}
+	return mode
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+func hashOf(h hash.Hash) v1.Hash {
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
+}
