@@ -1,0 +1,328 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+const registryBinary = "/usr/bin/docker-registry"
+
+// startRegistry runs the real distribution registry on a free loopback port
+// and returns its HOST:PORT. It is stopped when the test ends.
+func startRegistry(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat(registryBinary); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and %s is missing: %v", registryBinary, err)
+		}
+		t.Skipf("%s not installed: %v", registryBinary, err)
+	}
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+`, filepath.Join(dir, "data"), addr)
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(registryBinary, "serve", cfgPath)
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting registry: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry did not start: %v\n%s", err, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// counter counts requests by method and path kind, and can fail some.
+type counter struct {
+	mu      sync.Mutex
+	uploads int // POSTs starting a blob upload
+	puts    map[string]int
+	fail    func(*http.Request) bool
+}
+
+func (c *counter) RoundTrip(req *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	if req.Method == http.MethodPost && strings.Contains(req.URL.Path, "/blobs/uploads/") {
+		c.uploads++
+	}
+	if req.Method == http.MethodPut && strings.Contains(req.URL.Path, "/manifests/") {
+		if c.puts == nil {
+			c.puts = map[string]int{}
+		}
+		c.puts[req.URL.Path[strings.LastIndex(req.URL.Path, "/")+1:]]++
+	}
+	fail := c.fail
+	c.mu.Unlock()
+	if fail != nil && fail(req) {
+		return nil, errors.New("injected failure")
+	}
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+func mustRandom(t *testing.T, layers int64) v1.Image {
+	t.Helper()
+	img, err := random.Image(512, layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func TestPushTagsAndReadBack(t *testing.T) {
+	ctx := context.Background()
+	host := startRegistry(t)
+	img := mustRandom(t, 3)
+	want, _ := img.Digest()
+	tags := []string{host + "/app:v1", host + "/app:latest", host + "/other/app:v1"}
+	got, err := Push(ctx, img, tags, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("Push returned %s, want %s", got, want)
+	}
+	for _, tag := range tags {
+		back, err := Image(ctx, tag, v1.Platform{}, Options{})
+		if err != nil {
+			t.Fatalf("Image(%s): %v", tag, err)
+		}
+		if d, _ := back.Digest(); d != want {
+			t.Errorf("%s has digest %s, want %s", tag, d, want)
+		}
+	}
+}
+
+func TestPushSkipsExistingBlobs(t *testing.T) {
+	ctx := context.Background()
+	host := startRegistry(t)
+	base := mustRandom(t, 3)
+	extra, err := random.Layer(256, "application/vnd.docker.image.rootfs.diff.tar.gzip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := mutate.AppendLayers(base, extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name        string
+		img         v1.Image
+		wantUploads int
+	}{
+		{"first push uploads config and 3 layers", base, 4},
+		{"same image again uploads nothing", base, 0},
+		{"child uploads its new layer and config only", child, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &counter{}
+			if _, err := Push(ctx, tt.img, []string{host + "/app:" + strings.ReplaceAll(tt.name[:5], " ", "")}, Options{Transport: c}); err != nil {
+				t.Fatal(err)
+			}
+			if c.uploads != tt.wantUploads {
+				t.Errorf("blob uploads = %d, want %d", c.uploads, tt.wantUploads)
+			}
+		})
+	}
+}
+
+func TestPushFailureMovesNoTag(t *testing.T) {
+	ctx := context.Background()
+	host := startRegistry(t)
+	old := mustRandom(t, 1)
+	tag := host + "/app:v1"
+	oldDigest, err := Push(ctx, old, []string{tag}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &counter{fail: func(r *http.Request) bool {
+		return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/")
+	}}
+	if _, err := Push(ctx, mustRandom(t, 2), []string{tag, host + "/app:v2"}, Options{Transport: c}); err == nil {
+		t.Fatal("push with failing uploads succeeded")
+	}
+	if len(c.puts) != 0 {
+		t.Errorf("manifests were put despite failed blobs: %v", c.puts)
+	}
+	back, err := Image(ctx, tag, v1.Platform{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := back.Digest(); d != oldDigest {
+		t.Errorf("%s moved to %s after a failed push", tag, d)
+	}
+	if _, err := Image(ctx, host+"/app:v2", v1.Platform{}, Options{}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("v2 after failed push: err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestImageErrors(t *testing.T) {
+	ctx := context.Background()
+	host := startRegistry(t)
+	if _, err := Push(ctx, mustRandom(t, 1), []string{host + "/app:v1"}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	closed := freeAddr(t)
+	tests := []struct {
+		name     string
+		ref      string
+		wantIs   error
+		wantText string
+	}{
+		{"missing tag", host + "/app:nope", ErrNotFound, "nope"},
+		{"missing repository", host + "/nothing:v1", ErrNotFound, "nothing"},
+		{"closed port", closed + "/app:v1", ErrUnreachable, closed},
+		{"bad reference", "UPPER/Case:v1", nil, "parsing image reference"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			_, err := Image(ctx, tt.ref, v1.Platform{}, Options{})
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+				t.Errorf("err = %v, want errors.Is %v", err, tt.wantIs)
+			}
+			if !strings.Contains(err.Error(), tt.wantText) {
+				t.Errorf("err = %q, want it to mention %q", err, tt.wantText)
+			}
+			if time.Since(start) > 5*time.Second {
+				t.Errorf("took %v: permanent errors must not be retried", time.Since(start))
+			}
+		})
+	}
+}
+
+func TestImageResolvesIndexByPlatform(t *testing.T) {
+	ctx := context.Background()
+	host := startRegistry(t)
+	amd, arm := mustRandom(t, 1), mustRandom(t, 1)
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}},
+	)
+	o := Options{}
+	ref, err := o.Reference(host + "/multi:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref, idx, o.RemoteOptions(ctx)...); err != nil {
+		t.Fatal(err)
+	}
+	amdDigest, _ := amd.Digest()
+	armDigest, _ := arm.Digest()
+	tests := []struct {
+		platform v1.Platform
+		want     v1.Hash
+		wantErr  error
+	}{
+		{v1.Platform{OS: "linux", Architecture: "amd64"}, amdDigest, nil},
+		{v1.Platform{OS: "linux", Architecture: "arm64"}, armDigest, nil},
+		{v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, armDigest, nil},
+		{v1.Platform{OS: "linux", Architecture: "s390x"}, v1.Hash{}, ErrNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.platform.String(), func(t *testing.T) {
+			img, err := Image(ctx, host+"/multi:v1", tt.platform, o)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				if !strings.Contains(err.Error(), "linux/amd64") {
+					t.Errorf("error %q should list the platforms the index has", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d, _ := img.Digest(); d != tt.want {
+				t.Errorf("resolved %s, want %s", d, tt.want)
+			}
+		})
+	}
+}
+
+func TestReferenceScheme(t *testing.T) {
+	o := Options{Insecure: []string{"registry.corp:5000", "plain.example"}}
+	tests := []struct {
+		ref        string
+		wantScheme string
+	}{
+		{"localhost:5000/app", "http"},
+		{"127.0.0.5:5000/app:v1", "http"},
+		{"[::1]:5000/app", "http"},
+		{"registry.corp:5000/app", "http"},
+		{"registry.corp:6000/app", "https"},
+		{"plain.example:1234/app", "http"},
+		{"plain.example/app", "http"},
+		{"example.com/app", "https"},
+		{"app", "https"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.ref, func(t *testing.T) {
+			r, err := o.Reference(tt.ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := r.Context().Scheme(); got != tt.wantScheme {
+				t.Errorf("scheme = %s, want %s", got, tt.wantScheme)
+			}
+		})
+	}
+}

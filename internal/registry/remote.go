@@ -1,0 +1,194 @@
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// Image fetches the manifest of ref and returns the image; layers (and the
+// config) stay lazy and are downloaded only when read. An index is resolved
+// to the child matching platform (zero fields default to linux and the host
+// architecture). A single-platform image is returned whatever its platform,
+// as docker does.
+func Image(ctx context.Context, ref string, platform v1.Platform, o Options) (v1.Image, error) {
+	r, err := o.Reference(ref)
+	if err != nil {
+		return nil, err
+	}
+	platform = DefaultPlatform(platform)
+	desc, err := remote.Get(r, o.RemoteOptions(ctx)...)
+	if err != nil {
+		return nil, classify(r, err)
+	}
+	if !desc.MediaType.IsIndex() {
+		img, err := desc.Image()
+		if err != nil {
+			return nil, classify(r, err)
+		}
+		return img, nil
+	}
+	idx, err := desc.ImageIndex()
+	if err != nil {
+		return nil, classify(r, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, classify(r, err)
+	}
+	var have []string
+	for _, m := range im.Manifests {
+		if m.Platform == nil || !m.MediaType.IsImage() {
+			continue
+		}
+		if Matches(*m.Platform, platform) {
+			img, err := idx.Image(m.Digest)
+			if err != nil {
+				return nil, classify(r, err)
+			}
+			return img, nil
+		}
+		if m.Platform.OS != "unknown" {
+			have = append(have, m.Platform.String())
+		}
+	}
+	return nil, fmt.Errorf("%s: %w: no image for platform %s (index has %s)",
+		r, ErrNotFound, platform.String(), strings.Join(have, ", "))
+}
+
+// DefaultPlatform fills the zero fields of p: linux, and the architecture
+// kiln runs on.
+func DefaultPlatform(p v1.Platform) v1.Platform {
+	if p.OS == "" {
+		p.OS = "linux"
+	}
+	if p.Architecture == "" {
+		p.Architecture = runtime.GOARCH
+	}
+	return p
+}
+
+// Matches reports whether an index entry's platform have satisfies the
+// wanted platform: same OS and architecture, and the same variant when one
+// is wanted (arm64 without variant equals arm64/v8, as containerd treats it).
+func Matches(have, want v1.Platform) bool {
+	if have.OS != want.OS || have.Architecture != want.Architecture {
+		return false
+	}
+	if want.Variant == "" {
+		return true
+	}
+	hv, wv := have.Variant, want.Variant
+	if have.Architecture == "arm64" {
+		if hv == "" {
+			hv = "v8"
+		}
+		if wv == "" {
+			wv = "v8"
+		}
+	}
+	return hv == wv
+}
+
+// Push uploads img under every tag (full references such as
+// "127.0.0.1:5000/app:v1") and returns its manifest digest. Blobs upload
+// concurrently and blobs the registry already has are skipped. All blobs and
+// the manifest are first pushed by digest into every repository involved;
+// only then are tags pointed at it, so a failed upload moves no tag.
+func Push(ctx context.Context, img v1.Image, tags []string, o Options) (v1.Hash, error) {
+	digest, err := img.Digest()
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("computing image digest: %w", err)
+	}
+	if len(tags) == 0 {
+		return v1.Hash{}, errors.New("push: no image name given")
+	}
+	refs := make([]name.Reference, 0, len(tags))
+	var repos []name.Repository
+	seen := map[string]bool{}
+	for _, t := range tags {
+		r, err := o.Reference(t)
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		if d, ok := r.(name.Digest); ok && d.DigestStr() != digest.String() {
+			return v1.Hash{}, fmt.Errorf("push %s: image digest is %s", t, digest)
+		}
+		refs = append(refs, r)
+		if repo := r.Context(); !seen[repo.String()] {
+			seen[repo.String()] = true
+			repos = append(repos, repo)
+		}
+	}
+	pusher, err := remote.NewPusher(o.RemoteOptions(ctx)...)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push: %w", err)
+	}
+	for _, repo := range repos {
+		byDigest := repo.Digest(digest.String())
+		if err := pusher.Push(ctx, byDigest, img); err != nil {
+			return v1.Hash{}, fmt.Errorf("push %s: %w", repo, classify(byDigest, err))
+		}
+	}
+	for _, r := range refs {
+		if _, ok := r.(name.Digest); ok {
+			continue // already there
+		}
+		// Put sends only the manifest: the blobs are in place.
+		if err := pusher.Put(ctx, r, img); err != nil {
+			return v1.Hash{}, fmt.Errorf("tagging %s: %w", r, classify(r, err))
+		}
+	}
+	return digest, nil
+}
+
+// classify wraps err with ErrUnreachable or ErrNotFound when it is one, and
+// otherwise keeps the registry's diagnostic as it is.
+func classify(ref name.Reference, err error) error {
+	if err == nil {
+		return nil
+	}
+	host := ref.Context().RegistryStr()
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		if isNotFound(terr) {
+			return fmt.Errorf("%s: %w: %w", ref, ErrNotFound, err)
+		}
+		return fmt.Errorf("%s: %w", ref, err)
+	}
+	var uaErr x509.UnknownAuthorityError
+	var hdrErr tls.RecordHeaderError
+	if errors.As(err, &uaErr) || errors.As(err, &hdrErr) {
+		return fmt.Errorf("%s: %w (if %s is meant to be reached without TLS verification, name it with --insecure-registry)", ref, err, host)
+	}
+	var opErr *net.OpError
+	var dnsErr *net.DNSError
+	if (errors.As(err, &opErr) && opErr.Op == "dial") || errors.As(err, &dnsErr) {
+		return fmt.Errorf("%w: %s: %w", ErrUnreachable, host, err)
+	}
+	return fmt.Errorf("%s: %w", ref, err)
+}
+
+func isNotFound(e *transport.Error) bool {
+	if e.StatusCode == http.StatusNotFound {
+		return true
+	}
+	for _, d := range e.Errors {
+		switch d.Code {
+		case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
+			return true
+		}
+	}
+	return false
+}
