@@ -102,8 +102,8 @@ func applyLayer(tree map[string]Entry, l v1.Layer) error {
 		case base == whiteoutOpaque:
 			opaque = append(opaque, dir)
 			continue
-		case strings.HasPrefix(base, whiteoutMeta):
-			continue // other AUFS metadata (.wh..wh.plnk, ...) carries no files
+		case strings.HasPrefix(name, whiteoutMeta) || strings.Contains(name, "/"+whiteoutMeta):
+			continue // other AUFS metadata (.wh..wh.plnk/...) is not content
 		case strings.HasPrefix(base, whiteoutPrefix):
 			whiteout = append(whiteout, path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix)))
 			continue
