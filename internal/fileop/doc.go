@@ -1,0 +1,13 @@
+// Package fileop applies Dockerfile file operations — COPY, ADD, heredoc
+// files, WORKDIR's mkdir and --chown lookups — to a root filesystem directory
+// on disk, with BuildKit's semantics.
+//
+// Safety is the point of the package: every path written is resolved with
+// filepath-securejoin so symlinks inside the rootfs are followed but scoped
+// to it, sources are resolved inside their Tree the same way, and sources or
+// archive entries that climb out are refused with ErrOutsideContext.
+//
+// The functions return the rootfs-relative paths they created or modified so
+// the snapshotter can build a layer from exactly those paths when overlayfs
+// is not available.
+package fileop
