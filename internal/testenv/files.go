@@ -30,6 +30,7 @@ func WriteFiles(t testing.TB, dir string, files map[string]string) {
 		content := files[name]
 		if filepath.IsAbs(name) || !filepath.IsLocal(filepath.Clean(name)) {
 			t.Fatalf("testenv: WriteFiles: path %q must be relative and stay inside the directory", name)
+			return
 		}
 		p := filepath.Join(dir, filepath.FromSlash(name))
 		if strings.HasSuffix(name, "/") {

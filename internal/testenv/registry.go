@@ -79,7 +79,7 @@ func Registry(t testing.TB) string {
 // t.Cleanup; on failure it has already been stopped.
 func startRegistry(t testing.TB, bin, dir string, attempt int) (string, error) {
 	t.Helper()
-	port, err := freePort()
+	port, err := pickPort()
 	if err != nil {
 		return "", err
 	}
@@ -157,6 +157,9 @@ func startRegistry(t testing.TB, bin, dir string, attempt int) (string, error) {
 	})
 	return addr, nil
 }
+
+// pickPort is freePort; tests replace it to provoke a port collision.
+var pickPort = freePort
 
 // freePort asks the kernel for a free loopback port. The port is released
 // before the registry binds it, hence the retries in Registry.

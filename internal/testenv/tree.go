@@ -24,7 +24,8 @@ const (
 // Entry is one path of a merged image filesystem.
 type Entry struct {
 	// Type is the tar typeflag (tar.TypeReg, tar.TypeDir, tar.TypeSymlink,
-	// tar.TypeLink, ...). The legacy tar.TypeRegA is reported as TypeReg.
+	// tar.TypeLink, ...). archive/tar already reports the legacy TypeRegA
+	// as TypeReg.
 	Type byte
 	// Mode holds the permission bits plus setuid, setgid and sticky (07777).
 	Mode     int64
@@ -114,9 +115,6 @@ func applyLayer(tree map[string]Entry, l v1.Layer) error {
 			UID:      hdr.Uid,
 			GID:      hdr.Gid,
 			Linkname: hdr.Linkname,
-		}
-		if e.Type == tar.TypeRegA {
-			e.Type = tar.TypeReg
 		}
 		if e.Type == tar.TypeReg {
 			if e.Content, err = io.ReadAll(tr); err != nil {
