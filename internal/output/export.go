@@ -1,0 +1,139 @@
+package output
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kiln-build/kiln/internal/registry"
+)
+
+// Image is what a build produced and an output consumes.
+type Image struct {
+	Image v1.Image
+	// Tags are the -t values, as given.
+	Tags []string
+	// Rootfs writes the final root filesystem into dir (for type=local).
+	Rootfs func(ctx context.Context, dir string) error
+}
+
+// Env is the machine-wide context an export runs in.
+type Env struct {
+	Registry registry.Options
+	// StoreDir is kiln's local image store, an OCI layout, used by type
+	// "store" (the default when no output is given).
+	StoreDir string
+	// DockerHost is the engine for type=docker without dest; "" means
+	// $DOCKER_HOST or unix:///var/run/docker.sock.
+	DockerHost string
+}
+
+// Result describes what was exported.
+type Result struct {
+	Digest       v1.Hash // manifest digest
+	ConfigDigest v1.Hash
+	Size         int64 // manifest + config + layers, compressed
+	// Names are the image names the export used: pushed refs, RepoTags,
+	// index.json names, normalized as docker does.
+	Names []string
+}
+
+// ErrNoName is returned when an output needs an image name and neither -t
+// nor name= gave one.
+var ErrNoName = errors.New("no image name: give -t NAME or name=NAME")
+
+// Export writes img to spec and reports what it wrote.
+func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) {
+	if img.Image == nil && spec.Type != TypeLocal {
+		return Result{}, fmt.Errorf("export %s: no image", spec.Type)
+	}
+	names, err := NormalizeNames(append(append([]string(nil), img.Tags...), spec.Names...))
+	if err != nil {
+		return Result{}, fmt.Errorf("export %s: %w", spec.Type, err)
+	}
+	var res Result
+	if img.Image != nil {
+		if res, err = describe(img.Image); err != nil {
+			return Result{}, fmt.Errorf("export %s: %w", spec.Type, err)
+		}
+	}
+	res.Names = names
+
+	switch spec.Type {
+	case TypeRegistry:
+		if len(names) == 0 {
+			return Result{}, fmt.Errorf("export registry: %w", ErrNoName)
+		}
+		if _, err := registry.Push(ctx, img.Image, names, env.Registry); err != nil {
+			return Result{}, fmt.Errorf("export registry: %w", err)
+		}
+	case TypeOCI:
+		err = exportOCI(ctx, spec, img.Image, names)
+	case TypeDocker:
+		if spec.Dest == "" {
+			err = loadDocker(ctx, env.DockerHost, img.Image, names)
+		} else {
+			err = writeFileWith(spec.Dest, func(w io.Writer) error {
+				return writeDockerTar(w, img.Image, names)
+			})
+		}
+	case TypeLocal:
+		if img.Rootfs == nil {
+			return Result{}, errors.New("export local: the build has no root filesystem to write")
+		}
+		err = fillDir(spec.Dest, func(dir string) error { return img.Rootfs(ctx, dir) })
+	case TypeStore:
+		if env.StoreDir == "" {
+			return Result{}, errors.New("export store: no store directory configured")
+		}
+		err = writeLayoutDir(ctx, env.StoreDir, img.Image, names)
+	default:
+		return Result{}, fmt.Errorf("export: unknown output type %q", spec.Type)
+	}
+	if err != nil {
+		return Result{}, fmt.Errorf("export %s: %w", spec.Type, err)
+	}
+	return res, nil
+}
+
+// exportOCI writes an OCI layout tar, or a layout directory (merged into
+// an existing one, as BuildKit's content store does) with tar=false.
+func exportOCI(ctx context.Context, spec Spec, img v1.Image, names []string) error {
+	if spec.Tar {
+		return writeFileWith(spec.Dest, func(w io.Writer) error {
+			return writeLayoutTar(ctx, w, img, names)
+		})
+	}
+	if _, err := os.Stat(spec.Dest); err == nil {
+		return writeLayoutDir(ctx, spec.Dest, img, names)
+	}
+	return fillDir(filepath.Clean(spec.Dest), func(dir string) error {
+		return writeLayoutDir(ctx, dir, img, names)
+	})
+}
+
+// describe computes the digests and total compressed size of img.
+func describe(img v1.Image) (Result, error) {
+	d, err := img.Digest()
+	if err != nil {
+		return Result{}, fmt.Errorf("computing manifest digest: %w", err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return Result{}, fmt.Errorf("reading manifest: %w", err)
+	}
+	msize, err := img.Size()
+	if err != nil {
+		return Result{}, fmt.Errorf("computing manifest size: %w", err)
+	}
+	size := msize + m.Config.Size
+	for _, l := range m.Layers {
+		size += l.Size
+	}
+	return Result{Digest: d, ConfigDigest: m.Config.Digest, Size: size}, nil
+}
