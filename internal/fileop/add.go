@@ -207,7 +207,7 @@ func (c *copier) extract(ctx context.Context, tr *tar.Reader, dest string) error
 				return err
 			}
 			dirs = append(dirs, dirTime{lp, h.ModTime})
-		case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+		case tar.TypeReg, tar.TypeGNUSparse:
 			if err := c.w.writeFile(lp, tr, m); err != nil {
 				return err
 			}
@@ -345,4 +345,3 @@ func urlFileName(rawURL string, resp *http.Response) string {
 	}
 	return "__unnamed__"
 }
-

@@ -104,6 +104,13 @@ func (w *writer) mkdirAll(ctx context.Context, lp string, owner *Owner) error {
 		if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("mkdir /%s: %w", cur, err)
 		}
+		// cur may be a dangling symlink whose (scoped) target's parents are
+		// missing too: create those first, by their real location.
+		if parent, err := filepath.Rel(w.rootfs, filepath.Dir(abs)); err == nil && parent != "." && filepath.ToSlash(parent) != path.Dir(cur) {
+			if err := w.mkdirAll(ctx, filepath.ToSlash(parent), owner); err != nil {
+				return err
+			}
+		}
 		if err := os.Mkdir(abs, 0o755); err != nil {
 			return fmt.Errorf("mkdir /%s: %w", cur, err)
 		}

@@ -1,0 +1,329 @@
+package fileop
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/kiln-build/kiln/internal/buildctx"
+)
+
+func TestCopy(t *testing.T) {
+	requireRoot(t)
+	owned := spec{data: "owned", uid: 1000, gid: 1001}
+	ctxTree := map[string]spec{
+		"a.txt":             {data: "A"},
+		"b.txt":             {data: "B"},
+		"owned.txt":         owned,
+		"suid":              {data: "S", mode: 0o4755},
+		"src":               {dir: true, mode: 0o750},
+		"src/f":             {data: "F", mode: 0o600},
+		"src/sub":           {dir: true},
+		"src/sub/g":         {data: "G"},
+		"src/link":          {link: "f"},
+		"src/abs":           {link: "/etc/passwd"},
+		"src/x.log":         {data: "log"},
+		"ln-to-a":           {link: "a.txt"},
+		"ln-to-src":         {link: "src"},
+		"ln-out":            {link: "../../../../outside"},
+		"ln-abs":            {link: "/etc/hostname"},
+		"dir/nested/c.txt":  {data: "C"},
+		"dir/nested/d.json": {data: "D"},
+	}
+	tests := []struct {
+		name    string
+		rootfs  map[string]spec
+		op      Copy
+		want    map[string]*got
+		changed []string
+		wantErr error
+		errText string
+	}{
+		{
+			name:    "file renamed to dest",
+			op:      Copy{Sources: []string{"a.txt"}, Dest: "/app/x.txt"},
+			want:    map[string]*got{"app/x.txt": {data: "A", mode: 0o644}, "app": {dir: true, mode: 0o755}, "app/a.txt": nil},
+			changed: []string{"app", "app/x.txt"},
+		},
+		{
+			name: "file into dest ending with slash",
+			op:   Copy{Sources: []string{"a.txt"}, Dest: "/app/"},
+			want: map[string]*got{"app/a.txt": {data: "A", mode: 0o644}},
+		},
+		{
+			name:   "file into existing dir without slash",
+			rootfs: map[string]spec{"app": {dir: true}},
+			op:     Copy{Sources: []string{"a.txt"}, Dest: "/app"},
+			want:   map[string]*got{"app/a.txt": {data: "A", mode: 0o644}},
+		},
+		{
+			name: "dir copies its contents, keeps mode, symlinks stay symlinks",
+			op:   Copy{Sources: []string{"src"}, Dest: "/dst"},
+			want: map[string]*got{
+				"dst":       {dir: true, mode: 0o750},
+				"dst/src":   nil,
+				"dst/f":     {data: "F", mode: 0o600},
+				"dst/sub/g": {data: "G", mode: 0o644},
+				"dst/link":  {link: "f"},
+				"dst/abs":   {link: "/etc/passwd"},
+			},
+			changed: []string{"dst", "dst/abs", "dst/f", "dst/link", "dst/sub", "dst/sub/g", "dst/x.log"},
+		},
+		{
+			name: "context owner reset to 0:0",
+			op:   Copy{Sources: []string{"owned.txt"}, Dest: "/o"},
+			want: map[string]*got{"o": {data: "owned", mode: 0o644}},
+		},
+		{
+			name: "chown applies to files and created parents",
+			op:   Copy{Sources: []string{"src"}, Dest: "/p/q/", Chown: &Owner{UID: 7, GID: 8}},
+			want: map[string]*got{"p": {dir: true, mode: 0o755, uid: 7, gid: 8}, "p/q": {dir: true, mode: 0o750, uid: 7, gid: 8}, "p/q/f": {data: "F", mode: 0o600, uid: 7, gid: 8}},
+		},
+		{
+			name: "chmod applies to copied files and dirs, not created parents",
+			op:   Copy{Sources: []string{"src"}, Dest: "/p/q", Chmod: fmode(0o4711)},
+			want: map[string]*got{"p": {dir: true, mode: 0o755}, "p/q": {dir: true, mode: 0o4711}, "p/q/sub": {dir: true, mode: 0o4711}, "p/q/f": {data: "F", mode: 0o4711}, "p/q/link": {link: "f"}},
+		},
+		{
+			name: "setuid preserved",
+			op:   Copy{Sources: []string{"suid"}, Dest: "/bin/"},
+			want: map[string]*got{"bin/suid": {data: "S", mode: 0o4755}},
+		},
+		{
+			name: "source symlink is followed",
+			op:   Copy{Sources: []string{"ln-to-a"}, Dest: "/d/"},
+			want: map[string]*got{"d/ln-to-a": {data: "A", mode: 0o644}},
+		},
+		{
+			name: "source symlink to dir copies the dir's contents",
+			op:   Copy{Sources: []string{"ln-to-src"}, Dest: "/d"},
+			want: map[string]*got{"d/f": {data: "F", mode: 0o600}},
+		},
+		{
+			name: "glob with leading slash, several matches into dir",
+			op:   Copy{Sources: []string{"/*.txt"}, Dest: "/g/"},
+			want: map[string]*got{"g/a.txt": {data: "A", mode: 0o644}, "g/b.txt": {data: "B", mode: 0o644}, "g/owned.txt": {data: "owned", mode: 0o644}},
+		},
+		{
+			name: "glob through directories",
+			op:   Copy{Sources: []string{"dir/*/*.txt"}, Dest: "/g/"},
+			want: map[string]*got{"g/c.txt": {data: "C", mode: 0o644}, "g/d.json": nil},
+		},
+		{
+			name:    "several sources need trailing slash",
+			op:      Copy{Sources: []string{"a.txt", "b.txt"}, Dest: "/g"},
+			wantErr: ErrDestNotDir,
+		},
+		{
+			name:    "glob with several matches needs trailing slash",
+			op:      Copy{Sources: []string{"*.txt"}, Dest: "/g"},
+			wantErr: ErrDestNotDir,
+		},
+		{
+			name: "glob with one match renames",
+			op:   Copy{Sources: []string{"a.t?t"}, Dest: "/g"},
+			want: map[string]*got{"g": {data: "A", mode: 0o644}},
+		},
+		{
+			name:    "glob matching nothing",
+			op:      Copy{Sources: []string{"*.nope"}, Dest: "/g/"},
+			wantErr: ErrNotFound,
+		},
+		{
+			name:    "missing source",
+			op:      Copy{Sources: []string{"nope"}, Dest: "/g/"},
+			wantErr: ErrNotFound,
+		},
+		{
+			name: "overwrite file, merge dir",
+			rootfs: map[string]spec{
+				"dst":       {dir: true},
+				"dst/f":     {data: "old"},
+				"dst/keep":  {data: "kept"},
+				"dst/link":  {data: "was a file"},
+				"dst/sub/h": {data: "H"},
+			},
+			op: Copy{Sources: []string{"src"}, Dest: "/dst"},
+			want: map[string]*got{
+				"dst/f":     {data: "F", mode: 0o600},
+				"dst/keep":  {data: "kept", mode: 0o644},
+				"dst/link":  {link: "f"},
+				"dst/sub/h": {data: "H", mode: 0o644},
+				"dst/sub/g": {data: "G", mode: 0o644},
+			},
+		},
+		{
+			name:    "copying a file over a directory fails",
+			rootfs:  map[string]spec{"d/a.txt": {dir: true}},
+			op:      Copy{Sources: []string{"a.txt"}, Dest: "/d/"},
+			errText: "cannot overwrite directory",
+		},
+		{
+			name:   "destination symlink in rootfs is followed inside rootfs",
+			rootfs: map[string]spec{"usr/lib": {dir: true}, "lib": {link: "/usr/lib"}},
+			op:     Copy{Sources: []string{"a.txt"}, Dest: "/lib/"},
+			want:   map[string]*got{"usr/lib/a.txt": {data: "A", mode: 0o644}, "lib": {link: "/usr/lib"}},
+		},
+		{
+			name:   "destination symlink escaping the rootfs stays inside",
+			rootfs: map[string]spec{"evil": {link: "../../../../../../tmp/kiln-evil"}},
+			op:     Copy{Sources: []string{"a.txt"}, Dest: "/evil/"},
+			want:   map[string]*got{"tmp/kiln-evil/a.txt": {data: "A", mode: 0o644}},
+		},
+		{
+			name:    "dot-dot source refused",
+			op:      Copy{Sources: []string{"../x"}, Dest: "/"},
+			wantErr: ErrOutsideContext,
+		},
+		{
+			name:    "dot-dot inside source refused",
+			op:      Copy{Sources: []string{"src/../../x"}, Dest: "/"},
+			wantErr: ErrOutsideContext,
+		},
+		{
+			name:    "relative symlink out of the context refused",
+			op:      Copy{Sources: []string{"ln-out"}, Dest: "/"},
+			wantErr: ErrOutsideContext,
+		},
+		{
+			name:    "absolute symlink is scoped to the context, never the host",
+			op:      Copy{Sources: []string{"ln-abs"}, Dest: "/x"},
+			wantErr: ErrNotFound,
+		},
+		{
+			name: "exclude flag",
+			op:   Copy{Sources: []string{"src"}, Dest: "/e", Exclude: []string{"*.log", "sub"}},
+			want: map[string]*got{"e/f": {data: "F", mode: 0o600}, "e/x.log": nil, "e/sub": nil},
+		},
+		{
+			name: "copy whole context to root",
+			op:   Copy{Sources: []string{"."}, Dest: "/"},
+			want: map[string]*got{"a.txt": {data: "A", mode: 0o644}, "dir/nested/c.txt": {data: "C", mode: 0o644}, "ln-out": {link: "../../../../outside"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctxDir, rootfs := t.TempDir(), t.TempDir()
+			mkTree(t, ctxDir, ctxTree)
+			mkTree(t, rootfs, tt.rootfs)
+			tt.op.Src = Tree{Root: ctxDir, ResetOwner: true}
+			changed, err := tt.op.Apply(context.Background(), rootfs)
+			switch {
+			case tt.wantErr != nil:
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				return
+			case tt.errText != "":
+				if err == nil || !strings.Contains(err.Error(), tt.errText) {
+					t.Fatalf("err = %v, want %q", err, tt.errText)
+				}
+				return
+			case err != nil:
+				t.Fatal(err)
+			}
+			expectTree(t, rootfs, tt.want)
+			if tt.changed != nil && !reflect.DeepEqual(changed, tt.changed) {
+				t.Errorf("changed = %q, want %q", changed, tt.changed)
+			}
+		})
+	}
+	if _, err := os.Lstat("/tmp/kiln-evil"); err == nil {
+		t.Error("copy escaped the rootfs into /tmp/kiln-evil")
+	}
+}
+
+func TestCopyKeepsOwnerAndTimesFromStage(t *testing.T) {
+	requireRoot(t)
+	stage, rootfs := t.TempDir(), t.TempDir()
+	mkTree(t, stage, map[string]spec{
+		"opt/app":     {dir: true, uid: 33, gid: 34},
+		"opt/app/bin": {data: "bin", mode: 0o755, uid: 1000, gid: 1001},
+		"opt/app/ln":  {link: "bin"},
+	})
+	op := Copy{Src: Tree{Root: stage}, Sources: []string{"/opt/app"}, Dest: "/opt/app"}
+	if _, err := op.Apply(context.Background(), rootfs); err != nil {
+		t.Fatal(err)
+	}
+	expectTree(t, rootfs, map[string]*got{
+		"opt":         {dir: true, mode: 0o755},
+		"opt/app":     {dir: true, mode: 0o755, uid: 33, gid: 34},
+		"opt/app/bin": {data: "bin", mode: 0o755, uid: 1000, gid: 1001},
+	})
+	for _, p := range []string{"opt/app", "opt/app/bin"} {
+		if got := mtime(t, rootfs, p); !got.Equal(epoch) {
+			t.Errorf("%s mtime = %v, want %v", p, got, epoch)
+		}
+	}
+}
+
+func TestCopyDockerignore(t *testing.T) {
+	requireRoot(t)
+	ctxDir := t.TempDir()
+	mkTree(t, ctxDir, map[string]spec{
+		".dockerignore":    {data: "*.secret\ndocs\n!docs/keep.md\nnode_modules\n"},
+		"app.go":           {data: "go"},
+		"key.secret":       {data: "s"},
+		"docs/keep.md":     {data: "keep"},
+		"docs/drop.md":     {data: "drop"},
+		"node_modules/x/y": {data: "y"},
+		"ln-to-secret":     {link: "key.secret"},
+		"sub/other.secret": {data: "not top-level, kept"},
+	})
+	bc, err := buildctx.Open(ctxDir, filepath.Join(ctxDir, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := Tree{Root: ctxDir, Exclude: bc.Excluded, ResetOwner: true}
+	tests := []struct {
+		name    string
+		sources []string
+		want    map[string]*got
+		wantErr error
+	}{
+		{"whole context", []string{"."}, map[string]*got{
+			"out/app.go":           {data: "go", mode: 0o644},
+			"out/key.secret":       nil,
+			"out/docs/keep.md":     {data: "keep", mode: 0o644},
+			"out/docs/drop.md":     nil,
+			"out/node_modules":     nil,
+			"out/sub/other.secret": {data: "not top-level, kept", mode: 0o644},
+		}, nil},
+		{"excluded file named", []string{"key.secret"}, nil, ErrNotFound},
+		{"excluded dir named", []string{"node_modules"}, nil, ErrNotFound},
+		{"glob does not match excluded", []string{"*.secret"}, nil, ErrNotFound},
+		{"symlink to excluded file", []string{"ln-to-secret"}, nil, ErrNotFound},
+		{"re-included file named", []string{"docs/keep.md"}, map[string]*got{"out/keep.md": {data: "keep", mode: 0o644}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rootfs := t.TempDir()
+			_, err := Copy{Src: tree, Sources: tt.sources, Dest: "/out/"}.Apply(context.Background(), rootfs)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			expectTree(t, rootfs, tt.want)
+		})
+	}
+}
+
+func TestCopyCancelled(t *testing.T) {
+	ctxDir, rootfs := t.TempDir(), t.TempDir()
+	mkTree(t, ctxDir, map[string]spec{"a": {data: "a"}})
+	cctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Copy{Src: Tree{Root: ctxDir}, Sources: []string{"a"}, Dest: "/"}.Apply(cctx, rootfs)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
