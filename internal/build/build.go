@@ -1,0 +1,394 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kiln-build/kiln/internal/buildctx"
+	"github.com/kiln-build/kiln/internal/dockerfile"
+	"github.com/kiln-build/kiln/internal/graph"
+	"github.com/kiln-build/kiln/internal/image"
+	"github.com/kiln-build/kiln/internal/progress"
+	"github.com/kiln-build/kiln/internal/registry"
+)
+
+// ErrUnsupported marks Dockerfile features kiln does not implement yet.
+var ErrUnsupported = errors.New("not supported yet")
+
+// builder holds one build's state.
+type builder struct {
+	opts     Options
+	df       *dockerfile.Dockerfile
+	globals  *dockerfile.Vars
+	stages   []*stage
+	graph    *graph.Graph
+	target   int
+	bctx     *buildctx.Context
+	tmp      string
+	created  time.Time
+	platform v1.Platform
+	layer    image.LayerOptions
+	sink     progress.Sink
+	ids      atomic.Int32
+
+	imagesMu sync.Mutex
+	images   map[string]*stage // COPY --from=<image>: pulled once per build
+}
+
+// Build runs one build and writes its outputs.
+func Build(ctx context.Context, o Options) (*Result, error) {
+	b := &builder{opts: o, sink: o.Progress, images: map[string]*stage{}}
+	if b.sink == nil {
+		b.sink = progress.Discard
+	}
+	if err := b.setPlatform(); err != nil {
+		return nil, err
+	}
+	b.created = time.Now().UTC().Truncate(time.Second)
+	if o.Epoch != nil {
+		b.created = o.Epoch.UTC()
+	}
+	name := o.DockerfileName
+	if name == "" {
+		name = "Dockerfile"
+	}
+	df, err := dockerfile.Parse(name, o.Dockerfile)
+	if err != nil {
+		return nil, err
+	}
+	b.df = df
+	bctx, err := buildctx.Open(o.ContextDir, o.DockerfilePath)
+	if err != nil {
+		return nil, fmt.Errorf("build context: %w", err)
+	}
+	b.bctx = bctx
+	if err := b.plan(ctx); err != nil {
+		return nil, err
+	}
+	if b.layer, err = layerOptions(o); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(o.TempDir, "kiln-build-")
+	if err != nil {
+		return nil, fmt.Errorf("create build directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	b.tmp = tmp
+	b.layer.Dir = tmp
+
+	needed, err := b.graph.Needed(b.target)
+	if err != nil {
+		return nil, err
+	}
+	par := o.Parallelism
+	if par < 1 {
+		par = 1
+	}
+	if err := b.graph.Run(ctx, needed, par, b.buildStage); err != nil {
+		return nil, err
+	}
+	return b.export(ctx, b.stages[b.target])
+}
+
+func (b *builder) setPlatform() error {
+	p := b.opts.Platform
+	if p.OS == "" {
+		p = dockerfile.Platform{OS: "linux", Arch: "amd64"}
+	}
+	if p.OS != "linux" || p.Arch != "amd64" || p.Variant != "" {
+		return fmt.Errorf("platform %s: only linux/amd64 is supported yet", p)
+	}
+	b.opts.Platform = p
+	b.platform = v1.Platform{OS: p.OS, Architecture: p.Arch}
+	return nil
+}
+
+// plan expands every FROM, finds each stage's dependencies, refuses what
+// kiln cannot build before any work starts, and resolves base images (their
+// manifests and configs only; layers stay in the registry until a step needs
+// files).
+func (b *builder) plan(ctx context.Context) error {
+	df := b.df
+	globals, err := df.GlobalArgs(b.opts.BuildArgs, dockerfile.PlatformArgs(b.opts.Platform, b.opts.Platform))
+	if err != nil {
+		return err
+	}
+	b.globals = globals
+	if b.target, err = df.Target(b.opts.Target); err != nil {
+		return err
+	}
+	b.graph = graph.New(len(df.Stages))
+	for i, def := range df.Stages {
+		s := &stage{index: i, def: def, name: def.Name, commands: def.Commands}
+		if s.name == "" {
+			s.name = fmt.Sprintf("stage-%d", i)
+		}
+		base, err := df.ExpandWord(def.BaseName, globals)
+		if err != nil {
+			return df.Wrap(def.Location, err)
+		}
+		if base == "" {
+			return df.Errorf(def.Location, "base name (%s) should not be blank", def.BaseName)
+		}
+		s.def.BaseName = base
+		if def.Platform != "" {
+			p, err := df.ExpandWord(def.Platform, globals)
+			if err != nil {
+				return df.Wrap(def.Location, err)
+			}
+			if p != b.opts.Platform.String() {
+				return df.Errorf(def.Location, "FROM --platform=%s: only %s is supported yet", p, b.opts.Platform)
+			}
+		}
+		b.stages = append(b.stages, s)
+		if j, ok := b.parentStage(i, base); ok {
+			b.graph.Need(i, j)
+		}
+		if err := b.addDeps(s, s.commands); err != nil {
+			return err
+		}
+	}
+	// Base images may carry ONBUILD triggers that name further stages, so
+	// resolve until the set of needed stages stops growing.
+	resolved := map[int]bool{}
+	for {
+		needed, err := b.graph.Needed(b.target)
+		if err != nil {
+			return &dockerfile.Error{File: df.Name, Err: err}
+		}
+		var todo []int
+		for _, i := range needed {
+			if !resolved[i] {
+				todo = append(todo, i)
+				resolved[i] = true
+			}
+		}
+		if len(todo) == 0 {
+			return nil
+		}
+		for _, i := range todo {
+			if err := b.refuseUnsupported(b.stages[i]); err != nil {
+				return err
+			}
+		}
+		eg, ectx := errgroup.WithContext(ctx)
+		eg.SetLimit(4)
+		for _, i := range todo {
+			eg.Go(func() error { return b.resolveBase(ectx, b.stages[i]) })
+		}
+		if err := eg.Wait(); err != nil {
+			return err
+		}
+		for _, i := range todo {
+			if err := b.addDeps(b.stages[i], b.stages[i].commands); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// parentStage reports the earlier stage a FROM names, if any.
+func (b *builder) parentStage(i int, base string) (int, bool) {
+	l := strings.ToLower(base)
+	for j := 0; j < i; j++ {
+		if b.df.Stages[j].Name == l {
+			return j, true
+		}
+	}
+	return 0, false
+}
+
+// addDeps records the stages that COPY --from instructions name. As in
+// BuildKit, --from takes no variables.
+func (b *builder) addDeps(s *stage, cmds []instructions.Command) error {
+	for _, cmd := range cmds {
+		c, ok := cmd.(*instructions.CopyCommand)
+		if !ok || c.From == "" {
+			continue
+		}
+		if strings.Contains(c.From, "$") {
+			return b.df.Errorf(c.Location(), "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround")
+		}
+		j, ok := b.df.StageIndex(c.From)
+		if !ok {
+			continue // an image reference
+		}
+		if j == s.index {
+			return b.df.Errorf(c.Location(), "COPY --from=%s: a stage cannot copy from itself", c.From)
+		}
+		b.graph.Need(s.index, j)
+	}
+	return nil
+}
+
+// refuseUnsupported fails early, naming the line, for instructions kiln
+// does not build yet, so a build never half-runs.
+func (b *builder) refuseUnsupported(s *stage) error {
+	for _, cmd := range s.commands {
+		if _, ok := cmd.(*instructions.RunCommand); ok {
+			return &dockerfile.Error{File: b.df.Name, Line: dockerfile.StartLine(cmd.Location()),
+				Err: fmt.Errorf("RUN: %w: kiln does not execute RUN instructions yet", ErrUnsupported)}
+		}
+	}
+	return nil
+}
+
+// resolveBase sets a stage's starting image: scratch, or a registry
+// image's config (its layers are not fetched). Stages built FROM another
+// stage start when that stage is done, in buildStage.
+func (b *builder) resolveBase(ctx context.Context, s *stage) error {
+	s.steps = countSteps(s.commands)
+	if _, ok := b.parentStage(s.index, s.def.BaseName); ok {
+		return nil
+	}
+	if s.def.BaseName == "scratch" {
+		s.cfg = b.emptyConfig()
+		s.vars = dockerfile.NewVars(s.cfg.Config.Env)
+		return nil
+	}
+	s.steps++
+	id, start := b.start(s, "FROM "+s.def.BaseName)
+	img, err := registry.Image(ctx, s.def.BaseName, b.platform, b.opts.Registry)
+	if err != nil {
+		b.fail(id, start, err)
+		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		b.fail(id, start, err)
+		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: read image config: %w", s.def.BaseName, err))
+	}
+	cfg := cf.DeepCopy()
+	layers, err := img.Layers()
+	if err != nil {
+		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
+	}
+	if len(layers) > 0 {
+		s.base = img
+	}
+	triggers := cfg.Config.OnBuild
+	cfg.Config.OnBuild = nil
+	cfg.Container, cfg.DockerVersion = "", ""
+	if _, ok := dockerfile.NewVars(cfg.Config.Env).Get("PATH"); !ok {
+		cfg.Config.Env = append(cfg.Config.Env, "PATH="+defaultPath)
+	}
+	s.cfg = cfg
+	s.vars = dockerfile.NewVars(cfg.Config.Env)
+	if err := b.onBuild(s, triggers); err != nil {
+		return err
+	}
+	b.done(id, start)
+	return nil
+}
+
+// onBuild parses a base image's ONBUILD triggers and runs them first, as if
+// they were written right after FROM (pinned to the FROM line).
+func (b *builder) onBuild(s *stage, triggers []string) error {
+	var cmds []instructions.Command
+	for _, t := range triggers {
+		res, err := parser.Parse(strings.NewReader(t))
+		if err != nil || len(res.AST.Children) != 1 {
+			return b.df.Errorf(s.def.Location, "ONBUILD trigger %q of base image %s: not a single instruction", t, s.def.BaseName)
+		}
+		node := res.AST.Children[0]
+		line := dockerfile.StartLine(s.def.Location)
+		node.StartLine, node.EndLine = line, line
+		cmd, err := instructions.ParseCommand(node)
+		if err != nil {
+			return b.df.Wrap(s.def.Location, fmt.Errorf("ONBUILD trigger %q: %w", t, err))
+		}
+		cmds = append(cmds, cmd)
+	}
+	if len(cmds) == 0 {
+		return nil
+	}
+	s.commands = append(cmds, s.commands...)
+	s.steps = countSteps(s.commands) + 1
+	return b.refuseUnsupported(s)
+}
+
+// emptyConfig is the config of `FROM scratch`, as BuildKit makes it.
+func (b *builder) emptyConfig() *v1.ConfigFile {
+	return &v1.ConfigFile{
+		Architecture: b.platform.Architecture,
+		OS:           b.platform.OS,
+		RootFS:       v1.RootFS{Type: "layers"},
+		Config: v1.Config{
+			Env:        []string{"PATH=" + defaultPath},
+			WorkingDir: "/",
+		},
+	}
+}
+
+func countSteps(cmds []instructions.Command) int {
+	n := 0
+	for _, c := range cmds {
+		switch c.(type) {
+		case *instructions.CopyCommand, *instructions.AddCommand, *instructions.RunCommand, *instructions.WorkdirCommand:
+			n++
+		}
+	}
+	return n
+}
+
+// buildStage runs a stage's instructions in order.
+func (b *builder) buildStage(ctx context.Context, i int) error {
+	s := b.stages[i]
+	if j, ok := b.parentStage(i, s.def.BaseName); ok {
+		s.inherit(b.stages[j])
+	}
+	for _, cmd := range s.commands {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := b.df.Expand(cmd, s.vars); err != nil {
+			return err
+		}
+		handled, err := b.dispatchConfig(s, cmd)
+		if err != nil {
+			return b.df.Wrap(cmd.Location(), fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), err))
+		}
+		if handled {
+			continue
+		}
+		if err := b.dispatchFiles(ctx, s, cmd); err != nil {
+			return b.df.Wrap(cmd.Location(), err)
+		}
+	}
+	return nil
+}
+
+// start announces a step and returns its progress id and start time.
+func (b *builder) start(s *stage, what string) (int, time.Time) {
+	id := int(b.ids.Add(1))
+	name := what
+	if s != nil {
+		prefix := ""
+		if len(b.stages) > 1 {
+			prefix = s.name + " "
+		}
+		s.step++
+		name = fmt.Sprintf("[%s%d/%d] %s", prefix, s.step, s.steps, what)
+	}
+	b.sink.Emit(progress.Event{ID: id, Name: name, Status: progress.Started})
+	return id, time.Now()
+}
+
+func (b *builder) done(id int, start time.Time) {
+	b.sink.Emit(progress.Event{ID: id, Status: progress.Done, Duration: time.Since(start)})
+}
+
+func (b *builder) fail(id int, start time.Time, err error) {
+	b.sink.Emit(progress.Event{ID: id, Status: progress.Failed, Duration: time.Since(start), Err: err})
+}

@@ -1,0 +1,260 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"strconv"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/kiln-build/kiln/internal/dockerfile"
+	"github.com/kiln-build/kiln/internal/fileop"
+	"github.com/kiln-build/kiln/internal/image"
+	"github.com/kiln-build/kiln/internal/registry"
+)
+
+// dispatchFiles runs the instructions that change the filesystem.
+func (b *builder) dispatchFiles(ctx context.Context, s *stage, cmd instructions.Command) error {
+	switch c := cmd.(type) {
+	case *instructions.WorkdirCommand:
+		return b.workdir(ctx, s, c)
+	case *instructions.CopyCommand:
+		if c.Parents {
+			return fmt.Errorf("COPY --parents: %w", ErrUnsupported)
+		}
+		return b.copy(ctx, s, copySpec{
+			name: "COPY", params: c.SourcesAndDest, from: c.From, chown: c.Chown, chmod: c.Chmod,
+			exclude: c.ExcludePatterns, text: c.String(),
+		})
+	case *instructions.AddCommand:
+		if c.Unpack != nil {
+			return fmt.Errorf("ADD --unpack: %w", ErrUnsupported)
+		}
+		return b.copy(ctx, s, copySpec{
+			name: "ADD", params: c.SourcesAndDest, chown: c.Chown, chmod: c.Chmod,
+			exclude: c.ExcludePatterns, checksum: c.Checksum, text: c.String(),
+		})
+	case *instructions.RunCommand:
+		return fmt.Errorf("RUN: %w", ErrUnsupported)
+	}
+	return fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), ErrUnsupported)
+}
+
+// workdir sets the working directory and, as BuildKit does, creates it
+// (owned by the current USER) in a layer of its own.
+func (b *builder) workdir(ctx context.Context, s *stage, c *instructions.WorkdirCommand) error {
+	wd := resolveWorkdir(s.cfg.Config.WorkingDir, c.Path)
+	s.cfg.Config.WorkingDir = wd
+	if wd == "/" {
+		b.commit(s, "WORKDIR /", false)
+		return nil
+	}
+	id, start := b.start(s, "WORKDIR "+wd)
+	err := func() error {
+		root, err := s.root(ctx, b.tmp)
+		if err != nil {
+			return err
+		}
+		var owner *fileop.Owner
+		if u := s.cfg.Config.User; u != "" {
+			o, err := fileop.ResolveOwner(root, u)
+			if err != nil {
+				return fmt.Errorf("WORKDIR %s: user %s: %w", wd, u, err)
+			}
+			owner = &o
+		}
+		changed, err := fileop.Mkdir(ctx, root, wd, owner)
+		if err != nil {
+			return fmt.Errorf("WORKDIR %s: %w", wd, err)
+		}
+		return b.addLayer(ctx, s, root, changed, "WORKDIR "+wd)
+	}()
+	if err != nil {
+		b.fail(id, start, err)
+		return err
+	}
+	b.done(id, start)
+	return nil
+}
+
+type copySpec struct {
+	name     string // COPY or ADD
+	params   instructions.SourcesAndDest
+	from     string
+	chown    string
+	chmod    string
+	exclude  []string
+	checksum string
+	text     string // the instruction as written, for progress
+}
+
+// copy runs COPY or ADD into the stage's root filesystem and records the
+// changed paths as a layer.
+func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
+	id, start := b.start(s, c.text)
+	err := b.doCopy(ctx, s, c)
+	if err != nil {
+		b.fail(id, start, err)
+		return err
+	}
+	b.done(id, start)
+	return nil
+}
+
+func (b *builder) doCopy(ctx context.Context, s *stage, c copySpec) error {
+	if c.checksum != "" && c.name == "COPY" {
+		return fmt.Errorf("COPY: checksum can't be specified for COPY")
+	}
+	chmod, err := parseChmod(c.chmod)
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.name, err)
+	}
+	root, err := s.root(ctx, b.tmp)
+	if err != nil {
+		return err
+	}
+	var chown *fileop.Owner
+	if c.chown != "" {
+		o, err := fileop.ResolveOwner(root, c.chown)
+		if err != nil {
+			return fmt.Errorf("%s --chown=%s: %w", c.name, c.chown, err)
+		}
+		chown = &o
+	}
+	src, err := b.copySource(ctx, c.from)
+	if err != nil {
+		return err
+	}
+	dest := destPath(s.cfg.Config.WorkingDir, c.params.DestPath)
+
+	var changed []string
+	if len(c.params.SourcePaths) > 0 {
+		cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude}
+		var ch []string
+		if c.name == "ADD" {
+			ch, err = fileop.Add{Copy: cp, Checksum: c.checksum}.Apply(ctx, root)
+		} else {
+			ch, err = cp.Apply(ctx, root)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		changed = append(changed, ch...)
+	}
+	if len(c.params.SourceContents) > 0 {
+		files := make([]fileop.File, 0, len(c.params.SourceContents))
+		for _, sc := range c.params.SourceContents {
+			data := sc.Data
+			if sc.Expand {
+				if data, err = b.df.ExpandWord(data, s.vars); err != nil {
+					return fmt.Errorf("%s heredoc %s: %w", c.name, sc.Path, err)
+				}
+			}
+			files = append(files, fileop.File{Name: sc.Path, Data: []byte(data)})
+		}
+		ch, err := fileop.WriteFiles(ctx, root, dest, files, chown, chmod)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		changed = append(changed, ch...)
+	}
+	return b.addLayer(ctx, s, root, changed, copyHistory(c))
+}
+
+// copyHistory is BuildKit's created_by for COPY and ADD.
+func copyHistory(c copySpec) string {
+	msg := c.name
+	if c.chown != "" {
+		msg += " --chown=" + c.chown
+	}
+	if c.chmod != "" {
+		msg += " --chmod=" + c.chmod
+	}
+	for _, src := range c.params.SourcePaths {
+		msg += " " + src
+	}
+	for _, sc := range c.params.SourceContents {
+		msg += " <<" + sc.Path
+	}
+	return msg + " " + c.params.DestPath
+}
+
+// copySource is where COPY reads from: the build context (with
+// .dockerignore, files owned by root), a finished stage, or an image.
+func (b *builder) copySource(ctx context.Context, from string) (fileop.Tree, error) {
+	if from == "" {
+		return fileop.Tree{Root: b.bctx.Root(), Exclude: b.bctx.Excluded, ResetOwner: true}, nil
+	}
+	var src *stage
+	if j, ok := b.df.StageIndex(from); ok {
+		src = b.stages[j]
+	} else {
+		var err error
+		if src, err = b.imageSource(ctx, from); err != nil {
+			return fileop.Tree{}, err
+		}
+	}
+	root, err := src.root(ctx, b.tmp)
+	if err != nil {
+		return fileop.Tree{}, err
+	}
+	return fileop.Tree{Root: root}, nil
+}
+
+// imageSource pulls an image named by COPY --from once per build.
+func (b *builder) imageSource(ctx context.Context, ref string) (*stage, error) {
+	b.imagesMu.Lock()
+	defer b.imagesMu.Unlock()
+	if s, ok := b.images[ref]; ok {
+		return s, nil
+	}
+	img, err := registry.Image(ctx, ref, b.platform, b.opts.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("--from=%s is neither a stage of this Dockerfile nor a pullable image: %w", ref, err)
+	}
+	s := &stage{name: ref, base: img, vars: &dockerfile.Vars{}}
+	b.images[ref] = s
+	return s, nil
+}
+
+// addLayer writes the changed paths of root as the stage's next layer.
+func (b *builder) addLayer(ctx context.Context, s *stage, root string, changed []string, history string) error {
+	l, err := image.WriteLayer(ctx, root, image.Changes{Paths: changed}, b.layer)
+	if err != nil {
+		return fmt.Errorf("write layer: %w", err)
+	}
+	s.added = append(s.added, l)
+	b.commit(s, history, true)
+	return nil
+}
+
+// parseChmod accepts BuildKit's octal --chmod values.
+func parseChmod(s string) (*fs.FileMode, error) {
+	if s == "" {
+		return nil, nil
+	}
+	p, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || p > 0o7777 {
+		return nil, fmt.Errorf("invalid chmod parameter: '%v'. it should be octal string and between 0 and 07777", s)
+	}
+	m := fs.FileMode(p&0o777) | unixBits(p)
+	return &m, nil
+}
+
+// unixBits maps setuid/setgid/sticky from their octal positions to Go's
+// FileMode flags.
+func unixBits(p uint64) fs.FileMode {
+	var m fs.FileMode
+	if p&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if p&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if p&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	return m
+}

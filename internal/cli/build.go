@@ -1,0 +1,288 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-build/kiln/internal/build"
+	"github.com/kiln-build/kiln/internal/dockerfile"
+	"github.com/kiln-build/kiln/internal/output"
+	"github.com/kiln-build/kiln/internal/progress"
+	"github.com/kiln-build/kiln/internal/registry"
+)
+
+// buildFlags are `kiln build`'s flags, named as `docker buildx build` names
+// them.
+type buildFlags struct {
+	file         string
+	tags         []string
+	target       string
+	buildArgs    []string
+	labels       []string
+	platform     string
+	noCache      bool
+	parallelism  int
+	push         bool
+	load         bool
+	outputs      []string
+	metadataFile string
+	iidFile      string
+	progress     string
+	insecure     []string
+}
+
+func (f *buildFlags) addFlags(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVarP(&f.file, "file", "f", "", `Name of the Dockerfile (default: "CONTEXT/Dockerfile"; "-" reads standard input)`)
+	fl.StringArrayVarP(&f.tags, "tag", "t", nil, `Image name and optionally a tag (format: "name:tag")`)
+	fl.StringVar(&f.target, "target", "", "Target build stage to build")
+	fl.StringArrayVar(&f.buildArgs, "build-arg", nil, "Set build-time variables (KEY=VALUE, or KEY to take the value from the environment)")
+	fl.StringArrayVar(&f.labels, "label", nil, "Set metadata for an image (KEY=VALUE)")
+	fl.StringVar(&f.platform, "platform", "", "Set target platform for build (linux/amd64)")
+	fl.BoolVar(&f.noCache, "no-cache", false, "Do not use cache when building the image")
+	fl.IntVar(&f.parallelism, "parallelism", runtime.NumCPU(), "Maximum number of stages built at once")
+	fl.BoolVar(&f.push, "push", false, `Shorthand for "--output=type=registry"`)
+	fl.BoolVar(&f.load, "load", false, `Shorthand for "--output=type=docker"`)
+	fl.StringArrayVarP(&f.outputs, "output", "o", nil, `Output destination (format: "type=local,dest=path")`)
+	fl.StringVar(&f.metadataFile, "metadata-file", "", "Write build result metadata to a file")
+	fl.StringVar(&f.iidFile, "iidfile", "", "Write the image ID to a file")
+	fl.StringVar(&f.progress, "progress", "auto", `Set type of progress output ("auto", "plain", "tty", "quiet")`)
+	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "Registry HOST[:PORT] to reach over plain HTTP (repeatable)")
+}
+
+// NewCmdBuild returns `kiln build`.
+func NewCmdBuild() *cobra.Command {
+	f := &buildFlags{}
+	cmd := &cobra.Command{
+		Use:   "build [OPTIONS] CONTEXT",
+		Short: "Build an image from a Dockerfile",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runBuild(cmd, f, args[0])
+		},
+	}
+	f.addFlags(cmd)
+	return cmd
+}
+
+func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
+	opts, err := f.options(cmd.InOrStdin(), contextDir)
+	if err != nil {
+		return err
+	}
+	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	switch f.progress {
+	case "quiet":
+		opts.Progress = progress.Discard
+	case "plain":
+		opts.Progress = progress.Plain(stderr)
+	case "tty":
+		opts.Progress = progress.TTY(stderr)
+	case "auto", "":
+		if isTerminal(stderr) {
+			opts.Progress = progress.TTY(stderr)
+		} else {
+			opts.Progress = progress.Plain(stderr)
+		}
+	default:
+		return fmt.Errorf("--progress=%s: must be auto, plain, tty or quiet", f.progress)
+	}
+	res, err := build.Build(cmd.Context(), opts)
+	if err != nil {
+		return err
+	}
+	if f.metadataFile != "" {
+		if err := writeMetadata(f.metadataFile, res); err != nil {
+			return err
+		}
+	}
+	if f.iidFile != "" {
+		// buildx writes the config digest (the image ID) when it has one.
+		if err := os.WriteFile(f.iidFile, []byte(res.ConfigDigest.String()), 0o644); err != nil {
+			return fmt.Errorf("--iidfile: %w", err)
+		}
+	}
+	if f.progress == "quiet" {
+		fmt.Fprintln(stdout, res.Digest)
+		return nil
+	}
+	names := ""
+	if len(res.Names) > 0 {
+		names = " as " + strings.Join(res.Names, ", ")
+	}
+	fmt.Fprintf(stdout, "%s %d bytes%s\n", res.Digest, res.Size, names)
+	return nil
+}
+
+// options turns flags into build options, reading the Dockerfile and
+// SOURCE_DATE_EPOCH at this edge so the build itself sees only values.
+func (f *buildFlags) options(stdin io.Reader, contextDir string) (build.Options, error) {
+	o := build.Options{
+		ContextDir:  contextDir,
+		Target:      f.target,
+		NoCache:     f.noCache,
+		Parallelism: f.parallelism,
+		Tags:        f.tags,
+		DockerHost:  os.Getenv("DOCKER_HOST"),
+		Registry:    registry.Options{Insecure: f.insecure},
+	}
+	if st, err := os.Stat(contextDir); err != nil || !st.IsDir() {
+		return o, fmt.Errorf("build context %q: not a directory", contextDir)
+	}
+	var err error
+	switch f.file {
+	case "-":
+		o.DockerfileName = "Dockerfile"
+		if o.Dockerfile, err = io.ReadAll(stdin); err != nil {
+			return o, fmt.Errorf("read Dockerfile from standard input: %w", err)
+		}
+	default:
+		path := f.file
+		if path == "" {
+			path = filepath.Join(contextDir, "Dockerfile")
+		}
+		if o.Dockerfile, err = os.ReadFile(path); err != nil {
+			return o, fmt.Errorf("read Dockerfile: %w", err)
+		}
+		o.DockerfileName = filepath.Base(path)
+		o.DockerfilePath = path
+	}
+	if o.BuildArgs, err = keyValues("--build-arg", f.buildArgs, true); err != nil {
+		return o, err
+	}
+	if o.Labels, err = keyValues("--label", f.labels, false); err != nil {
+		return o, err
+	}
+	if f.platform != "" {
+		parts := strings.Split(f.platform, "/")
+		if len(parts) < 2 || len(parts) > 3 || strings.Contains(f.platform, ",") {
+			return o, fmt.Errorf("--platform=%s: only linux/amd64 is supported yet", f.platform)
+		}
+		o.Platform = dockerfile.Platform{OS: parts[0], Arch: parts[1]}
+		if len(parts) == 3 {
+			o.Platform.Variant = parts[2]
+		}
+		if o.Platform.OS != "linux" || o.Platform.Arch != "amd64" || o.Platform.Variant != "" {
+			return o, fmt.Errorf("--platform=%s: only linux/amd64 is supported yet", f.platform)
+		}
+	}
+	if o.Epoch, err = sourceDateEpoch(o.BuildArgs); err != nil {
+		return o, err
+	}
+	outs := append([]string(nil), f.outputs...)
+	if f.push {
+		outs = append(outs, "type=registry")
+	}
+	if f.load {
+		outs = append(outs, "type=docker")
+	}
+	for _, s := range outs {
+		spec, err := output.Parse(s)
+		if err != nil {
+			return o, fmt.Errorf("--output=%s: %w", s, err)
+		}
+		o.Outputs = append(o.Outputs, spec)
+	}
+	cache, err := cacheDir()
+	if err != nil {
+		return o, err
+	}
+	o.StoreDir = filepath.Join(cache, "images")
+	return o, nil
+}
+
+// keyValues parses repeated KEY=VALUE flags. For --build-arg a bare KEY
+// takes its value from the environment, and is dropped when unset, as
+// docker does.
+func keyValues(flag string, vals []string, fromEnv bool) (map[string]string, error) {
+	m := map[string]string{}
+	for _, kv := range vals {
+		k, v, ok := strings.Cut(kv, "=")
+		if k == "" {
+			return nil, fmt.Errorf("%s %q: expected KEY=VALUE", flag, kv)
+		}
+		if !ok {
+			if !fromEnv {
+				return nil, fmt.Errorf("%s %q: expected KEY=VALUE", flag, kv)
+			}
+			env, set := os.LookupEnv(k)
+			if !set {
+				continue
+			}
+			v = env
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// sourceDateEpoch reads SOURCE_DATE_EPOCH from --build-arg (as buildx
+// accepts it) or else the environment.
+func sourceDateEpoch(args map[string]string) (*time.Time, error) {
+	v, ok := args["SOURCE_DATE_EPOCH"]
+	if !ok {
+		v = os.Getenv("SOURCE_DATE_EPOCH")
+	}
+	if v == "" {
+		return nil, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return nil, fmt.Errorf("SOURCE_DATE_EPOCH=%q: must be a non-negative number of seconds", v)
+	}
+	t := time.Unix(n, 0).UTC()
+	return &t, nil
+}
+
+// cacheDir is kiln's directory: $XDG_CACHE_HOME/kiln, else ~/.cache/kiln.
+func cacheDir() (string, error) {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "kiln"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("find kiln's cache directory: %w", err)
+	}
+	return filepath.Join(home, ".cache", "kiln"), nil
+}
+
+func writeMetadata(path string, res *build.Result) error {
+	md := map[string]any{
+		"containerimage.digest":        res.Digest.String(),
+		"containerimage.config.digest": res.ConfigDigest.String(),
+		"containerimage.descriptor": map[string]any{
+			"mediaType": res.MediaType,
+			"digest":    res.Digest.String(),
+			"size":      res.ManifestSize,
+		},
+	}
+	if len(res.Names) > 0 {
+		md["image.name"] = strings.Join(res.Names, ",")
+	}
+	b, err := json.MarshalIndent(md, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("--metadata-file: %w", err)
+	}
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

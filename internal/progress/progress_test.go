@@ -1,0 +1,36 @@
+package progress
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPlainLines(t *testing.T) {
+	var b bytes.Buffer
+	s := Plain(&b)
+	s.Emit(Event{ID: 1, Name: "[1/2] COPY a /a", Status: Started})
+	s.Emit(Event{ID: 1, Status: Done, Duration: 1500 * time.Millisecond})
+	s.Emit(Event{ID: 2, Name: "[2/2] WORKDIR /x", Status: Started})
+	s.Emit(Event{ID: 2, Status: Failed, Err: errors.New("boom")})
+	want := "#1 [1/2] COPY a /a\n#1 DONE 1.5s\n#2 [2/2] WORKDIR /x\n#2 ERROR 0.0s: boom\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
+
+func TestTTYRedrawsInPlace(t *testing.T) {
+	var b bytes.Buffer
+	s := TTY(&b)
+	s.Emit(Event{ID: 1, Name: "step one", Status: Started})
+	s.Emit(Event{ID: 1, Name: "step one", Status: Done, Duration: time.Second})
+	out := b.String()
+	if !strings.Contains(out, "\x1b[2A") {
+		t.Errorf("second draw does not move the cursor back over the first: %q", out)
+	}
+	if !strings.Contains(out, "step one") || !strings.Contains(out, "1.0s") {
+		t.Errorf("output lacks the step or its duration: %q", out)
+	}
+}
