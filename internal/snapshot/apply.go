@@ -131,7 +131,7 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader:
 		return nil
-	case tar.TypeDir, tar.TypeReg, tar.TypeRegA, tar.TypeSymlink, tar.TypeLink,
+	case tar.TypeDir, tar.TypeReg, tar.TypeSymlink, tar.TypeLink,
 		tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 	default:
 		return fmt.Errorf("unsupported tar entry type %q", hdr.Typeflag)
@@ -163,7 +163,7 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 		if err := os.Mkdir(target, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("mkdir: %w", err)
 		}
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // tar.Reader already maps the old TypeRegA here
 		if err := writeFile(target, r); err != nil {
 			return err
 		}
