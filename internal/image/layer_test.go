@@ -184,6 +184,21 @@ func TestWriteLayerRefusesEscapes(t *testing.T) {
 	}
 }
 
+func TestWriteLayerRefusesSymlinkParents(t *testing.T) {
+	root := t.TempDir()
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "secret"), []byte("host"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "lib")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := WriteLayer(context.Background(), root, Changes{Paths: []string{"lib/secret"}}, LayerOptions{Dir: t.TempDir()})
+	if !errors.Is(err, ErrUnsafePath) {
+		t.Fatalf("error = %v, want ErrUnsafePath (read through a symlink out of root)", err)
+	}
+}
+
 func TestWriteLayerMissingPath(t *testing.T) {
 	_, err := WriteLayer(context.Background(), t.TempDir(), Changes{Paths: []string{"nope"}}, LayerOptions{Dir: t.TempDir()})
 	if !errors.Is(err, os.ErrNotExist) {

@@ -54,8 +54,8 @@ const (
 	whiteoutOpaque = ".wh..wh..opq"
 )
 
-// ErrUnsafePath is returned for a change path that is absolute after
-// cleaning or climbs out of the root with "..".
+// ErrUnsafePath is returned for a change path that climbs out of the root
+// with "..", or that lies under a symlink or file in root.
 var ErrUnsafePath = errors.New("unsafe path")
 
 // entry kinds in a layer plan
@@ -77,6 +77,9 @@ const (
 // with several names inside the layer is written once and then as hardlinks.
 // Extended attributes are not written.
 func WriteLayer(ctx context.Context, root string, ch Changes, opts LayerOptions) (*Layer, error) {
+	if opts.Compression == "" {
+		opts.Compression = Gzip
+	}
 	mt, err := opts.Compression.mediaType(opts.OCI)
 	if err != nil {
 		return nil, err
@@ -113,7 +116,7 @@ func WriteLayer(ctx context.Context, root string, ch Changes, opts LayerOptions)
 	differ := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(differ, comp))
 
-	lw := &layerWriter{root: root, tw: tw, epoch: opts.Epoch, links: map[fileID]string{}}
+	lw := &layerWriter{root: root, tw: tw, epoch: opts.Epoch, links: map[fileID]string{}, dirs: map[string]bool{}}
 	for _, e := range plan {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("write layer: %w", err)
@@ -229,6 +232,11 @@ type layerWriter struct {
 	tw    *tar.Writer
 	epoch *time.Time
 	links map[fileID]string // first name written for a multiply-linked inode
+	// dirs holds the names written as directories. Every parent is planned
+	// and sorted before its children, so a parent missing here is a symlink
+	// or file in root: reading through it could pull in files from outside
+	// root (an absolute symlink resolves on the host).
+	dirs map[string]bool
 }
 
 func (w *layerWriter) clamp(t time.Time) time.Time {
@@ -242,6 +250,9 @@ func (w *layerWriter) clamp(t time.Time) time.Time {
 }
 
 func (w *layerWriter) write(e planned) error {
+	if parent := path.Dir(e.name); parent != "." && !w.dirs[parent] {
+		return fmt.Errorf("layer entry %s: parent is not a directory in root: %w", e.name, ErrUnsafePath)
+	}
 	switch e.kind {
 	case whiteout, opaque:
 		mtime := time.Unix(0, 0)
@@ -276,6 +287,7 @@ func (w *layerWriter) write(e planned) error {
 	case m.IsDir():
 		hdr.Typeflag = tar.TypeDir
 		hdr.Name += "/"
+		w.dirs[e.name] = true
 	case m.IsRegular():
 		hdr.Typeflag = tar.TypeReg
 		hdr.Size = fi.Size()
