@@ -213,6 +213,29 @@ func TestDigest(t *testing.T) {
 			t.Error("unselected file changed digest")
 		}
 	})
+	t.Run("glob selects like COPY", func(t *testing.T) {
+		c := mk(t, base, nil)
+		if d(t, c, "src/*.go") != d(t, c, "src/a.go", "src/b.go") {
+			t.Error("glob digest differs from the files it matches")
+		}
+		if d(t, c, "src/*.go") == d(t, c, "src/a.go") {
+			t.Error("glob digest ignores a match")
+		}
+	})
+	t.Run("named symlink is followed", func(t *testing.T) {
+		c1, c2 := mk(t, base, nil), mk(t, base, nil)
+		for i, c := range []*Context{c1, c2} {
+			if err := os.Symlink("src/a.go", filepath.Join(c.Root(), "link")); err != nil {
+				t.Fatal(err)
+			}
+			if i == 1 {
+				writeTree(t, c.Root(), map[string]string{"src/a.go": "edited"})
+			}
+		}
+		if d(t, c1, "link") == d(t, c2, "link") {
+			t.Error("digest of a symlink source ignores its target's content")
+		}
+	})
 	t.Run("errors", func(t *testing.T) {
 		c := mk(t, base, nil)
 		if _, err := c.Digest(ctx, []string{"../etc"}); !errors.Is(err, ErrOutsideContext) {

@@ -46,24 +46,36 @@ type entry struct {
 // The digest does not depend on the order of rels or on walk order. Regular
 // files are hashed in parallel.
 //
-// A named path that is a symlink is recorded as a symlink (its target is part
-// of the digest) and not followed; COPY's resolution of it is scoped to the
-// context, so the target string pins what it resolves to unless a file the
-// link names changes, which is also walked when it lies beneath rels.
+// rels may be globs (path.Match syntax per component, like COPY sources).
+// A named path that is a symlink is followed, scoped to the context, as COPY
+// follows it; symlinks beneath a named directory are recorded as symlinks.
 func (c *Context) Digest(ctx context.Context, rels []string) (digest.Digest, error) {
 	seen := map[string]bool{}
 	var entries []*entry
+	var names []string
 	for _, r := range rels {
-		rel := path.Clean("/" + filepath.ToSlash(r))[1:]
-		if strings.HasPrefix(path.Clean(filepath.ToSlash(r)), "../") || path.Clean(filepath.ToSlash(r)) == ".." {
+		clean := path.Clean(filepath.ToSlash(r))
+		if clean == ".." || strings.HasPrefix(clean, "../") {
 			return "", fmt.Errorf("%w: %s", ErrOutsideContext, r)
 		}
-		start, err := securejoin.SecureJoin(c.root, filepath.Dir(filepath.FromSlash(rel)))
+		rel := path.Clean("/" + filepath.ToSlash(r))[1:]
+		if !strings.ContainsAny(rel, `*?[\`) {
+			names = append(names, rel)
+			continue
+		}
+		matches, err := c.glob(rel)
 		if err != nil {
 			return "", fmt.Errorf("digest %s: %w", r, err)
 		}
-		if rel != "" {
-			start = filepath.Join(start, path.Base(rel))
+		names = append(names, matches...)
+	}
+	for _, rel := range names {
+		r := rel
+		// Follow symlinks like COPY does, scoped to the context, so the
+		// digest covers what would be copied.
+		start, err := securejoin.SecureJoin(c.root, filepath.FromSlash(rel))
+		if err != nil {
+			return "", fmt.Errorf("digest %s: %w", r, err)
 		}
 		err = filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
@@ -154,4 +166,38 @@ func hashFile(p string) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// glob expands a slash-separated pattern component by component inside the
+// context; excluded paths never match.
+func (c *Context) glob(pattern string) ([]string, error) {
+	cands := []string{""}
+	for _, comp := range strings.Split(pattern, "/") {
+		var next []string
+		for _, dir := range cands {
+			if !strings.ContainsAny(comp, `*?[\`) {
+				next = append(next, path.Join(dir, comp))
+				continue
+			}
+			abs, err := securejoin.SecureJoin(c.root, filepath.FromSlash(dir))
+			if err != nil {
+				return nil, err
+			}
+			ents, err := os.ReadDir(abs)
+			if err != nil {
+				continue
+			}
+			for _, e := range ents {
+				ok, err := path.Match(comp, e.Name())
+				if err != nil {
+					return nil, fmt.Errorf("bad pattern %q: %w", pattern, err)
+				}
+				if ok && !c.Excluded(path.Join(dir, e.Name()), e.IsDir()) {
+					next = append(next, path.Join(dir, e.Name()))
+				}
+			}
+		}
+		cands = next
+	}
+	return cands, nil
 }
