@@ -36,10 +36,12 @@ func (l *Layer) Path() string { return l.path }
 // The caller decides what to do with it. BuildKit keeps such layers for
 // filesystem instructions: a WORKDIR of an existing directory or a COPY that
 // changes nothing still adds a layer (an empty tar; with gzip the well-known
-// sha256:4f4fb700... blob) and a history entry with empty_layer=false. Only
-// metadata instructions (ENV, CMD, LABEL, ...) get empty_layer=true and no
-// layer. Dropping empty layers is therefore a deviation from BuildKit that
-// changes the image digest.
+// sha256:4f4fb700... blob) and a history entry with empty_layer=false, since
+// its exporter never drops a layer for having an empty diff. Only metadata
+// instructions (ENV, CMD, LABEL, ...) and "WORKDIR /" (dockerfile2llb's
+// dispatchWorkdir makes no mkdir there) get empty_layer=true and no layer.
+// Dropping empty layers is therefore a deviation from BuildKit that changes
+// the image digest.
 func (l *Layer) Empty() bool { return l.empty }
 
 // Compression is the algorithm the blob is compressed with.
