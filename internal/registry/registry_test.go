@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -26,6 +27,12 @@ const registryBinary = "/usr/bin/docker-registry"
 // startRegistry runs the real distribution registry on a free loopback port
 // and returns its HOST:PORT. It is stopped when the test ends.
 func startRegistry(t *testing.T) string {
+	t.Helper()
+	return startRegistryWith(t, "")
+}
+
+// startRegistryWith is startRegistry with extra top-level YAML config.
+func startRegistryWith(t *testing.T, extra string) string {
 	t.Helper()
 	if _, err := os.Stat(registryBinary); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -47,7 +54,7 @@ storage:
     enabled: true
 http:
   addr: %s
-`, filepath.Join(dir, "data"), addr)
+%s`, filepath.Join(dir, "data"), addr, extra)
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -326,3 +333,102 @@ func TestReferenceScheme(t *testing.T) {
 		})
 	}
 }
+
+func TestPushMountsAcrossRepositories(t *testing.T) {
+	ctx := context.Background()
+	host := startRegistry(t)
+	img := mustRandom(t, 3)
+	c := &mountCounter{}
+	tags := []string{host + "/one/app:v1", host + "/two/app:v1", host + "/three/app:v1"}
+	if _, err := Push(ctx, img, tags, Options{Transport: c}); err != nil {
+		t.Fatal(err)
+	}
+	// 3 layers + config into the first repository; the other two mount
+	// the layers and upload only their (tiny) config.
+	if c.uploads != 4+2 {
+		t.Errorf("uploads = %d, want 6 (layers must be mounted, not re-sent)", c.uploads)
+	}
+	if c.mounts != 6 {
+		t.Errorf("mount requests = %d, want 6", c.mounts)
+	}
+	for _, tag := range tags {
+		back, err := Image(ctx, tag, v1.Platform{}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls, err := back.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			rc, err := l.Compressed()
+			if err != nil {
+				t.Fatalf("%s: layer unreadable after mount: %v", tag, err)
+			}
+			rc.Close()
+		}
+	}
+}
+
+// mountCounter tells blob uploads from cross-repository mounts.
+type mountCounter struct {
+	mu              sync.Mutex
+	uploads, mounts int
+}
+
+func (c *mountCounter) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method == http.MethodPost && strings.Contains(req.URL.Path, "/blobs/uploads/") {
+		c.mu.Lock()
+		if req.URL.Query().Get("mount") != "" {
+			c.mounts++
+		} else {
+			c.uploads++
+		}
+		c.mu.Unlock()
+	}
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// htpasswdLine is user "kiln", password "s3cret" (bcrypt, cost 4).
+const htpasswdLine = "kiln:$2b$04$TKHmwfPDRZpw5ed8pijzi.7q1/1sh1nQRCHZLsXDD36QPw/kUvqvS\n"
+
+func TestImageAuth(t *testing.T) {
+	ctx := context.Background()
+	pw := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(pw, []byte(htpasswdLine), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	host := startRegistryWith(t, fmt.Sprintf("auth:\n  htpasswd:\n    realm: kiln-test\n    path: %s\n", pw))
+	good := Options{Keychain: staticKeychain{authn.FromConfig(authn.AuthConfig{Username: "kiln", Password: "s3cret"})}}
+	if _, err := Push(ctx, mustRandom(t, 1), []string{host + "/app:v1"}, good); err != nil {
+		t.Fatalf("push with good credentials: %v", err)
+	}
+	tests := []struct {
+		name string
+		o    Options
+	}{
+		{"wrong password", Options{Keychain: staticKeychain{authn.FromConfig(authn.AuthConfig{Username: "kiln", Password: "nope"})}}},
+		{"anonymous", Options{Keychain: staticKeychain{authn.Anonymous}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Image(ctx, host+"/app:v1", v1.Platform{}, tt.o)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnreachable) {
+				t.Errorf("auth failure misclassified: %v", err)
+			}
+			if !strings.Contains(err.Error(), "UNAUTHORIZED") {
+				t.Errorf("err = %q, want the registry's UNAUTHORIZED diagnostic", err)
+			}
+		})
+	}
+	if _, err := Image(ctx, host+"/app:v1", v1.Platform{}, good); err != nil {
+		t.Errorf("pull with good credentials: %v", err)
+	}
+}
+
+type staticKeychain struct{ a authn.Authenticator }
+
+func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.a, nil }

@@ -105,7 +105,9 @@ func Matches(have, want v1.Platform) bool {
 // "127.0.0.1:5000/app:v1") and returns its manifest digest. Blobs upload
 // concurrently and blobs the registry already has are skipped. All blobs and
 // the manifest are first pushed by digest into every repository involved;
-// only then are tags pointed at it, so a failed upload moves no tag.
+// only then are tags pointed at it, so a failed upload moves no tag. Tags
+// in several repositories of one registry upload each layer once and
+// cross-repository mount it into the others.
 func Push(ctx context.Context, img v1.Image, tags []string, o Options) (v1.Hash, error) {
 	digest, err := img.Digest()
 	if err != nil {
@@ -135,9 +137,18 @@ func Push(ctx context.Context, img v1.Image, tags []string, o Options) (v1.Hash,
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("push: %w", err)
 	}
+	// The first repository of each registry receives the blobs; the
+	// others mount them from it rather than upload them again.
+	firstOn := map[string]name.Reference{}
 	for _, repo := range repos {
 		byDigest := repo.Digest(digest.String())
-		if err := pusher.Push(ctx, byDigest, img); err != nil {
+		src := img
+		if first, ok := firstOn[repo.RegistryStr()]; ok {
+			src = MountFrom(img, first)
+		} else {
+			firstOn[repo.RegistryStr()] = byDigest
+		}
+		if err := pusher.Push(ctx, byDigest, src); err != nil {
 			return v1.Hash{}, fmt.Errorf("push %s: %w", repo, classify(byDigest, err))
 		}
 	}
