@@ -21,7 +21,7 @@ var ErrDestNotDir = errors.New("when using COPY with more than one source file, 
 // Copy is one COPY (or the plain-copy part of ADD), with BuildKit semantics:
 //   - each source may be a glob (filepath.Match syntax, on the path relative
 //     to Src.Root; a leading "/" is allowed); a glob matching nothing is
-//     ErrNotFound, as is a missing plain source;
+//     not an error (nothing is copied, as in BuildKit); a missing plain source is ErrNotFound;
 //   - a directory source copies its contents into Dest, not the directory
 //     itself; a file source copies to Dest/<base> when Dest ends with "/",
 //     Dest is an existing directory, or several files are copied, else to
@@ -77,9 +77,6 @@ func (op Copy) plan(w *writer) (plan, error) {
 		}
 		p.items = append(p.items, items...)
 	}
-	if len(p.items) == 0 {
-		return p, fmt.Errorf("%w: no source files were specified", ErrNotFound)
-	}
 	p.dest = logical(op.Dest)
 	slash := strings.HasSuffix(op.Dest, "/") || strings.HasSuffix(op.Dest, "/.") || p.dest == ""
 	multi := len(op.Sources) > 1 || len(p.items) > 1
@@ -111,6 +108,9 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 	p, err := op.plan(w)
 	if err != nil {
 		return nil, err
+	}
+	if len(p.items) == 0 {
+		return nil, nil // only patterns that matched nothing: BuildKit copies nothing
 	}
 	for _, it := range p.items {
 		if err := ctx.Err(); err != nil {

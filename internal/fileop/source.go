@@ -183,9 +183,8 @@ func (t Tree) expand(src string) ([]item, error) {
 		}
 		out = append(out, r...)
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: no source files were specified matching %q", ErrNotFound, src)
-	}
+	// BuildKit's Dockerfile frontend sets AllowEmptyWildcard: a pattern
+	// that matches nothing copies nothing and is not an error.
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out, nil
 }
