@@ -91,7 +91,7 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 		if env.StoreDir == "" {
 			return Result{}, errors.New("export store: no store directory configured")
 		}
-		err = writeLayoutDir(ctx, env.StoreDir, img.Image, names)
+		err = writeLayoutDir(ctx, env.StoreDir, img.Image, names, true)
 	default:
 		return Result{}, fmt.Errorf("export: unknown output type %q", spec.Type)
 	}
@@ -110,10 +110,10 @@ func exportOCI(ctx context.Context, spec Spec, img v1.Image, names []string) err
 		})
 	}
 	if _, err := os.Stat(spec.Dest); err == nil {
-		return writeLayoutDir(ctx, spec.Dest, img, names)
+		return writeLayoutDir(ctx, spec.Dest, img, names, false)
 	}
 	return fillDir(filepath.Clean(spec.Dest), func(dir string) error {
-		return writeLayoutDir(ctx, dir, img, names)
+		return writeLayoutDir(ctx, dir, img, names, false)
 	})
 }
 

@@ -147,6 +147,9 @@ func TestExportOCI(t *testing.T) {
 			if tarred {
 				dir = untar(t, dest)
 			}
+			if got := dirEntries(t, dir); fmt.Sprint(got) != "[blobs index.json oci-layout]" {
+				t.Errorf("layout holds %v, want exactly blobs, index.json, oci-layout", got)
+			}
 			names, descs := layoutNames(t, dir)
 			wantNames := map[string]v1.Hash{"docker.io/library/app:v1": want, "docker.io/library/extra:1": want}
 			if fmt.Sprint(names) != fmt.Sprint(wantNames) {
@@ -399,5 +402,32 @@ func TestResultSizeAndUnnamedEntry(t *testing.T) {
 	_, descs := layoutNames(t, dest)
 	if len(descs) != 1 || len(descs[0].Annotations) != 0 || descs[0].MediaType != types.DockerManifestSchema2 {
 		t.Errorf("index entries = %+v, want one unnamed docker manifest", descs)
+	}
+}
+
+func TestExportStoreConcurrent(t *testing.T) {
+	// Parallel builds sharing one store must all end up in its index.
+	store := filepath.Join(t.TempDir(), "store")
+	const n = 8
+	errs := make(chan error, n)
+	want := map[string]v1.Hash{}
+	imgs := make([]v1.Image, n)
+	for i := range imgs {
+		imgs[i] = mustRandom(t)
+		want[fmt.Sprintf("docker.io/library/app:%d", i)] = digestOf(t, imgs[i])
+	}
+	for i := range imgs {
+		go func() {
+			_, err := Export(context.Background(), Spec{Type: TypeStore}, Image{Image: imgs[i], Tags: []string{fmt.Sprintf("app:%d", i)}}, Env{StoreDir: store})
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := layoutNames(t, store); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("index = %v, want %v", got, want)
 	}
 }

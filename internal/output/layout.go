@@ -148,9 +148,11 @@ func mergeIndex(idx *v1.IndexManifest, entries []v1.Descriptor) {
 
 // writeLayoutDir adds img to the OCI image layout at dir, creating it if
 // needed. Blobs are written atomically and verified; index.json is
-// rewritten atomically under an exclusive lock, so concurrent builds
-// sharing a store never lose each other's entries.
-func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []string) error {
+// rewritten atomically. With lock, the index update happens under an
+// exclusive flock on dir/.kiln.lock, so concurrent builds sharing kiln's
+// store never lose each other's entries; user-named output directories
+// are not littered with the lock file.
+func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []string, lock bool) error {
 	blobs, err := imageBlobs(img)
 	if err != nil {
 		return err
@@ -167,11 +169,13 @@ func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []strin
 			return err
 		}
 	}
-	unlock, err := lockDir(dir)
-	if err != nil {
-		return err
+	if lock {
+		unlock, err := lockDir(dir)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 	}
-	defer unlock()
 
 	layoutPath := filepath.Join(dir, "oci-layout")
 	if _, err := os.Stat(layoutPath); errors.Is(err, fs.ErrNotExist) {
