@@ -182,10 +182,13 @@ func (b *builder) plan(ctx context.Context) error {
 				return err
 			}
 		}
-		eg, ectx := errgroup.WithContext(ctx)
+		// Not errgroup.WithContext: the resolved images fetch their layers
+		// lazily with the context they were resolved with, which must live
+		// as long as the build.
+		var eg errgroup.Group
 		eg.SetLimit(4)
 		for _, i := range todo {
-			eg.Go(func() error { return b.resolveBase(ectx, b.stages[i]) })
+			eg.Go(func() error { return b.resolveBase(ctx, b.stages[i]) })
 		}
 		if err := eg.Wait(); err != nil {
 			return err

@@ -19,12 +19,8 @@ const historyComment = "buildkit.dockerfile.v0"
 // defaultPath is the PATH BuildKit gives images that lack one.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// commit appends a history entry, as BuildKit's commitToHistory does. A
-// step that makes a layer is marked "# buildkit" in its created_by.
+// commit appends a history entry, as BuildKit's commitToHistory does.
 func (b *builder) commit(s *stage, createdBy string, withLayer bool) {
-	if withLayer {
-		createdBy += " # buildkit"
-	}
 	s.cfg.History = append(s.cfg.History, v1.History{
 		Created:    v1.Time{Time: b.created},
 		CreatedBy:  createdBy,

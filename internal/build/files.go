@@ -146,13 +146,7 @@ func (b *builder) doCopy(ctx context.Context, s *stage, c copySpec) error {
 	if len(c.params.SourceContents) > 0 {
 		files := make([]fileop.File, 0, len(c.params.SourceContents))
 		for _, sc := range c.params.SourceContents {
-			data := sc.Data
-			if sc.Expand {
-				if data, err = b.df.ExpandWord(data, s.vars); err != nil {
-					return fmt.Errorf("%s heredoc %s: %w", c.name, sc.Path, err)
-				}
-			}
-			files = append(files, fileop.File{Name: sc.Path, Data: []byte(data)})
+			files = append(files, fileop.File{Name: sc.Path, Data: []byte(sc.Data)})
 		}
 		ch, err := fileop.WriteFiles(ctx, root, dest, files, chown, chmod)
 		if err != nil {
@@ -160,7 +154,9 @@ func (b *builder) doCopy(ctx context.Context, s *stage, c copySpec) error {
 		}
 		changed = append(changed, ch...)
 	}
-	return b.addLayer(ctx, s, root, changed, copyHistory(c))
+	// BuildKit marks history entries of steps it ran as LLB file or exec
+	// ops with "# buildkit"; WORKDIR's mkdir is not marked.
+	return b.addLayer(ctx, s, root, changed, copyHistory(c)+" # buildkit")
 }
 
 // copyHistory is BuildKit's created_by for COPY and ADD.

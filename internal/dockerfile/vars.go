@@ -138,16 +138,26 @@ func (d *Dockerfile) Expand(cmd instructions.Command, env shell.EnvGetter) error
 	if _, isArg := cmd.(*instructions.ArgCommand); isArg {
 		return nil
 	}
-	ex, ok := cmd.(instructions.SupportsSingleWordExpansion)
-	if !ok {
-		return nil
+	if ex, ok := cmd.(instructions.SupportsSingleWordExpansion); ok {
+		lex := d.Lex()
+		if err := ex.Expand(func(word string) (string, error) {
+			v, _, err := lex.ProcessWord(word, env)
+			return v, err
+		}); err != nil {
+			return d.Wrap(cmd.Location(), err)
+		}
 	}
-	lex := d.Lex()
-	if err := ex.Expand(func(word string) (string, error) {
-		v, _, err := lex.ProcessWord(word, env)
-		return v, err
-	}); err != nil {
-		return d.Wrap(cmd.Location(), err)
+	// Heredoc bodies with an unquoted delimiter expand variables but keep
+	// quotes as written, like a shell heredoc.
+	if ex, ok := cmd.(instructions.SupportsSingleWordExpansionRaw); ok {
+		lex := shell.NewLex('\\')
+		lex.SkipProcessQuotes = true
+		if err := ex.ExpandRaw(func(word string) (string, error) {
+			v, _, err := lex.ProcessWord(word, env)
+			return v, err
+		}); err != nil {
+			return d.Wrap(cmd.Location(), err)
+		}
 	}
 	return nil
 }
