@@ -197,8 +197,29 @@ func (b *builder) plan(ctx context.Context) error {
 			if err := b.addDeps(b.stages[i], b.stages[i].commands); err != nil {
 				return err
 			}
+			if err := b.resolveFromImages(ctx, b.stages[i]); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// resolveFromImages resolves, before any work, the images that COPY
+// --from names, so a typo in a stage name fails fast with its line.
+func (b *builder) resolveFromImages(ctx context.Context, s *stage) error {
+	for _, cmd := range s.commands {
+		c, ok := cmd.(*instructions.CopyCommand)
+		if !ok || c.From == "" {
+			continue
+		}
+		if _, isStage := b.df.StageIndex(c.From); isStage {
+			continue
+		}
+		if _, err := b.imageSource(ctx, c.From); err != nil {
+			return b.df.Wrap(c.Location(), fmt.Errorf("COPY %w", err))
+		}
+	}
+	return nil
 }
 
 // parentStage reports the earlier stage a FROM names, if any.

@@ -208,7 +208,7 @@ func (b *builder) imageSource(ctx context.Context, ref string) (*stage, error) {
 	}
 	img, err := registry.Image(ctx, ref, b.platform, b.opts.Registry)
 	if err != nil {
-		return nil, fmt.Errorf("--from=%s is neither a stage of this Dockerfile nor a pullable image: %w", ref, err)
+		return nil, fmt.Errorf("--from=%s: no stage of that name (stages: %s), and no such image: %w", ref, b.stageNames(), err)
 	}
 	s := &stage{name: ref, base: img, vars: &dockerfile.Vars{}}
 	b.images[ref] = s
@@ -253,4 +253,18 @@ func unixBits(p uint64) fs.FileMode {
 		m |= fs.ModeSticky
 	}
 	return m
+}
+
+// stageNames lists the named stages, for error messages.
+func (b *builder) stageNames() string {
+	var names []string
+	for _, st := range b.df.Stages {
+		if st.Name != "" {
+			names = append(names, st.Name)
+		}
+	}
+	if len(names) == 0 {
+		return "none named"
+	}
+	return strings.Join(names, ", ")
 }
