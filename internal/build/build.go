@@ -303,7 +303,11 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 	}
 	triggers := cfg.Config.OnBuild
 	cfg.Config.OnBuild = nil
-	cfg.Container, cfg.DockerVersion = "", ""
+	// BuildKit's image type has neither field, so images it builds from a
+	// docker-built base drop them; kiln matches that.
+	cfg.Container = ""
+	//lint:ignore SA1019 clearing the deprecated field is the point
+	cfg.DockerVersion = ""
 	if _, ok := dockerfile.NewVars(cfg.Config.Env).Get("PATH"); !ok {
 		cfg.Config.Env = append(cfg.Config.Env, "PATH="+defaultPath)
 	}
