@@ -125,10 +125,14 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 			return nil, fmt.Errorf("%w: %s: %v", ErrNotFound, it.name, err)
 		}
 		if fi.IsDir() {
-			if err := w.mkdirAll(ctx, path.Dir(p.dest), op.Chown); err != nil {
+			// As fsutil's prepareTargetDir: the destination of a directory's
+			// contents is made like `mkdir -p` (0755, owned by Chown or root),
+			// never with the source directory's metadata, and an existing
+			// one is left as it is.
+			if err := w.mkdirAll(ctx, p.dest, op.Chown); err != nil {
 				return nil, err
 			}
-			if err := c.copyDir(ctx, it.resolved, "", fi, p.dest); err != nil {
+			if err := c.copyChildren(ctx, it.resolved, "", p.dest); err != nil {
 				return nil, err
 			}
 			continue
@@ -222,6 +226,16 @@ func (c *copier) copyDir(ctx context.Context, srcRel, sub string, fi fs.FileInfo
 	if err != nil {
 		return err
 	}
+	if err := c.copyChildren(ctx, srcRel, sub, dest); err != nil {
+		return err
+	}
+	// Children bumped the directory's mtime; restore the source's now.
+	return setMtime(abs, m.mtime)
+}
+
+// copyChildren copies the visible children of the source directory srcRel
+// into the existing directory dest.
+func (c *copier) copyChildren(ctx context.Context, srcRel, sub, dest string) error {
 	srcAbs := filepath.Join(c.op.Src.Root, filepath.FromSlash(srcRel))
 	ents, err := os.ReadDir(srcAbs)
 	if err != nil {
@@ -247,6 +261,5 @@ func (c *copier) copyDir(ctx context.Context, srcRel, sub string, fi fs.FileInfo
 			return err
 		}
 	}
-	// Children bumped the directory's mtime; restore the source's now.
-	return setMtime(abs, m.mtime)
+	return nil
 }
