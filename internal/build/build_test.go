@@ -313,3 +313,27 @@ func TestDestPath(t *testing.T) {
 		}
 	}
 }
+
+func TestPlatformArgsAndLink(t *testing.T) {
+	df := `ARG TARGETARCH
+FROM --platform=$BUILDPLATFORM scratch AS b
+ARG TARGETPLATFORM
+ARG TARGETOS
+ARG TARGETARCH
+ARG BUILDARCH
+ENV TP=$TARGETPLATFORM TO=$TARGETOS TA=$TARGETARCH BA=$BUILDARCH
+COPY --link a /a
+`
+	img, err := buildScratch(t, df, map[string]string{"a": "a"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	env := envMap(cf.Config.Env)
+	if env["TP"] != "linux/amd64" || env["TO"] != "linux" || env["TA"] != "amd64" || env["BA"] != "amd64" {
+		t.Errorf("predefined platform ARGs: %q", cf.Config.Env)
+	}
+	if layers, _ := img.Layers(); len(layers) != 1 {
+		t.Errorf("COPY --link made %d layers, want 1", len(layers))
+	}
+}

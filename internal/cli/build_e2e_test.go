@@ -91,13 +91,13 @@ func TestBuildMultiStagePushAndReadBack(t *testing.T) {
 	host := testenv.Registry(t)
 	base, baseDigest := testenv.BusyboxImage(t, host, "busybox")
 	byDigest := host + "/busybox@" + baseDigest.String()
-	dir := mainContext(t, byDigest)
+	dir := mainContext(t, base) // FROM by digest, COPY --from by tag
 	meta := filepath.Join(t.TempDir(), "metadata.json")
 	iid := filepath.Join(t.TempDir(), "iid")
 
 	kiln(t, dir, nil, "build", "--progress=plain", "--push",
 		"-t", host+"/app:v1", "-t", host+"/app:latest",
-		"--build-arg", "BASE="+base, "--build-arg", "VERSION=2.0",
+		"--build-arg", "BASE="+byDigest, "--build-arg", "VERSION=2.0",
 		"--label", "extra=yes", "--target", "final",
 		"--metadata-file", meta, "--iidfile", iid, ".")
 

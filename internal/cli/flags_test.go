@@ -1,0 +1,43 @@
+package cli
+
+import (
+	"testing"
+)
+
+func TestBuildArgFromEnvironment(t *testing.T) {
+	t.Setenv("KILN_TEST_SET", "from-env")
+	got, err := keyValues("--build-arg", []string{"A=1", "B=", "KILN_TEST_SET", "KILN_TEST_UNSET_XYZ", "C=x=y"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"A": "1", "B": "", "KILN_TEST_SET": "from-env", "C": "x=y"}
+	if len(got) != len(want) {
+		t.Errorf("got %v, want %v (an unset bare KEY is dropped, as docker does)", got, want)
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %q (present %v), want %q", k, g, ok, v)
+		}
+	}
+	if _, err := keyValues("--label", []string{"novalue"}, false); err == nil {
+		t.Error("--label without = must be an error")
+	}
+	if _, err := keyValues("--build-arg", []string{"=v"}, true); err == nil {
+		t.Error("--build-arg with an empty key must be an error")
+	}
+}
+
+func TestSourceDateEpoch(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "100")
+	got, err := sourceDateEpoch(map[string]string{})
+	if err != nil || got == nil || got.Unix() != 100 {
+		t.Fatalf("env epoch: %v %v", got, err)
+	}
+	got, err = sourceDateEpoch(map[string]string{"SOURCE_DATE_EPOCH": "200"})
+	if err != nil || got.Unix() != 200 {
+		t.Fatalf("--build-arg epoch must win: %v %v", got, err)
+	}
+	if _, err := sourceDateEpoch(map[string]string{"SOURCE_DATE_EPOCH": "yesterday"}); err == nil {
+		t.Error("a non-numeric epoch must be an error")
+	}
+}
