@@ -6,15 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/kiln-build/kiln/internal/testenv"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -311,53 +309,9 @@ func TestExportLocal(t *testing.T) {
 	})
 }
 
-const registryBinary = "/usr/bin/docker-registry"
-
-// startRegistry runs the real distribution registry on a free loopback
-// port for the test's lifetime and returns HOST:PORT.
-func startRegistry(t *testing.T) string {
-	t.Helper()
-	if _, err := os.Stat(registryBinary); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and %s is missing: %v", registryBinary, err)
-		}
-		t.Skipf("%s not installed", registryBinary)
-	}
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(registryBinary, "serve", cfgPath)
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("registry did not start: %v\n%s", err, logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestExportRegistry(t *testing.T) {
 	ctx := context.Background()
-	host := startRegistry(t)
+	host := testenv.Registry(t)
 	img := mustRandom(t)
 	spec, err := Parse(`type=image,push=true,"name=` + host + `/extra:1,` + host + `/extra:2"`)
 	if err != nil {

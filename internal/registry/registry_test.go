@@ -7,12 +7,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kiln-build/kiln/internal/testenv"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -22,75 +23,17 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-const registryBinary = "/usr/bin/docker-registry"
-
 // startRegistry runs the real distribution registry on a free loopback port
 // and returns its HOST:PORT. It is stopped when the test ends.
 func startRegistry(t *testing.T) string {
 	t.Helper()
-	return startRegistryWith(t, "")
+	return testenv.Registry(t)
 }
 
 // startRegistryWith is startRegistry with extra top-level YAML config.
 func startRegistryWith(t *testing.T, extra string) string {
 	t.Helper()
-	if _, err := os.Stat(registryBinary); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and %s is missing: %v", registryBinary, err)
-		}
-		t.Skipf("%s not installed: %v", registryBinary, err)
-	}
-	dir := t.TempDir()
-	addr := freeAddr(t)
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-%s`, filepath.Join(dir, "data"), addr, extra)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(registryBinary, "serve", cfgPath)
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting registry: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("registry did not start: %v\n%s", err, logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return testenv.RegistryWithConfig(t, extra)
 }
 
 // counter counts requests by method and path kind, and can fail some.
@@ -432,3 +375,14 @@ func TestImageAuth(t *testing.T) {
 type staticKeychain struct{ a authn.Authenticator }
 
 func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.a, nil }
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}

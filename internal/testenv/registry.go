@@ -37,8 +37,10 @@ var errPortTaken = errors.New("registry port already in use")
 // storage, deletes allowed (cache tests prune), listening on loopback only.
 const registryConfig = `version: 0.1
 log:
-  level: info
+  level: warn
   formatter: text
+  accesslog:
+    disabled: true
 storage:
   filesystem:
     rootdirectory: %s
@@ -49,7 +51,7 @@ storage:
       enabled: false
 http:
   addr: %s
-`
+%s`
 
 // Registry starts the real registry binary (docker-registry, CNCF
 // distribution 2.8) on 127.0.0.1 with a free port and storage in a temporary
@@ -58,11 +60,18 @@ http:
 // failed.
 func Registry(t testing.TB) string {
 	t.Helper()
+	return RegistryWithConfig(t, "")
+}
+
+// RegistryWithConfig is Registry with extra top-level YAML appended to the
+// registry's configuration (for example an `auth:` section).
+func RegistryWithConfig(t testing.TB, extra string) string {
+	t.Helper()
 	bin := Need(t, "docker-registry")
 	dir := t.TempDir()
 	var lastErr error
 	for attempt := 1; attempt <= registryAttempts; attempt++ {
-		addr, err := startRegistry(t, bin, dir, attempt)
+		addr, err := startRegistry(t, bin, dir, extra, attempt)
 		if err == nil {
 			return addr
 		}
@@ -77,7 +86,7 @@ func Registry(t testing.TB) string {
 
 // startRegistry makes one attempt. On success the process is owned by a
 // t.Cleanup; on failure it has already been stopped.
-func startRegistry(t testing.TB, bin, dir string, attempt int) (string, error) {
+func startRegistry(t testing.TB, bin, dir, extra string, attempt int) (string, error) {
 	t.Helper()
 	port, err := pickPort()
 	if err != nil {
@@ -89,7 +98,7 @@ func startRegistry(t testing.TB, bin, dir string, attempt int) (string, error) {
 		return "", fmt.Errorf("create registry storage: %w", err)
 	}
 	cfgPath := filepath.Join(dir, fmt.Sprintf("config-%d.yml", attempt))
-	cfg := fmt.Sprintf(registryConfig, strconv.Quote(storage), addr)
+	cfg := fmt.Sprintf(registryConfig, strconv.Quote(storage), addr, extra)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return "", fmt.Errorf("write registry config: %w", err)
 	}
