@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/output"
+	"github.com/kiln-build/kiln/internal/progress"
 )
 
 // buildScratch builds a Dockerfile that needs no registry into an OCI
@@ -335,5 +337,52 @@ COPY --link a /a
 	}
 	if layers, _ := img.Layers(); len(layers) != 1 {
 		t.Errorf("COPY --link made %d layers, want 1", len(layers))
+	}
+}
+
+type recorder struct {
+	mu     sync.Mutex
+	events []progress.Event
+	names  map[int]string
+}
+
+func (r *recorder) Emit(e progress.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.names == nil {
+		r.names = map[int]string{}
+	}
+	if e.Name != "" {
+		r.names[e.ID] = e.Name
+	}
+	r.events = append(r.events, e)
+}
+
+// Independent stages overlap in time: the second starts before the first
+// finishes.
+func TestIndependentStagesRunConcurrently(t *testing.T) {
+	big := strings.Repeat("kiln builds stages in parallel\n", 1<<20) // ~31 MiB each
+	df := "FROM scratch AS one\nCOPY one /one\nFROM scratch AS two\nCOPY two /two\nFROM scratch\nCOPY --from=one /one /one\nCOPY --from=two /two /two\n"
+	rec := &recorder{}
+	if _, err := buildScratch(t, df, map[string]string{"one": big, "two": big + "x"}, func(o *Options) { o.Progress = rec }); err != nil {
+		t.Fatal(err)
+	}
+	idx := func(prefix string, status progress.Status) int {
+		for i, e := range rec.events {
+			if e.Status == status && strings.HasPrefix(rec.names[e.ID], prefix) {
+				return i
+			}
+		}
+		t.Fatalf("no %v event for %q", status, prefix)
+		return -1
+	}
+	oneStart, oneDone := idx("[one ", progress.Started), idx("[one ", progress.Done)
+	twoStart, twoDone := idx("[two ", progress.Started), idx("[two ", progress.Done)
+	if !(oneStart < twoDone && twoStart < oneDone) {
+		t.Errorf("stages one [%d,%d] and two [%d,%d] did not overlap", oneStart, oneDone, twoStart, twoDone)
+	}
+	final := idx("[stage-2 ", progress.Started)
+	if final < oneDone || final < twoDone {
+		t.Errorf("the final stage started before the stages it copies from finished")
 	}
 }
