@@ -130,12 +130,13 @@ func (d *Dockerfile) Lex() *shell.Lex {
 }
 
 // StageIndex finds a stage by name (case-insensitive) or by index, as
-// `FROM <stage>` and `COPY --from=<stage>` refer to them. ok is false when
-// ref names no stage (it is then an image reference).
+// `COPY --from=<stage>` refers to them. ok is false when ref names no stage
+// (it is then an image reference). When two stages share the name (BuildKit
+// only lints that), the last one wins, as in BuildKit's name map.
 func (d *Dockerfile) StageIndex(ref string) (int, bool) {
 	l := strings.ToLower(ref)
-	for i, s := range d.Stages {
-		if s.Name != "" && s.Name == l {
+	for i := len(d.Stages) - 1; i >= 0; i-- {
+		if s := d.Stages[i]; s.Name != "" && s.Name == l {
 			return i, true
 		}
 	}
@@ -146,13 +147,15 @@ func (d *Dockerfile) StageIndex(ref string) (int, bool) {
 }
 
 // Target returns the index of the stage --target names, or the last stage.
+// When two stages share the name (BuildKit only lints that), the last one
+// wins, as in BuildKit.
 func (d *Dockerfile) Target(name string) (int, error) {
 	if name == "" {
 		return len(d.Stages) - 1, nil
 	}
 	l := strings.ToLower(name)
-	for i, s := range d.Stages {
-		if s.Name == l {
+	for i := len(d.Stages) - 1; i >= 0; i-- {
+		if d.Stages[i].Name == l {
 			return i, nil
 		}
 	}

@@ -149,7 +149,10 @@ func details(cmd instructions.Command) string {
 			f.add("security", s)
 		}
 		if len(c.FlagsUsed) > 0 {
-			f.add("flags", c.FlagsUsed)
+			// BuildKit collects FlagsUsed from a map: sort for a stable dump.
+			used := append([]string(nil), c.FlagsUsed...)
+			sort.Strings(used)
+			f.add("flags", used)
 		}
 	case *instructions.CmdCommand:
 		f.cmdLine(c.ShellDependantCmdLine)

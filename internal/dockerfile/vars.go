@@ -101,10 +101,17 @@ func PlatformArgs(target, build Platform) *Vars {
 
 // GlobalArgs evaluates the ARGs before the first FROM: a --build-arg value
 // wins over the default, and defaults may refer to earlier global ARGs and
-// to the predefined platform ARGs. The result is the scope FROM lines expand
-// in and the scope a stage's bare `ARG NAME` inherits from.
+// to the predefined platform ARGs. As in BuildKit (defaultArgs), a
+// --build-arg also overrides a predefined ARG that no global ARG declares.
+// The result is the scope FROM lines expand in and the scope a stage's bare
+// `ARG NAME` inherits from.
 func (d *Dockerfile) GlobalArgs(buildArgs map[string]string, predefined *Vars) (*Vars, error) {
 	scope := predefined.Clone()
+	for _, k := range scope.Keys() {
+		if v, ok := buildArgs[k]; ok {
+			scope.Set(k, v)
+		}
+	}
 	lex := d.Lex()
 	for _, cmd := range d.MetaArgs {
 		for _, a := range cmd.Args {
@@ -132,8 +139,10 @@ func (d *Dockerfile) ExpandWord(word string, env shell.EnvGetter) (string, error
 }
 
 // Expand expands, in place, every field of cmd that BuildKit expands (COPY
-// sources and --from, ENV and LABEL values, WORKDIR, USER, ...). ARG is not
-// expanded here: its defaults are evaluated one by one as they are declared.
+// and ADD sources, destination, --chown and --chmod, ENV and LABEL keys and
+// values, WORKDIR, USER, VOLUME, STOPSIGNAL, RUN --mount; not COPY --from,
+// which BuildKit refuses to expand). ARG is not expanded here: its defaults
+// are evaluated one by one as they are declared.
 func (d *Dockerfile) Expand(cmd instructions.Command, env shell.EnvGetter) error {
 	if _, isArg := cmd.(*instructions.ArgCommand); isArg {
 		return nil
