@@ -222,10 +222,11 @@ func (b *builder) resolveFromImages(ctx context.Context, s *stage) error {
 	return nil
 }
 
-// parentStage reports the earlier stage a FROM names, if any.
+// parentStage reports the earlier stage a FROM names, if any: the most
+// recent one, as BuildKit resolves duplicate names.
 func (b *builder) parentStage(i int, base string) (int, bool) {
 	l := strings.ToLower(base)
-	for j := 0; j < i; j++ {
+	for j := i - 1; j >= 0; j-- {
 		if b.df.Stages[j].Name == l {
 			return j, true
 		}
