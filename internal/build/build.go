@@ -274,15 +274,23 @@ func (b *builder) refuseUnsupported(s *stage) error {
 // stage start when that stage is done, in buildStage.
 func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 	s.steps = countSteps(s.commands)
-	if _, ok := b.parentStage(s.index, s.def.BaseName); ok {
-		return nil
+	if j, ok := b.parentStage(s.index, s.def.BaseName); ok {
+		// A stage's ONBUILD instructions fire in the stages built FROM it
+		// (read from the parse result: stage j may be resolving right now).
+		var triggers []string
+		for _, c := range b.df.Stages[j].Commands {
+			if ob, ok := c.(*instructions.OnbuildCommand); ok {
+				triggers = append(triggers, ob.Expression)
+			}
+		}
+		return b.onBuild(s, triggers)
 	}
 	if s.def.BaseName == "scratch" {
 		s.cfg = b.emptyConfig()
 		s.vars = dockerfile.NewVars(s.cfg.Config.Env)
 		return nil
 	}
-	s.steps++
+	s.steps++ // the FROM itself
 	id, start := b.start(s, "FROM "+s.def.BaseName)
 	img, err := registry.Image(ctx, s.def.BaseName, b.platform, b.opts.Registry)
 	if err != nil {
@@ -343,7 +351,7 @@ func (b *builder) onBuild(s *stage, triggers []string) error {
 		return nil
 	}
 	s.commands = append(cmds, s.commands...)
-	s.steps = countSteps(s.commands) + 1
+	s.steps += countSteps(cmds)
 	return b.refuseUnsupported(s)
 }
 

@@ -386,3 +386,25 @@ func TestIndependentStagesRunConcurrently(t *testing.T) {
 		t.Errorf("the final stage started before the stages it copies from finished")
 	}
 }
+
+// A stage's ONBUILD instructions fire in stages built FROM it, and are not
+// inherited further.
+func TestOnBuildFromStage(t *testing.T) {
+	df := "FROM scratch AS parent\nONBUILD COPY a /from-trigger\nONBUILD LABEL trig=1\nFROM parent\nCOPY b /b\n"
+	files := map[string]string{"a": "a", "b": "b"}
+	img, err := buildScratch(t, df, files, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	if len(cf.Config.OnBuild) != 0 || cf.Config.Labels["trig"] != "1" {
+		t.Errorf("OnBuild %q, labels %v: the triggers must fire once and not carry over", cf.Config.OnBuild, cf.Config.Labels)
+	}
+	if layers, _ := img.Layers(); len(layers) != 2 {
+		t.Errorf("%d layers, want the trigger's COPY and the stage's own", len(layers))
+	}
+	parent := mustBuild(t, df, files, func(o *Options) { o.Target = "parent" })
+	if !slices.Equal(parent.Config.OnBuild, []string{"COPY a /from-trigger", "LABEL trig=1"}) {
+		t.Errorf("parent OnBuild = %q", parent.Config.OnBuild)
+	}
+}

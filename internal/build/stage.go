@@ -90,5 +90,8 @@ func (s *stage) inherit(parent *stage) {
 	s.base = parent.base
 	s.added = append([]v1.Layer(nil), parent.added...)
 	s.cfg = parent.cfg.DeepCopy()
+	// The parent's ONBUILD triggers fire in this stage (see resolveBase)
+	// and are not carried over, as in BuildKit.
+	s.cfg.Config.OnBuild = nil
 	s.vars = parent.vars.Clone()
 }
