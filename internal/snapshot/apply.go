@@ -38,7 +38,10 @@ const (
 // created (EPERM, e.g. in a user namespace) are skipped silently, as Docker
 // does in rootless mode.
 func Apply(ctx context.Context, dir string, r io.Reader) error {
-	a := &applier{dir: dir, added: map[string]bool{}}
+	return apply(ctx, &applier{dir: dir, added: map[string]bool{}}, r)
+}
+
+func apply(ctx context.Context, a *applier, r io.Reader) error {
 	tr := tar.NewReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -68,6 +71,9 @@ type dirTime struct {
 
 type applier struct {
 	dir string
+	// overlay keeps whiteouts as overlayfs markers instead of applying
+	// them: dir holds one layer alone, to be stacked by an overlay mount.
+	overlay bool
 	// added holds the cleaned names this layer wrote, so that whiteouts
 	// only ever remove lower-layer content.
 	added     map[string]bool
@@ -252,6 +258,11 @@ func (a *applier) metadata(hdr *tar.Header, target string) error {
 	for k, v := range hdr.PAXRecords {
 		attr, ok := strings.CutPrefix(k, "SCHILY.xattr.")
 		if !ok {
+			continue
+		}
+		if strings.HasPrefix(attr, overlayXattrPrefix) {
+			// A layer must not steer overlayfs (opaque dirs, redirects to
+			// other paths): only whiteout entries may do that.
 			continue
 		}
 		if err := unix.Lsetxattr(target, attr, []byte(v), 0); err != nil &&

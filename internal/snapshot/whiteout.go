@@ -43,6 +43,12 @@ func (a *applier) finish() error {
 			keep[n] = true
 		}
 	}
+	if a.overlay {
+		if err := a.overlayMarkers(keep); err != nil {
+			return err
+		}
+		return a.setDirTimes()
+	}
 	for _, w := range a.whiteouts {
 		p, err := a.resolve(w)
 		if err != nil {
@@ -69,6 +75,11 @@ func (a *applier) finish() error {
 			return err
 		}
 	}
+	return a.setDirTimes()
+}
+
+// setDirTimes restores directory times, innermost last-written first.
+func (a *applier) setDirTimes() error {
 	for i := len(a.dirTimes) - 1; i >= 0; i-- {
 		d := a.dirTimes[i]
 		if err := setTimes(d.path, d.atime, d.mtime); err != nil && !errors.Is(err, os.ErrNotExist) {

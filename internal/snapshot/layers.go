@@ -1,0 +1,130 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// layerStore keeps each layer extracted once, in overlay form, under
+// dir/<short diffID>. One store serves every snapshotter on the same root
+// in this process; other processes on the same root are kept safe by the
+// atomic rename (a loser of the race discards its copy).
+type layerStore struct {
+	dir   string
+	mu    sync.Mutex
+	calls map[string]*extraction // in flight, by short id
+}
+
+type extraction struct {
+	done chan struct{}
+	err  error
+}
+
+var stores sync.Map // layers dir -> *layerStore
+
+func storeFor(dir string) *layerStore {
+	v, _ := stores.LoadOrStore(dir, &layerStore{dir: dir, calls: map[string]*extraction{}})
+	return v.(*layerStore)
+}
+
+// shortID keeps lowerdir paths short (the whole mount data must fit in one
+// page); 64 bits of the diffID are plenty to tell a machine's layers apart.
+func shortID(h v1.Hash) string {
+	if len(h.Hex) < 16 {
+		return h.Hex
+	}
+	return h.Hex[:16]
+}
+
+// get returns the directory holding l extracted, extracting it unless that
+// was done before. Concurrent calls for one layer wait for a single
+// extraction; a failed one is forgotten, so the next call retries.
+func (s *layerStore) get(ctx context.Context, l v1.Layer) (string, error) {
+	h, err := l.DiffID()
+	if err != nil {
+		return "", fmt.Errorf("layer diffID: %w", err)
+	}
+	id := shortID(h)
+	final := filepath.Join(s.dir, id)
+	for {
+		s.mu.Lock()
+		if c, ok := s.calls[id]; ok {
+			s.mu.Unlock()
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				return "", fmt.Errorf("wait for layer %s: %w", h, ctx.Err())
+			}
+			// Another caller's cancellation is not our failure: retry.
+			if c.err != nil && !errors.Is(c.err, context.Canceled) && !errors.Is(c.err, context.DeadlineExceeded) {
+				return "", c.err
+			}
+			continue
+		}
+		if _, err := os.Lstat(final); err == nil {
+			s.mu.Unlock()
+			return final, nil
+		}
+		c := &extraction{done: make(chan struct{})}
+		s.calls[id] = c
+		s.mu.Unlock()
+
+		c.err = s.extract(ctx, l, final)
+		s.mu.Lock()
+		delete(s.calls, id)
+		s.mu.Unlock()
+		close(c.done)
+		if c.err != nil {
+			return "", c.err
+		}
+		return final, nil
+	}
+}
+
+// extract writes l into a temporary directory and renames it into place,
+// so a crash never leaves a half-extracted layer under its final name.
+func (s *layerStore) extract(ctx context.Context, l v1.Layer, final string) error {
+	h, _ := l.DiffID()
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("extract layer %s: %w", h, err)
+	}
+	tmp, err := os.MkdirTemp(s.dir, "tmp-")
+	if err != nil {
+		return fmt.Errorf("extract layer %s: %w", h, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = os.RemoveAll(tmp)
+		}
+	}()
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("extract layer %s: %w", h, err)
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return fmt.Errorf("extract layer %s: open: %w", h, err)
+	}
+	err = ApplyOverlay(ctx, tmp, rc)
+	if cerr := rc.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close: %w", cerr)
+	}
+	if err != nil {
+		return fmt.Errorf("extract layer %s: %w", h, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		if _, serr := os.Lstat(final); serr == nil {
+			// Another process on this root got there first.
+			return nil
+		}
+		return fmt.Errorf("extract layer %s: %w", h, err)
+	}
+	ok = true
+	return nil
+}

@@ -1,0 +1,196 @@
+package snapshot
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/mount"
+)
+
+// overlaySnapshotter stacks extracted layers with overlayfs: Prepare costs
+// the extraction of layers not seen before, and Diff reads only the upper
+// directory, never the whole tree (the anti-pattern of rescanning).
+type overlaySnapshotter struct {
+	root   string
+	layers *layerStore
+	extra  []string
+}
+
+func newOverlay(root string) (*overlaySnapshotter, error) {
+	if err := validRoot(root); err != nil {
+		return nil, err
+	}
+	return &overlaySnapshotter{
+		root:   root,
+		layers: storeFor(filepath.Join(root, "l")),
+		extra:  overlayExtraOptions(root),
+	}, nil
+}
+
+func (o *overlaySnapshotter) Name() string { return NameOverlay }
+
+// fetchLimit bounds concurrent layer downloads and extractions per Prepare.
+const fetchLimit = 3
+
+func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Active, error) {
+	lowers := make([]string, len(layers))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(fetchLimit)
+	for i, l := range layers {
+		g.Go(func() error {
+			d, err := o.layers.get(gctx, l)
+			if err != nil {
+				return fmt.Errorf("layer %d: %w", i, err)
+			}
+			lowers[i] = d
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("prepare overlay snapshot: %w", err)
+	}
+	if len(lowers) == 0 {
+		// overlayfs needs a lowerdir; an empty one stands for scratch.
+		empty := filepath.Join(o.root, "l", "empty")
+		if err := os.MkdirAll(empty, 0o755); err != nil {
+			return nil, fmt.Errorf("prepare overlay snapshot: %w", err)
+		}
+		lowers = []string{empty}
+	}
+	dir, err := activeDir(o.root)
+	if err != nil {
+		return nil, err
+	}
+	a := &overlayActive{dir: dir, upper: filepath.Join(dir, "u"), work: filepath.Join(dir, "w")}
+	opts, err := overlayOptions(lowers, a.upper, a.work, o.extra)
+	if err == nil {
+		err = os.Mkdir(a.upper, 0o755)
+	}
+	if err == nil {
+		// Mkdir is subject to the umask; the root of the view is 0755.
+		err = os.Chmod(a.upper, 0o755)
+	}
+	if err == nil {
+		err = os.Mkdir(a.work, 0o700)
+	}
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("prepare overlay snapshot: %w", err)
+	}
+	a.opts = opts
+	return a, nil
+}
+
+// overlayOptions builds the mount options, top-most lower first, and
+// checks they fit the page the kernel copies mount data into.
+func overlayOptions(lowers []string, upper, work string, extra []string) ([]string, error) {
+	top := make([]string, len(lowers))
+	for i, l := range lowers {
+		top[len(lowers)-1-i] = l
+	}
+	opts := append([]string{
+		"lowerdir=" + strings.Join(top, ":"),
+		"upperdir=" + upper,
+		"workdir=" + work,
+	}, extra...)
+	if n := len(strings.Join(opts, ",")); n >= unix.Getpagesize() {
+		perLayer := len(lowers[0]) + 1
+		limit := (unix.Getpagesize() - 1 - (n - len(lowers)*perLayer)) / perLayer
+		return nil, fmt.Errorf("%d layers need %d bytes of mount options, at most %d layers fit under this root: %w",
+			len(lowers), n, limit, ErrTooManyLayers)
+	}
+	return opts, nil
+}
+
+type overlayActive struct {
+	releaser
+	dir, upper, work string
+	opts             []string
+}
+
+func (a *overlayActive) Mounts() []mount.Mount {
+	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: append([]string(nil), a.opts...)}}
+}
+
+// Diff walks the upper directory: a 0/0 character device is a deletion,
+// a directory marked opaque hides all lower content, anything else was
+// created or modified (a directory copied up only because a child
+// changed is listed too; the layer writes every parent anyway).
+func (a *overlayActive) Diff(ctx context.Context) (Changes, string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.usable(); err != nil {
+		return Changes{}, "", err
+	}
+	var ch Changes
+	err := filepath.WalkDir(a.upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == a.upper {
+			return nil
+		}
+		rel, err := filepath.Rel(a.upper, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		switch t := d.Type(); {
+		case t&fs.ModeCharDevice != 0 && isWhiteout(p):
+			ch.Deleted = append(ch.Deleted, rel)
+		case t.IsDir():
+			opaque, err := isOpaque(p)
+			if err != nil {
+				return err
+			}
+			if opaque {
+				ch.Opaque = append(ch.Opaque, rel)
+			}
+			ch.Paths = append(ch.Paths, rel)
+		default:
+			ch.Paths = append(ch.Paths, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		return Changes{}, "", fmt.Errorf("diff overlay upper dir: %w", err)
+	}
+	return ch, a.upper, nil
+}
+
+// Commit only closes the snapshot: the next Prepare extracts the new layer
+// from its tar like any other, so a reused upper dir can never differ from
+// what a fresh runner gets (the layer clamps times and drops xattrs).
+func (a *overlayActive) Commit(_ context.Context, _ v1.Layer) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.usable(); err != nil {
+		return err
+	}
+	a.committed = true
+	return nil
+}
+
+func (a *overlayActive) Release() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.released {
+		return nil
+	}
+	if err := os.RemoveAll(a.dir); err != nil {
+		return fmt.Errorf("release overlay snapshot: %w", err)
+	}
+	a.released = true
+	return nil
+}
