@@ -134,7 +134,7 @@ var conformanceSteps = []struct {
 		write(t, r, "new/deep/dir/file", "new")
 		write(t, r, "etc/added", "added")
 		must(t, os.Mkdir(filepath.Join(r, "emptydir"), 0o711))
-	}},
+	}, nil},
 	{"modify lower files", func(t *testing.T, r string) {
 		write(t, r, "etc/passwd", "changed")
 		f, err := os.OpenFile(filepath.Join(r, "usr/lib/a"), os.O_APPEND|os.O_WRONLY, 0)
@@ -142,13 +142,13 @@ var conformanceSteps = []struct {
 		_, err = f.WriteString("+appended")
 		must(t, err)
 		must(t, f.Close())
-	}},
+	}, nil},
 	{"chmod and chown lower entries", func(t *testing.T, r string) {
 		must(t, os.Chmod(filepath.Join(r, "etc/conf"), 0o640))
 		must(t, os.Lchown(filepath.Join(r, "usr/lib/a"), 7, 8))
 		must(t, os.Chmod(filepath.Join(r, "data"), 0o700))
 		must(t, os.Chmod(filepath.Join(r, "bin/sh"), 0o4755))
-	}},
+	}, nil},
 	{"delete lower file and dirs", func(t *testing.T, r string) {
 		must(t, os.Remove(filepath.Join(r, "etc/conf")))
 		must(t, os.RemoveAll(filepath.Join(r, "usr/lib/sub")))
@@ -160,12 +160,12 @@ var conformanceSteps = []struct {
 		write(t, r, "opt/old", "now a file")
 		must(t, os.Remove(filepath.Join(r, "data/x")))
 		write(t, r, "data/x/inside", "now a dir")
-	}},
+	}, nil},
 	{"opaque dir", func(t *testing.T, r string) {
 		must(t, os.RemoveAll(filepath.Join(r, "usr/lib")))
 		write(t, r, "usr/lib/fresh", "fresh")
 		must(t, os.Mkdir(filepath.Join(r, "usr/lib/sub"), 0o755))
-	}},
+	}, nil},
 	{"rename lower dir", func(t *testing.T, r string) {
 		sh(t, r, "mv", "opt/old", "opt/renamed")
 		write(t, r, "opt/renamed/o3", "o3")
@@ -173,7 +173,7 @@ var conformanceSteps = []struct {
 	{"rename lower dir then reuse its name", func(t *testing.T, r string) {
 		sh(t, r, "mv", "usr/lib", "usr/lib2")
 		write(t, r, "usr/lib/other", "other")
-	}},
+	}, nil},
 	{"symlinks", func(t *testing.T, r string) {
 		must(t, os.Symlink("../bin/sh", filepath.Join(r, "etc/shell")))
 		must(t, os.Remove(filepath.Join(r, "link")))
@@ -182,12 +182,12 @@ var conformanceSteps = []struct {
 		must(t, os.Symlink("nowhere", filepath.Join(r, "data/y")))
 		must(t, os.Remove(filepath.Join(r, "dirlink")))
 		must(t, os.Mkdir(filepath.Join(r, "dirlink"), 0o755))
-	}},
+	}, nil},
 	{"hardlinks", func(t *testing.T, r string) {
 		must(t, os.Link(filepath.Join(r, "usr/lib/a"), filepath.Join(r, "usr/lib/a2")))
 		write(t, r, "new/f", "linked")
 		must(t, os.Link(filepath.Join(r, "new/f"), filepath.Join(r, "new/g")))
-	}},
+	}, nil},
 }
 
 func stepNamed(t *testing.T, name string) step {
