@@ -1,0 +1,193 @@
+package executor
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+type runcExecutor struct {
+	runc string // path of the runc binary
+}
+
+func (*runcExecutor) Name() string { return "runc" }
+
+// Run writes an OCI bundle around the mounted root and runs `runc run` with
+// a state directory of its own, then deletes the container, removes stubs,
+// unmounts and removes the bundle.
+func (e *runcExecutor) Run(ctx context.Context, spec Spec) (err error) {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("runc executor: %w", err)
+	}
+	r, err := prepare(spec)
+	if err != nil {
+		return fmt.Errorf("runc executor: %w", err)
+	}
+	defer func() {
+		if cerr := r.cleanup(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	cfg, err := json.Marshal(ociSpec(r, spec))
+	if err != nil {
+		return fmt.Errorf("runc executor: encode config.json: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(r.dir, "config.json"), cfg, 0o600); err != nil {
+		return fmt.Errorf("runc executor: write config.json: %w", err)
+	}
+	var idb [8]byte
+	_, _ = rand.Read(idb[:])
+	c := runcContainer{
+		runc:  e.runc,
+		state: filepath.Join(r.dir, "state"),
+		log:   filepath.Join(r.dir, "runc.log"),
+		id:    "kiln-" + hex.EncodeToString(idb[:]),
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		if derr := c.delete(cctx); derr != nil {
+			err = errors.Join(err, derr)
+		}
+	}()
+	return c.run(ctx, r.dir, spec)
+}
+
+// runcContainer is one container under a private runc state root.
+type runcContainer struct {
+	runc, state, log, id string
+}
+
+func (c runcContainer) command(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, c.runc, append([]string{"--root", c.state, "--log", c.log, "--log-format", "json"}, args...)...)
+}
+
+func (c runcContainer) run(ctx context.Context, bundle string, spec Spec) error {
+	cmd := exec.Command(c.runc, "--root", c.state, "--log", c.log, "--log-format", "json",
+		"run", "--bundle", bundle, c.id)
+	cmd.Stdout, cmd.Stderr = spec.Stdout, spec.Stderr
+	// Own process group: a ^C meant for kiln reaches runc only through ctx.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = cleanupTimeout
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("runc executor: start runc: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case werr := <-done:
+		if werr != nil {
+			if msg := c.logErrors(); msg != "" {
+				return fmt.Errorf("runc executor: runc run: %s", msg)
+			}
+		}
+		return exitError(werr)
+	case <-ctx.Done():
+	}
+	// runc run forwards signals to the container's init.
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(killGrace):
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		_ = c.command(kctx, "kill", c.id, "KILL").Run()
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(cleanupTimeout):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	return fmt.Errorf("runc executor: run %s: %w", strings.Join(spec.Args, " "), ctx.Err())
+}
+
+func (c runcContainer) delete(ctx context.Context) error {
+	out, err := c.command(ctx, "delete", "--force", c.id).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "does not exist") {
+		return fmt.Errorf("runc delete %s: %w: %s", c.id, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// logErrors returns the error messages runc logged: runc failing to set up
+// the container exits 1 just like a process that exits 1, and the log is
+// what tells the two apart.
+func (c runcContainer) logErrors() string {
+	f, err := os.Open(c.log)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var msgs []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var entry struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal(sc.Bytes(), &entry) == nil && (entry.Level == "error" || entry.Level == "fatal") {
+			msgs = append(msgs, entry.Msg)
+		}
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// ociSpec is the runtime-spec config: BuildKit's (containerd's default
+// spec without /run, with resolv.conf and hosts, new privileges allowed, no
+// rlimits) minus seccomp and the cgroup mount.
+func ociSpec(r *run, spec Spec) *specs.Spec {
+	caps := capNames()
+	umask := uint32(0o022)
+	s := &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			Args: spec.Args,
+			Env:  r.env,
+			Cwd:  r.cwd,
+			User: specs.User{UID: r.uid, GID: r.gid, AdditionalGids: r.sgids, Umask: &umask},
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding: caps, Effective: caps, Permitted: caps,
+			},
+		},
+		Root:     &specs.Root{Path: r.rootfs},
+		Hostname: r.hostname,
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace},
+				{Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+			},
+			MaskedPaths:   maskedPaths,
+			ReadonlyPaths: readonlyPaths,
+			Resources: &specs.LinuxResources{
+				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+			},
+		},
+	}
+	if spec.Network == NetworkNone {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+	}
+	for _, m := range systemMounts {
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.dest, Type: m.typ, Source: m.source, Options: m.options})
+	}
+	for _, b := range [][2]string{{r.resolvConf, "/etc/resolv.conf"}, {r.hosts, "/etc/hosts"}} {
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: b[1], Type: "bind", Source: b[0], Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	}
+	for _, m := range spec.Mounts {
+		mm := toMount(m)
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: m.Type, Source: mm.Source, Options: mm.Options})
+	}
+	return s
+}
