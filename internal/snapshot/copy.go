@@ -67,9 +67,15 @@ type copyActive struct {
 // layers, then records the before-index Diff compares against.
 func (a *copyActive) fill(ctx context.Context, layers []v1.Layer) error {
 	committed := filepath.Join(a.c.committedDir(), chainKey(a.ids))
-	// Renaming a directory onto an empty one replaces it; losing a race
-	// for the same committed tree, or to eviction, just means copying.
+	// The tree takes the active dir's name; losing a race for the same
+	// committed tree, or to eviction, just means copying.
+	if err := os.Remove(a.dir); err != nil {
+		return err
+	}
 	if err := os.Rename(committed, a.dir); err != nil {
+		if err := os.Mkdir(a.dir, 0o755); err != nil {
+			return err
+		}
 		if err := os.Chmod(a.dir, 0o755); err != nil {
 			return err
 		}
