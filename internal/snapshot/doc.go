@@ -1,10 +1,34 @@
 // Package snapshot builds root filesystems from image layers.
 //
-// This is the copying base every snapshotter shares: [Apply] extracts one
-// uncompressed layer tar into a directory with OCI whiteout semantics, and
-// [Materialize] stacks a whole image's layers into one merged tree. The
-// overlayfs snapshotter (later) mounts layers instead of copying them, but
-// still extracts each layer with Apply.
+// A [Snapshotter] prepares a writable view of a stage's layers for one
+// filesystem-changing step (RUN, COPY, ADD, WORKDIR). It returns mounts as
+// data ([Active.Mounts]); the solver mounts them (COPY) or hands them to an
+// executor (RUN), and after unmounting asks [Active.Diff] what changed,
+// which image.WriteLayer turns into a layer (image.Changes(ch) converts).
+// Two snapshotters keep that contract, and one conformance suite checks
+// both (conformance_test.go):
+//
+//   - overlay: each layer is extracted once per root into root/l/<short
+//     diffID> in overlayfs form ([ApplyOverlay]: whiteouts as 0/0 character
+//     devices, opaque directories as trusted.overlay.opaque=y), and a step
+//     gets an overlay mount over them with a fresh upper dir under root/a.
+//     Diff reads only the upper dir. redirect_dir and metacopy are turned
+//     off when the kernel accepts it, so the upper dir alone holds every
+//     change (a renamed lower directory is copied up whole).
+//   - copy: the fallback where overlay does not work. A snapshot is a full
+//     merged tree ([Materialize]) under root/a, bind-mounted; Diff compares
+//     two walks. Commit keeps the tree under root/c by layer chain, so the
+//     next step of a stage takes it over by a rename instead of copying.
+//
+// [New] picks by name; "auto" probes overlay once per root
+// ([OverlaySupported]). Concurrent Prepares of one layer extract it once;
+// a failed extraction is forgotten and retried by the next Prepare;
+// extraction goes to a temporary directory renamed into place, so a crash
+// never leaves a half layer.
+//
+// [Apply] extracts one uncompressed layer tar into a directory with OCI
+// whiteout semantics, and [Materialize] stacks a whole image's layers into
+// one merged tree.
 //
 // Extraction is hostile-input safe: no entry may create, change or link to
 // anything outside the target directory. Names are made relative, ".."
@@ -12,5 +36,5 @@
 // an entry are resolved inside the target (as if it were chrooted, like
 // containerd's RootPath and Docker's chroot extraction), and the last path
 // component is never followed: an existing symlink there is replaced, not
-// written through.
+// written through. Layers cannot set trusted.overlay.* xattrs.
 package snapshot
