@@ -195,3 +195,21 @@ func TestOverlayLowerOrder(t *testing.T) {
 		t.Errorf("mount options %q lack redirect_dir=off", opts)
 	}
 }
+
+func TestPrepareCancelled(t *testing.T) {
+	for _, name := range []string{NameOverlay, NameCopy} {
+		t.Run(name, func(t *testing.T) {
+			s, root := newTestSnapshotter(t, name)
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			if _, err := s.Prepare(ctx, baseLayers(t)); !errors.Is(err, context.Canceled) {
+				t.Fatalf("Prepare error = %v, want context.Canceled", err)
+			}
+			for _, sub := range []string{"a", "l"} {
+				if left, _ := os.ReadDir(filepath.Join(root, sub)); len(left) != 0 {
+					t.Errorf("cancelled Prepare left %v in root/%s", left, sub)
+				}
+			}
+		})
+	}
+}
