@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,10 +18,12 @@ import (
 
 	"github.com/kiln-build/kiln/internal/buildctx"
 	"github.com/kiln-build/kiln/internal/dockerfile"
+	"github.com/kiln-build/kiln/internal/executor"
 	"github.com/kiln-build/kiln/internal/graph"
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/registry"
+	"github.com/kiln-build/kiln/internal/snapshot"
 )
 
 // ErrUnsupported marks Dockerfile features kiln does not implement yet.
@@ -44,6 +47,41 @@ type builder struct {
 
 	imagesMu sync.Mutex
 	images   map[string]*stage // COPY --from=<image>: pulled once per build
+
+	// The snapshotter and executor are made on first use, so a Dockerfile
+	// without RUN never needs runc, and one with only metadata never
+	// probes overlay support.
+	snapOnce  sync.Once
+	snap      snapshot.Snapshotter
+	snapErr   error
+	execOnce  sync.Once
+	exec      executor.Executor
+	execErr   error
+	mountsDir string // RUN --mount=type=cache directories
+}
+
+func (b *builder) snapshotter() (snapshot.Snapshotter, error) {
+	b.snapOnce.Do(func() {
+		root := filepath.Join(b.tmp, "snapshots")
+		if b.opts.CacheDir != "" {
+			root = filepath.Join(b.opts.CacheDir, "snapshots")
+		}
+		b.snap, b.snapErr = snapshot.New(b.opts.Snapshotter, root)
+		if b.snapErr != nil {
+			b.snapErr = fmt.Errorf("--snapshotter=%s: %w", b.opts.Snapshotter, b.snapErr)
+		}
+	})
+	return b.snap, b.snapErr
+}
+
+func (b *builder) executor() (executor.Executor, error) {
+	b.execOnce.Do(func() {
+		b.exec, b.execErr = executor.New(b.opts.Isolation)
+		if b.execErr != nil {
+			b.execErr = fmt.Errorf("--isolation=%s: %w", b.opts.Isolation, b.execErr)
+		}
+	})
+	return b.exec, b.execErr
 }
 
 // Build runs one build and writes its outputs.
@@ -86,6 +124,10 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	defer os.RemoveAll(tmp)
 	b.tmp = tmp
 	b.layer.Dir = tmp
+	b.mountsDir = filepath.Join(tmp, "mounts")
+	if o.CacheDir != "" {
+		b.mountsDir = filepath.Join(o.CacheDir, "mounts")
+	}
 
 	needed, err := b.graph.Needed(b.target)
 	if err != nil {
@@ -177,11 +219,6 @@ func (b *builder) plan(ctx context.Context) error {
 		if len(todo) == 0 {
 			return nil
 		}
-		for _, i := range todo {
-			if err := b.refuseUnsupported(b.stages[i]); err != nil {
-				return err
-			}
-		}
 		// Not errgroup.WithContext: the resolved images fetch their layers
 		// lazily with the context they were resolved with, which must live
 		// as long as the build.
@@ -208,15 +245,13 @@ func (b *builder) plan(ctx context.Context) error {
 // --from names, so a typo in a stage name fails fast with its line.
 func (b *builder) resolveFromImages(ctx context.Context, s *stage) error {
 	for _, cmd := range s.commands {
-		c, ok := cmd.(*instructions.CopyCommand)
-		if !ok || c.From == "" {
-			continue
-		}
-		if _, isStage := b.df.StageIndex(c.From); isStage {
-			continue
-		}
-		if _, err := b.imageSource(ctx, c.From); err != nil {
-			return b.df.Wrap(c.Location(), fmt.Errorf("COPY %w", err))
+		for _, from := range fromRefs(cmd) {
+			if _, isStage := b.df.StageIndex(from); isStage {
+				continue
+			}
+			if _, err := b.imageSource(ctx, from); err != nil {
+				return b.df.Wrap(cmd.Location(), fmt.Errorf("%s %w", strings.ToUpper(cmd.Name()), err))
+			}
 		}
 	}
 	return nil
@@ -238,33 +273,39 @@ func (b *builder) parentStage(i int, base string) (int, bool) {
 // BuildKit, --from takes no variables.
 func (b *builder) addDeps(s *stage, cmds []instructions.Command) error {
 	for _, cmd := range cmds {
-		c, ok := cmd.(*instructions.CopyCommand)
-		if !ok || c.From == "" {
-			continue
+		for _, from := range fromRefs(cmd) {
+			if strings.Contains(from, "$") {
+				return b.df.Errorf(cmd.Location(), "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround")
+			}
+			j, ok := b.df.StageIndex(from)
+			if !ok {
+				continue // an image reference
+			}
+			if j == s.index {
+				return b.df.Errorf(cmd.Location(), "%s --from=%s: a stage cannot use itself", strings.ToUpper(cmd.Name()), from)
+			}
+			b.graph.Need(s.index, j)
 		}
-		if strings.Contains(c.From, "$") {
-			return b.df.Errorf(c.Location(), "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround")
-		}
-		j, ok := b.df.StageIndex(c.From)
-		if !ok {
-			continue // an image reference
-		}
-		if j == s.index {
-			return b.df.Errorf(c.Location(), "COPY --from=%s: a stage cannot copy from itself", c.From)
-		}
-		b.graph.Need(s.index, j)
 	}
 	return nil
 }
 
-// refuseUnsupported fails early, naming the line, for instructions kiln
-// does not build yet, so a build never half-runs.
-func (b *builder) refuseUnsupported(s *stage) error {
-	for _, cmd := range s.commands {
-		if _, ok := cmd.(*instructions.RunCommand); ok {
-			return &dockerfile.Error{File: b.df.Name, Line: dockerfile.StartLine(cmd.Location()),
-				Err: fmt.Errorf("RUN: %w: kiln does not execute RUN instructions yet", ErrUnsupported)}
+// fromRefs lists the stages or images an instruction reads from: COPY
+// --from and RUN --mount from=.
+func fromRefs(cmd instructions.Command) []string {
+	switch c := cmd.(type) {
+	case *instructions.CopyCommand:
+		if c.From != "" {
+			return []string{c.From}
 		}
+	case *instructions.RunCommand:
+		var out []string
+		for _, m := range instructions.GetMounts(c) {
+			if m.From != "" {
+				out = append(out, m.From)
+			}
+		}
+		return out
 	}
 	return nil
 }
@@ -352,7 +393,7 @@ func (b *builder) onBuild(s *stage, triggers []string) error {
 	}
 	s.commands = append(cmds, s.commands...)
 	s.steps += countSteps(cmds)
-	return b.refuseUnsupported(s)
+	return nil
 }
 
 // emptyConfig is the config of `FROM scratch`, as BuildKit makes it.

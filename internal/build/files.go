@@ -11,7 +11,6 @@ import (
 
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/fileop"
-	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/registry"
 )
 
@@ -37,7 +36,7 @@ func (b *builder) dispatchFiles(ctx context.Context, s *stage, cmd instructions.
 			exclude: c.ExcludePatterns, checksum: c.Checksum, text: c.String(),
 		})
 	case *instructions.RunCommand:
-		return fmt.Errorf("RUN: %w", ErrUnsupported)
+		return b.run(ctx, s, c)
 	}
 	return fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), ErrUnsupported)
 }
@@ -52,11 +51,7 @@ func (b *builder) workdir(ctx context.Context, s *stage, c *instructions.Workdir
 		return nil
 	}
 	id, start := b.start(s, "WORKDIR "+wd)
-	err := func() error {
-		root, err := s.root(ctx, b.tmp)
-		if err != nil {
-			return err
-		}
+	err := b.mutate(ctx, s, "WORKDIR "+wd, b.mounted(func(root string) error {
 		var owner *fileop.Owner
 		if u := s.cfg.Config.User; u != "" {
 			o, err := fileop.ResolveOwner(root, u)
@@ -65,12 +60,11 @@ func (b *builder) workdir(ctx context.Context, s *stage, c *instructions.Workdir
 			}
 			owner = &o
 		}
-		changed, err := fileop.Mkdir(ctx, root, wd, owner)
-		if err != nil {
+		if _, err := fileop.Mkdir(ctx, root, wd, owner); err != nil {
 			return fmt.Errorf("WORKDIR %s: %w", wd, err)
 		}
-		return b.addLayer(ctx, s, root, changed, "WORKDIR "+wd)
-	}()
+		return nil
+	}))
 	if err != nil {
 		b.fail(id, start, err)
 		return err
@@ -111,52 +105,45 @@ func (b *builder) doCopy(ctx context.Context, s *stage, c copySpec) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.name, err)
 	}
-	root, err := s.root(ctx, b.tmp)
-	if err != nil {
-		return err
-	}
-	var chown *fileop.Owner
-	if c.chown != "" {
-		o, err := fileop.ResolveOwner(root, c.chown)
-		if err != nil {
-			return fmt.Errorf("%s --chown=%s: %w", c.name, c.chown, err)
-		}
-		chown = &o
-	}
 	src, err := b.copySource(ctx, c.from)
 	if err != nil {
 		return err
 	}
 	dest := destPath(s.cfg.Config.WorkingDir, c.params.DestPath)
-
-	var changed []string
-	if len(c.params.SourcePaths) > 0 {
-		cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude}
-		var ch []string
-		if c.name == "ADD" {
-			ch, err = fileop.Add{Copy: cp, Checksum: c.checksum}.Apply(ctx, root)
-		} else {
-			ch, err = cp.Apply(ctx, root)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
-		}
-		changed = append(changed, ch...)
-	}
-	if len(c.params.SourceContents) > 0 {
-		files := make([]fileop.File, 0, len(c.params.SourceContents))
-		for _, sc := range c.params.SourceContents {
-			files = append(files, fileop.File{Name: sc.Path, Data: []byte(sc.Data)})
-		}
-		ch, err := fileop.WriteFiles(ctx, root, dest, files, chown, chmod)
-		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
-		}
-		changed = append(changed, ch...)
-	}
 	// BuildKit marks history entries of steps it ran as LLB file or exec
 	// ops with "# buildkit"; WORKDIR's mkdir is not marked.
-	return b.addLayer(ctx, s, root, changed, copyHistory(c)+" # buildkit")
+	return b.mutate(ctx, s, copyHistory(c)+" # buildkit", b.mounted(func(root string) error {
+		var chown *fileop.Owner
+		if c.chown != "" {
+			o, err := fileop.ResolveOwner(root, c.chown)
+			if err != nil {
+				return fmt.Errorf("%s --chown=%s: %w", c.name, c.chown, err)
+			}
+			chown = &o
+		}
+		if len(c.params.SourcePaths) > 0 {
+			cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude}
+			var err error
+			if c.name == "ADD" {
+				_, err = fileop.Add{Copy: cp, Checksum: c.checksum}.Apply(ctx, root)
+			} else {
+				_, err = cp.Apply(ctx, root)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+		}
+		if len(c.params.SourceContents) > 0 {
+			files := make([]fileop.File, 0, len(c.params.SourceContents))
+			for _, sc := range c.params.SourceContents {
+				files = append(files, fileop.File{Name: sc.Path, Data: []byte(sc.Data)})
+			}
+			if _, err := fileop.WriteFiles(ctx, root, dest, files, chown, chmod); err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+		}
+		return nil
+	}))
 }
 
 // copyHistory is BuildKit's created_by for COPY and ADD.
@@ -213,17 +200,6 @@ func (b *builder) imageSource(ctx context.Context, ref string) (*stage, error) {
 	s := &stage{name: ref, base: img, vars: &dockerfile.Vars{}}
 	b.images[ref] = s
 	return s, nil
-}
-
-// addLayer writes the changed paths of root as the stage's next layer.
-func (b *builder) addLayer(ctx context.Context, s *stage, root string, changed []string, history string) error {
-	l, err := image.WriteLayer(ctx, root, image.Changes{Paths: changed}, b.layer)
-	if err != nil {
-		return fmt.Errorf("write layer: %w", err)
-	}
-	s.added = append(s.added, l)
-	b.commit(s, history, true)
-	return nil
 }
 
 // parseChmod accepts BuildKit's octal --chmod values.

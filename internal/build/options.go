@@ -42,5 +42,20 @@ type Options struct {
 	// the build runs ("" = the system temp dir).
 	TempDir string
 
+	// CacheDir is kiln's own directory (extracted layers, cache mounts);
+	// "" keeps them in TempDir for this build only.
+	CacheDir string
+
+	// Isolation picks the RUN executor: "auto" (runc when installed, else
+	// chroot), "chroot" or "runc". Snapshotter picks how root filesystems
+	// are made: "auto" (overlay where the kernel allows), "overlay", "copy".
+	Isolation   string
+	Snapshotter string
+	// Network is RUN's default network: "default" (the host's), "host",
+	// "none".
+	Network string
+	// Secrets are the --secret values by id.
+	Secrets map[string]Secret
+
 	Progress progress.Sink
 }

@@ -95,3 +95,14 @@ func (s *stage) inherit(parent *stage) {
 	s.cfg.Config.OnBuild = nil
 	s.vars = parent.vars.Clone()
 }
+
+// dropRoot forgets the materialized root filesystem after a step changed
+// the stage through a snapshot: it no longer matches the layers.
+func (s *stage) dropRoot() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rootfs != "" {
+		os.RemoveAll(s.rootfs)
+		s.rootfs = ""
+	}
+}

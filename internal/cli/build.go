@@ -38,6 +38,11 @@ type buildFlags struct {
 	iidFile      string
 	progress     string
 	insecure     []string
+	secrets      []string
+	ssh          []string
+	isolation    string
+	snapshotter  string
+	network      string
 }
 
 func (f *buildFlags) addFlags(cmd *cobra.Command) {
@@ -57,6 +62,11 @@ func (f *buildFlags) addFlags(cmd *cobra.Command) {
 	fl.StringVar(&f.iidFile, "iidfile", "", "Write the image ID to a file")
 	fl.StringVar(&f.progress, "progress", "auto", `Set type of progress output ("auto", "plain", "tty", "quiet")`)
 	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "Registry HOST[:PORT] to reach over plain HTTP (repeatable)")
+	fl.StringArrayVar(&f.secrets, "secret", nil, `Secret to expose to RUN --mount=type=secret (format: "id=mysecret[,src=/local/secret]" or "id=mysecret,env=VAR")`)
+	fl.StringArrayVar(&f.ssh, "ssh", nil, "SSH agent socket or keys to expose (not supported yet)")
+	fl.StringVar(&f.isolation, "isolation", "auto", `How RUN is isolated: "auto" (runc when installed, else chroot), "chroot", "runc"`)
+	fl.StringVar(&f.snapshotter, "snapshotter", "auto", `How root filesystems are made: "auto" (overlay where possible), "overlay", "copy"`)
+	fl.StringVar(&f.network, "network", "default", `Networking mode for RUN instructions: "default" (the host's), "host", "none"`)
 }
 
 // NewCmdBuild returns `kiln build`.
@@ -196,8 +206,94 @@ func (f *buildFlags) options(stdin io.Reader, contextDir string) (build.Options,
 	if err != nil {
 		return o, err
 	}
+	o.CacheDir = cache
 	o.StoreDir = filepath.Join(cache, "images")
+	if len(f.ssh) > 0 {
+		return o, fmt.Errorf("--ssh: not supported yet")
+	}
+	switch f.isolation {
+	case "auto", "chroot", "runc":
+		o.Isolation = f.isolation
+	default:
+		return o, fmt.Errorf("--isolation=%s: must be auto, chroot or runc", f.isolation)
+	}
+	switch f.snapshotter {
+	case "auto", "overlay", "copy":
+		o.Snapshotter = f.snapshotter
+	default:
+		return o, fmt.Errorf("--snapshotter=%s: must be auto, overlay or copy", f.snapshotter)
+	}
+	switch f.network {
+	case "default", "host", "none":
+		o.Network = f.network
+	default:
+		return o, fmt.Errorf("--network=%s: must be default, host or none", f.network)
+	}
+	if o.Secrets, err = parseSecrets(f.secrets); err != nil {
+		return o, err
+	}
 	return o, nil
+}
+
+// parseSecrets reads --secret flags with buildx's syntax. Values from the
+// environment are read here, at the edge; files are read when a RUN mounts
+// them. Nothing here ever prints a value.
+func parseSecrets(flags []string) (map[string]build.Secret, error) {
+	out := map[string]build.Secret{}
+	for _, fl := range flags {
+		var id, typ, src, env string
+		for _, field := range strings.Split(fl, ",") {
+			k, v, ok := strings.Cut(field, "=")
+			if !ok {
+				return nil, fmt.Errorf("--secret %q: expected key=value fields", fl)
+			}
+			switch strings.ToLower(k) {
+			case "id":
+				id = v
+			case "type":
+				typ = v
+			case "src", "source":
+				src = v
+			case "env":
+				env = v
+			default:
+				return nil, fmt.Errorf("--secret %q: unknown key %q", fl, k)
+			}
+		}
+		if id == "" {
+			return nil, fmt.Errorf("--secret %q: id is required", fl)
+		}
+		switch {
+		case typ == "env" || env != "":
+			if env == "" {
+				env = id
+			}
+			v, ok := os.LookupEnv(env)
+			if !ok {
+				return nil, fmt.Errorf("--secret id=%s: environment variable %s is not set", id, env)
+			}
+			out[id] = build.Secret{Value: []byte(v)}
+		case typ == "file" || src != "":
+			if src == "" {
+				src = id
+			}
+			if _, err := os.Stat(src); err != nil {
+				return nil, fmt.Errorf("--secret id=%s: %w", id, err)
+			}
+			out[id] = build.Secret{File: src}
+		case typ == "":
+			if v, ok := os.LookupEnv(id); ok {
+				out[id] = build.Secret{Value: []byte(v)}
+			} else if _, err := os.Stat(id); err == nil {
+				out[id] = build.Secret{File: id}
+			} else {
+				return nil, fmt.Errorf("--secret id=%s: no src= or env= given, and no environment variable or file of that name", id)
+			}
+		default:
+			return nil, fmt.Errorf("--secret %q: type must be file or env", fl)
+		}
+	}
+	return out, nil
 }
 
 // keyValues parses repeated KEY=VALUE flags. For --build-arg a bare KEY

@@ -72,10 +72,25 @@ func TestBadInput(t *testing.T) {
 			want:       []string{"Dockerfile:3:", "127.0.0.1:1", "unreachable"},
 		},
 		{
-			name:       "RUN is refused before any work",
-			dockerfile: "FROM " + base + "\nCOPY x /x\nRUN echo hi\n",
+			name:       "failing RUN",
+			dockerfile: "FROM " + base + "\nCOPY x /x\nRUN echo hi && exit 7\n",
 			files:      map[string]string{"x": "x"},
-			want:       []string{"Dockerfile:3:", "RUN", "not supported yet"},
+			want:       []string{"Dockerfile:3:", "exit code: 7", "hi"},
+		},
+		{
+			name:       "RUN --mount=type=ssh",
+			dockerfile: "FROM " + base + "\nRUN --mount=type=ssh true\n",
+			want:       []string{"Dockerfile:2:", "type=ssh", "not supported yet"},
+		},
+		{
+			name:       "missing required secret",
+			dockerfile: "FROM " + base + "\nRUN --mount=type=secret,id=tok,required=true true\n",
+			want:       []string{"Dockerfile:2:", `secret "tok" is required`},
+		},
+		{
+			name:       "bind mount source outside the context",
+			dockerfile: "FROM " + base + "\nRUN --mount=type=bind,source=../secret,target=/s cat /s\n",
+			want:       []string{"Dockerfile:2:", "not found"},
 		},
 		{
 			name:       "unknown target",

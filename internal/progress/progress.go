@@ -20,6 +20,8 @@ const (
 	Done
 	Cached
 	Failed
+	// Log carries one line a step's process printed.
+	Log
 )
 
 // Event is one change of a step's status. Steps are identified by ID, in
@@ -30,6 +32,7 @@ type Event struct {
 	Status   Status
 	Duration time.Duration // for Done, Cached and Failed
 	Err      error         // for Failed
+	Log      string        // for Log
 }
 
 // Sink receives events. Implementations must be safe for concurrent use:
@@ -66,6 +69,8 @@ func (p *plain) Emit(e Event) {
 		fmt.Fprintf(p.w, "#%d CACHED\n", e.ID)
 	case Failed:
 		fmt.Fprintf(p.w, "#%d ERROR %.1fs: %v\n", e.ID, e.Duration.Seconds(), e.Err)
+	case Log:
+		fmt.Fprintf(p.w, "#%d %s\n", e.ID, e.Log)
 	}
 }
 
@@ -90,6 +95,9 @@ type tty struct {
 func (t *tty) Emit(e Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if e.Status == Log {
+		return // the redrawn view shows steps, not their output
+	}
 	if t.ids == nil {
 		t.ids = map[int]int{}
 	}

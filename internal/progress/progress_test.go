@@ -14,8 +14,9 @@ func TestPlainLines(t *testing.T) {
 	s.Emit(Event{ID: 1, Name: "[1/2] COPY a /a", Status: Started})
 	s.Emit(Event{ID: 1, Status: Done, Duration: 1500 * time.Millisecond})
 	s.Emit(Event{ID: 2, Name: "[2/2] WORKDIR /x", Status: Started})
+	s.Emit(Event{ID: 2, Status: Log, Log: "hello from the step"})
 	s.Emit(Event{ID: 2, Status: Failed, Err: errors.New("boom")})
-	want := "#1 [1/2] COPY a /a\n#1 DONE 1.5s\n#2 [2/2] WORKDIR /x\n#2 ERROR 0.0s: boom\n"
+	want := "#1 [1/2] COPY a /a\n#1 DONE 1.5s\n#2 [2/2] WORKDIR /x\n#2 hello from the step\n#2 ERROR 0.0s: boom\n"
 	if b.String() != want {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}

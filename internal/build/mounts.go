@@ -1,0 +1,364 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/executor"
+	"github.com/kiln-build/kiln/internal/fileop"
+)
+
+// Secret is one --secret: a file to read, or a value taken from the
+// environment at the CLI edge. Its content never reaches a layer, a cache
+// key, a log or a report.
+type Secret struct {
+	File  string
+	Value []byte
+}
+
+// runMounts turns RUN --mount flags into executor mounts, with BuildKit's
+// semantics. Secrets requested as environment variables come back as env
+// entries for the process only. cleanup releases cache locks and removes
+// temporary files; call it after the process ended.
+func (b *builder) runMounts(ctx context.Context, s *stage, c *instructions.RunCommand) (ms []executor.Mount, env []string, cleanup func(), err error) {
+	var undo []func()
+	cleanup = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	wd := s.cfg.Config.WorkingDir
+	if wd == "" {
+		wd = "/"
+	}
+	for _, m := range instructions.GetMounts(c) {
+		target := m.Target
+		if target != "" && !path.IsAbs(target) {
+			target = path.Join(wd, target)
+		}
+		if m.Type != instructions.MountTypeSecret && m.Type != instructions.MountTypeSSH && path.Clean(target) == "/" {
+			return nil, nil, cleanup, fmt.Errorf("invalid mount target %q", m.Target)
+		}
+		switch m.Type {
+		case instructions.MountTypeBind:
+			mnt, done, err := b.bindMount(ctx, m, target)
+			undo = append(undo, done)
+			if err != nil {
+				return nil, nil, cleanup, err
+			}
+			ms = append(ms, mnt)
+		case instructions.MountTypeCache:
+			mnt, done, err := b.cacheMount(ctx, m, target)
+			undo = append(undo, done)
+			if err != nil {
+				return nil, nil, cleanup, err
+			}
+			ms = append(ms, mnt)
+		case instructions.MountTypeTmpfs:
+			var opts []string
+			if m.SizeLimit > 0 {
+				opts = append(opts, fmt.Sprintf("size=%d", m.SizeLimit))
+			}
+			ms = append(ms, executor.Mount{Destination: target, Type: "tmpfs", Source: "tmpfs", Options: opts})
+		case instructions.MountTypeSecret:
+			mnt, e, ok, err := b.secretMount(m, target)
+			if err != nil {
+				return nil, nil, cleanup, err
+			}
+			env = append(env, e...)
+			if ok {
+				ms = append(ms, mnt)
+			}
+		case instructions.MountTypeSSH:
+			return nil, nil, cleanup, fmt.Errorf("RUN --mount=type=ssh: %w", ErrUnsupported)
+		default:
+			return nil, nil, cleanup, fmt.Errorf("RUN --mount=type=%s: unknown mount type", m.Type)
+		}
+	}
+	return ms, env, cleanup, nil
+}
+
+// mountSource resolves a mount's from= and source= to a path on disk,
+// never outside the source's root. from="" is the build context.
+func (b *builder) mountSource(ctx context.Context, from, source string) (root, p string, err error) {
+	if from == "" {
+		root = b.bctx.Root()
+	} else {
+		var src *stage
+		if j, ok := b.df.StageIndex(from); ok {
+			src = b.stages[j]
+		} else if src, err = b.imageSource(ctx, from); err != nil {
+			return "", "", err
+		}
+		if root, err = src.root(ctx, b.tmp); err != nil {
+			return "", "", err
+		}
+	}
+	p, err = securejoin.SecureJoin(root, source)
+	if err != nil {
+		return "", "", fmt.Errorf("mount source %q: %w", source, err)
+	}
+	if _, err := os.Lstat(p); err != nil {
+		return "", "", fmt.Errorf("mount source %q: %w", source, fileop.ErrNotFound)
+	}
+	return root, p, nil
+}
+
+// bindMount is type=bind: read-only unless rw, and writes to an rw mount
+// are discarded (it is a private copy). Context files hidden by
+// .dockerignore are not visible through it.
+func (b *builder) bindMount(ctx context.Context, m *instructions.Mount, target string) (executor.Mount, func(), error) {
+	nothing := func() {}
+	root, src, err := b.mountSource(ctx, m.From, m.Source)
+	if err != nil {
+		return executor.Mount{}, nothing, err
+	}
+	filtered := m.From == "" && len(b.bctx.Patterns()) > 0
+	if m.ReadOnly && !filtered {
+		return executor.Mount{Destination: target, Type: "bind", Source: src, Options: []string{"rbind", "ro"}}, nothing, nil
+	}
+	// A private copy: the context as the build sees it, or a scratch copy
+	// whose writes vanish with it.
+	dir, err := os.MkdirTemp(b.tmp, "bind-")
+	if err != nil {
+		return executor.Mount{}, nothing, err
+	}
+	done := func() { os.RemoveAll(dir) }
+	tree := fileop.Tree{Root: root}
+	if m.From == "" {
+		tree.Exclude = b.bctx.Excluded
+	}
+	rel, _ := filepath.Rel(root, src)
+	fi, err := os.Stat(src)
+	if err != nil {
+		return executor.Mount{}, done, err
+	}
+	dest, bindSrc := "/", dir
+	if !fi.IsDir() {
+		dest = "/" + filepath.Base(src)
+		bindSrc = filepath.Join(dir, filepath.Base(src))
+	}
+	if _, err := (fileop.Copy{Src: tree, Sources: []string{"/" + filepath.ToSlash(rel)}, Dest: dest}).Apply(ctx, dir); err != nil {
+		return executor.Mount{}, done, fmt.Errorf("bind mount source %q: %w", m.Source, err)
+	}
+	opts := []string{"rbind", "rw"}
+	if m.ReadOnly {
+		opts[1] = "ro"
+	}
+	return executor.Mount{Destination: target, Type: "bind", Source: bindSrc, Options: opts}, done, nil
+}
+
+// cacheMount is type=cache: a directory under kiln's cache directory that
+// outlives builds, keyed by id (default: the target). sharing=locked
+// serialises users; private gives a concurrent user its own empty
+// directory.
+func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target string) (executor.Mount, func(), error) {
+	nothing := func() {}
+	id := m.CacheID
+	if id == "" {
+		id = path.Clean(target)
+	}
+	sum := sha256.Sum256([]byte(id))
+	dir := filepath.Join(b.mountsDir, hex.EncodeToString(sum[:8]))
+	if err := os.MkdirAll(b.mountsDir, 0o700); err != nil {
+		return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
+	}
+	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
+	}
+	release := func() { lock.Close() }
+	switch m.CacheSharing {
+	case instructions.MountSharingLocked:
+		if err := flock(ctx, lock, unix.LOCK_EX); err != nil {
+			release()
+			return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
+		}
+	case instructions.MountSharingPrivate:
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			release()
+			tmp, err := os.MkdirTemp(b.tmp, "cache-private-")
+			if err != nil {
+				return executor.Mount{}, nothing, err
+			}
+			if err := setOwnerMode(tmp, m); err != nil {
+				return executor.Mount{}, nothing, err
+			}
+			return executor.Mount{Destination: target, Type: "bind", Source: tmp, Options: []string{"rbind", "rw"}}, func() { os.RemoveAll(tmp) }, nil
+		}
+	default: // shared
+		if err := flock(ctx, lock, unix.LOCK_SH); err != nil {
+			release()
+			return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
+		}
+	}
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := b.seedCache(ctx, m, dir); err != nil {
+			release()
+			return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
+		}
+	}
+	return executor.Mount{Destination: target, Type: "bind", Source: dir, Options: []string{"rbind", "rw"}}, release, nil
+}
+
+// seedCache creates a cache directory atomically: empty with the mount's
+// mode and owner, or holding from=/source= content.
+func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, dir string) error {
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".new-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if m.From != "" {
+		root, src, err := b.mountSource(ctx, m.From, m.Source)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, src)
+		if _, err := (fileop.Copy{Src: fileop.Tree{Root: root}, Sources: []string{"/" + filepath.ToSlash(rel)}, Dest: "/"}).Apply(ctx, tmp); err != nil {
+			return err
+		}
+	}
+	if err := setOwnerMode(tmp, m); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
+}
+
+// setOwnerMode applies a mount's uid, gid and mode (default 0:0 0755).
+func setOwnerMode(dir string, m *instructions.Mount) error {
+	uid, gid, mode := 0, 0, fs.FileMode(0o755)
+	if m.UID != nil {
+		uid = int(*m.UID)
+	}
+	if m.GID != nil {
+		gid = int(*m.GID)
+	}
+	if m.Mode != nil {
+		mode = fs.FileMode(*m.Mode)
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return err
+	}
+	return os.Chmod(dir, mode)
+}
+
+// flock takes a lock, giving up when ctx ends.
+func flock(ctx context.Context, f *os.File, how int) error {
+	done := make(chan error, 1)
+	go func() { done <- unix.Flock(int(f.Fd()), how) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// secretMount is type=secret: the value as a read-only file (default
+// /run/secrets/<id>, mode 0400) and/or an environment variable. A missing
+// secret is skipped unless required.
+func (b *builder) secretMount(m *instructions.Mount, target string) (executor.Mount, []string, bool, error) {
+	id := m.CacheID
+	if m.Source != "" {
+		id = m.Source
+	}
+	if id == "" {
+		if target == "" {
+			return executor.Mount{}, nil, false, errors.New("secret mount: one of id, source, target required")
+		}
+		id = path.Base(target)
+	}
+	sec, ok := b.opts.Secrets[id]
+	if !ok {
+		if m.Required {
+			return executor.Mount{}, nil, false, fmt.Errorf("secret %q is required but was not provided (use --secret id=%s,src=FILE or env=VAR)", id, id)
+		}
+		return executor.Mount{}, nil, false, nil
+	}
+	value := sec.Value
+	if sec.File != "" {
+		v, err := os.ReadFile(sec.File)
+		if err != nil {
+			return executor.Mount{}, nil, false, fmt.Errorf("secret %q: read its file: %w", id, err)
+		}
+		value = v
+	}
+	var env []string
+	if m.Env != nil {
+		name := *m.Env
+		if name == "" {
+			name = id
+		}
+		env = append(env, name+"="+string(value))
+		if target == "" {
+			return executor.Mount{}, env, false, nil
+		}
+	}
+	if target == "" {
+		target = "/run/secrets/" + path.Base(id)
+	}
+	f, err := os.CreateTemp(b.secretsDir(), "secret-")
+	if err != nil {
+		return executor.Mount{}, nil, false, err
+	}
+	name := f.Name()
+	_, werr := f.Write(value)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return executor.Mount{}, nil, false, fmt.Errorf("secret %q: %w", id, werr)
+	}
+	uid, gid, mode := 0, 0, fs.FileMode(0o400)
+	if m.UID != nil {
+		uid = int(*m.UID)
+	}
+	if m.GID != nil {
+		gid = int(*m.GID)
+	}
+	if m.Mode != nil {
+		mode = fs.FileMode(*m.Mode)
+	}
+	if err := os.Chown(name, uid, gid); err != nil {
+		return executor.Mount{}, nil, false, err
+	}
+	if err := os.Chmod(name, mode); err != nil {
+		return executor.Mount{}, nil, false, err
+	}
+	return executor.Mount{Destination: target, Type: "bind", Source: name, Options: []string{"rbind", "ro"}}, env, true, nil
+}
+
+// secretsDir holds secret files while the build runs; it is private to
+// root and removed with the build's temporary directory.
+func (b *builder) secretsDir() string {
+	dir := filepath.Join(b.tmp, "secrets")
+	_ = os.MkdirAll(dir, 0o700)
+	return dir
+}
+
+// scriptMount mounts a "#!" RUN heredoc read-only at /dev/pipes/<name>.
+func (b *builder) scriptMount(sc *inlineScript) (executor.Mount, error) {
+	dir, err := os.MkdirTemp(b.tmp, "pipes-")
+	if err != nil {
+		return executor.Mount{}, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, sc.name), sc.data, 0o755); err != nil {
+		return executor.Mount{}, err
+	}
+	return executor.Mount{Destination: pipesDir, Type: "bind", Source: dir, Options: []string{"rbind", "ro"}}, nil
+}

@@ -1,0 +1,179 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+
+	"github.com/kiln-build/kiln/internal/executor"
+	"github.com/kiln-build/kiln/internal/mount"
+	"github.com/kiln-build/kiln/internal/progress"
+)
+
+// pipesDir is where BuildKit mounts a RUN heredoc that starts with "#!",
+// to run it as a script rather than through the shell.
+const pipesDir = "/dev/pipes"
+
+// run executes a RUN instruction in a writable snapshot of the stage and
+// records what it changed as a layer.
+func (b *builder) run(ctx context.Context, s *stage, c *instructions.RunCommand) error {
+	if sec := instructions.GetSecurity(c); sec == instructions.SecurityInsecure {
+		return fmt.Errorf("RUN --security=insecure: %w", ErrUnsupported)
+	}
+	args, script, err := runArgs(s, c)
+	if err != nil {
+		return err
+	}
+	id, start := b.start(s, c.String())
+	err = b.doRun(ctx, s, c, id, args, script)
+	if err != nil {
+		b.fail(id, start, err)
+		return err
+	}
+	b.done(id, start)
+	return nil
+}
+
+// inlineScript is a RUN heredoc run as a file (it starts with "#!").
+type inlineScript struct {
+	name string
+	data []byte
+}
+
+// runArgs turns RUN's command line into argv as BuildKit's dispatchRun
+// does: a lone heredoc is the script itself (run as a file when it starts
+// with "#!"), heredocs after a command are appended to it, and shell form
+// goes through SHELL.
+func runArgs(s *stage, c *instructions.RunCommand) ([]string, *inlineScript, error) {
+	args := append([]string(nil), c.CmdLine...)
+	var script *inlineScript
+	if len(c.Files) > 0 {
+		if len(args) != 1 || !c.PrependShell {
+			return nil, nil, fmt.Errorf("parsing produced an invalid run command: %v", args)
+		}
+		if hd := parser.MustParseHeredoc(args[0]); hd != nil {
+			data := c.Files[0].Data
+			if c.Files[0].Chomp {
+				data = parser.ChompHeredocContent(data)
+			}
+			if strings.HasPrefix(data, "#!") {
+				script = &inlineScript{name: c.Files[0].Name, data: []byte(data)}
+				args = []string{path.Join(pipesDir, c.Files[0].Name)}
+			} else {
+				args = []string{data}
+			}
+		} else {
+			var sb strings.Builder
+			sb.WriteString(args[0])
+			for _, f := range c.Files {
+				data := f.Data
+				if f.Chomp {
+					data = parser.ChompHeredocContent(data)
+				}
+				sb.WriteByte('\n')
+				sb.WriteString(data)
+				sb.WriteString(f.Name)
+			}
+			args = []string{sb.String()}
+		}
+	}
+	if c.PrependShell {
+		args = withShell(&s.cfg.Config, args)
+	}
+	return args, script, nil
+}
+
+func (b *builder) doRun(ctx context.Context, s *stage, c *instructions.RunCommand, id int, args []string, script *inlineScript) error {
+	exec, err := b.executor()
+	if err != nil {
+		return err
+	}
+	mounts, env, cleanup, err := b.runMounts(ctx, s, c)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+	if script != nil {
+		m, err := b.scriptMount(script)
+		if err != nil {
+			return err
+		}
+		mounts = append(mounts, m)
+	}
+	network := string(instructions.GetNetwork(c))
+	if network == "" || network == string(instructions.NetworkDefault) {
+		network = b.opts.Network
+	}
+	out := newTail(20, func(line string) {
+		b.sink.Emit(progress.Event{ID: id, Status: progress.Log, Log: line})
+	})
+	cwd := s.cfg.Config.WorkingDir
+	if cwd == "" {
+		cwd = "/"
+	}
+	history := "RUN " + runCommandString(args, s)
+	return b.mutate(ctx, s, history, func(ctx context.Context, rootMounts []mount.Mount) error {
+		spec := executor.Spec{
+			Root:    rootMounts,
+			Mounts:  mounts,
+			Args:    args,
+			Env:     append(s.vars.Env(), env...),
+			Cwd:     cwd,
+			User:    s.cfg.Config.User,
+			Network: network,
+			Stdout:  out,
+			Stderr:  out,
+		}
+		err := exec.Run(ctx, spec)
+		out.Flush()
+		var ee *executor.ExitError
+		if errors.As(err, &ee) {
+			return &RunError{Command: strings.Join(args, " "), Code: ee.Code, Output: out.Lines()}
+		}
+		if err != nil {
+			return fmt.Errorf("RUN: %w", err)
+		}
+		return nil
+	})
+}
+
+// RunError is a RUN whose process exited non-zero. It carries the exit
+// code and the last lines the process printed.
+type RunError struct {
+	Command string
+	Code    int
+	Output  []string
+}
+
+func (e *RunError) Error() string {
+	msg := fmt.Sprintf("RUN %s: process did not complete successfully: exit code: %d", e.Command, e.Code)
+	if len(e.Output) > 0 {
+		msg += "\n  last output:\n    " + strings.Join(e.Output, "\n    ")
+	}
+	return msg
+}
+
+// runCommandString is the created_by text of a RUN as BuildKit writes it:
+// "|N K=V ..." for the stage's build ARGs, then the argv.
+func runCommandString(args []string, s *stage) string {
+	var kvs []string
+	seen := map[string]int{}
+	for _, k := range s.args {
+		v, _ := s.vars.Get(k)
+		if i, ok := seen[k]; ok {
+			kvs[i] = k + "=" + v
+			continue
+		}
+		seen[k] = len(kvs)
+		kvs = append(kvs, k+"="+v)
+	}
+	if len(kvs) > 0 {
+		kvs = append([]string{fmt.Sprintf("|%d", len(kvs))}, kvs...)
+	}
+	return strings.Join(append(kvs, args...), " ")
+}

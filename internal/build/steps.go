@@ -1,0 +1,127 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/kiln-build/kiln/internal/image"
+	"github.com/kiln-build/kiln/internal/mount"
+)
+
+// mutate runs one filesystem-changing step (RUN, COPY, ADD, WORKDIR) in a
+// fresh writable snapshot of the stage, then writes what the step changed
+// as the stage's next layer. The snapshot is released whatever happens.
+func (b *builder) mutate(ctx context.Context, s *stage, history string, fn func(ctx context.Context, root []mount.Mount) error) error {
+	snap, err := b.snapshotter()
+	if err != nil {
+		return err
+	}
+	layers, err := s.layers()
+	if err != nil {
+		return err
+	}
+	active, err := snap.Prepare(ctx, layers)
+	if err != nil {
+		return fmt.Errorf("prepare root filesystem (%s snapshotter): %w", snap.Name(), err)
+	}
+	defer active.Release()
+	if err := fn(ctx, active.Mounts()); err != nil {
+		return err
+	}
+	ch, root, err := active.Diff(ctx)
+	if err != nil {
+		return fmt.Errorf("compute changes: %w", err)
+	}
+	l, err := image.WriteLayer(ctx, root, image.Changes{Paths: ch.Paths, Deleted: ch.Deleted, Opaque: ch.Opaque}, b.layer)
+	if err != nil {
+		return fmt.Errorf("write layer: %w", err)
+	}
+	if err := active.Commit(ctx, l); err != nil {
+		return fmt.Errorf("commit snapshot: %w", err)
+	}
+	s.added = append(s.added, l)
+	s.dropRoot()
+	b.commit(s, history, true)
+	return nil
+}
+
+// mounted adapts a step that works on a directory (COPY, WORKDIR): the
+// snapshot is mounted at a temporary directory for fn, and unmounted before
+// its changes are read.
+func (b *builder) mounted(fn func(root string) error) func(ctx context.Context, ms []mount.Mount) error {
+	return func(ctx context.Context, ms []mount.Mount) (err error) {
+		target, err := os.MkdirTemp(b.tmp, "mnt-")
+		if err != nil {
+			return err
+		}
+		if err := mount.All(ms, target); err != nil {
+			os.Remove(target)
+			return err
+		}
+		defer func() {
+			if uerr := mount.UnmountAll(target); uerr != nil && err == nil {
+				err = uerr
+			}
+			os.Remove(target)
+		}()
+		return fn(target)
+	}
+}
+
+// tail keeps the last lines a process printed, for the error of a failed
+// RUN, and passes each complete line on as it arrives.
+type tail struct {
+	mu    sync.Mutex
+	max   int
+	lines []string
+	buf   []byte
+	emit  func(string)
+}
+
+func newTail(max int, emit func(string)) *tail { return &tail{max: max, emit: emit} }
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	for {
+		i := strings.IndexByte(string(t.buf), '\n')
+		if i < 0 {
+			break
+		}
+		t.add(string(t.buf[:i]))
+		t.buf = t.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+// Flush emits a last line that had no newline.
+func (t *tail) Flush() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.buf) > 0 {
+		t.add(string(t.buf))
+		t.buf = nil
+	}
+}
+
+func (t *tail) add(line string) {
+	line = strings.TrimRight(line, "\r")
+	t.lines = append(t.lines, line)
+	if len(t.lines) > t.max {
+		t.lines = t.lines[len(t.lines)-t.max:]
+	}
+	if t.emit != nil {
+		t.emit(line)
+	}
+}
+
+// Lines returns the kept lines.
+func (t *tail) Lines() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]string(nil), t.lines...)
+}
