@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -110,6 +111,10 @@ func runChild(ctx context.Context, cfg []byte, spec Spec) error {
 		// Output copying must not outlive a killed process forever.
 		WaitDelay: cleanupTimeout,
 	}
+	// Pdeathsig fires when the thread that forked exits, not the process:
+	// keep this goroutine on its thread until the child is gone.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	err = cmd.Start()
 	cfgR.Close()
 	errW.Close()
