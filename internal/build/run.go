@@ -116,7 +116,7 @@ func (b *builder) doRun(ctx context.Context, s *stage, c *instructions.RunComman
 	if cwd == "" {
 		cwd = "/"
 	}
-	history := "RUN " + runCommandString(args, s)
+	history := "RUN " + runCommandString(args, s) + " # buildkit"
 	return b.mutate(ctx, s, history, func(ctx context.Context, rootMounts []mount.Mount) error {
 		spec := executor.Spec{
 			Root:    rootMounts,
