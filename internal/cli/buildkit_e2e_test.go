@@ -46,9 +46,13 @@ FROM base
 COPY --from=files /www /srv/www
 COPY --from=files /www/sub /srv/sub-only
 COPY --from=base /etc/base-release /srv/
+RUN rm /etc/base-release && rm -rf /deep && mkdir -p /run-made/sub && echo x > /run-made/f && chmod 0600 /run-made/f && ln -s f /run-made/link
+RUN mv /run-made/sub /run-made/moved && rm -rf /opt/pkg && mkdir /opt/pkg && echo new > /opt/pkg/new
 USER 1000:50
 WORKDIR /srv/user-made
+RUN touch by-uid && mkdir -p /tmp/by-uid-dir
 USER app
+RUN touch /tmp/by-app
 WORKDIR data
 EXPOSE 80 53/udp
 VOLUME ["/cache", "/logs"]

@@ -57,11 +57,23 @@ echo script "$0" > /script.txt
 EOF
 RUN --network=none grep -c ':' /proc/net/dev > /netdev-count.txt
 RUN ["/bin/sh", "-c", "echo exec-form > /exec.txt"]
+RUN <<FILE1 cat > /file1 && <<FILE2 cat > /file2
+I am
+first
+FILE1
+I am
+second
+FILE2
+RUN --mount=type=cache,target=/seeded,from=src,source=/etc,sharing=locked head -1 /seeded/passwd > /seeded-first.txt
+RUN --mount=type=cache,target=/priv,sharing=private touch /priv/x && ls /priv > /private-list.txt
+RUN --mount=type=bind,from=IMAGE_REF,source=/etc/group,target=/img-group cp /img-group /from-image-group.txt
+RUN --mount=type=secret,id=token,target=/tok,mode=0440,uid=1000,gid=50 stat -c '%a %u %g' /tok > /secret-custom.txt
+RUN --mount=type=tmpfs,target=/small,size=1m grep ' /small ' /proc/mounts | grep -o 'size=[0-9a-z]*' > /tmpfs-size.txt
 `
 
-func runContext(t *testing.T) string {
+func runContext(t *testing.T, imageRef string) string {
 	return writeContext(t, map[string]string{
-		"Dockerfile":  runDockerfile,
+		"Dockerfile":  strings.Replace(runDockerfile, "IMAGE_REF", imageRef, 1),
 		"ctxfile.txt": "from the context\n",
 	})
 }
@@ -85,7 +97,7 @@ func TestRunEveryExecutorAndSnapshotter(t *testing.T) {
 	for _, c := range combos {
 		name := c.isolation + "-" + c.snapshotter
 		t.Run(name, func(t *testing.T) {
-			dir := runContext(t)
+			dir := runContext(t, base)
 			ref := host + "/run:" + name
 			args := []string{"build", "--progress=plain", "--push", "-t", ref, "--build-arg", "BASE=" + base,
 				"--secret", "id=token,src=" + secretFile, "--isolation", c.isolation, "--snapshotter", c.snapshotter, "."}
@@ -99,6 +111,7 @@ func TestRunEveryExecutorAndSnapshotter(t *testing.T) {
 			}
 			img := testenv.Pull(t, ref)
 			assertNoSecret(t, img)
+			assertNoSecretOnDisk(t, testenv.Home(t))
 			tree := testenv.Tree(t, img)
 			trees[name] = tree
 			checkRunTree(t, tree)
@@ -133,34 +146,41 @@ func checkRunTree(t *testing.T, tree map[string]testenv.Entry) {
 	t.Helper()
 	const reg = tar.TypeReg
 	checkTree(t, tree, map[string]want{
-		"created.txt":         {typ: reg, mode: 0o644, content: "created\n"},
-		"data/arg.txt":        {typ: reg, mode: 0o644, content: "arg-value 1\n"},
-		"opq/new":             {typ: reg, mode: 0o644, content: "new\n"},
-		"work":                {typ: tar.TypeDir, mode: 0o755, uid: 1000, gid: 1000},
-		"work/uid.txt":        {typ: reg, mode: 0o644, uid: 1000, gid: 1000, content: "1000\n"},
-		"work/gid.txt":        {typ: reg, mode: 0o644, uid: 1000, gid: 1000, content: "1000\n"},
-		"work/pwd.txt":        {typ: reg, mode: 0o644, uid: 1000, gid: 1000, content: "/work\n"},
-		"work/owned-by-app":   {typ: reg, mode: 0o644, uid: 1000, gid: 1000},
-		"cache-lines.txt":     {typ: reg, mode: 0o644, content: "2\n"},
-		"cache-perms.txt":     {typ: reg, mode: 0o644, content: "1000:1000:700\n"},
-		"from-bind.txt":       {typ: reg, mode: 0o644, content: "from the context\n"},
-		"bind-ro-refused.txt": {typ: reg, mode: 0o644, content: "refused\n"},
-		"secret-len.txt":      {typ: reg, mode: 0o644, content: "12\n"},
-		"secret-mode.txt":     {typ: reg, mode: 0o644, content: "400\n"},
-		"secret-env-ok":       {typ: reg, mode: 0o644, content: "ok\n"},
-		"tmpfs-ok":            {typ: reg, mode: 0o644, content: "tmpfs\n"},
-		"heredoc.txt":         {typ: reg, mode: 0o644, content: "heredoc\n"},
-		"script.txt":          {typ: reg, mode: 0o644, content: "script /dev/pipes/EOF\n"},
-		"netdev-count.txt":    {typ: reg, mode: 0o644, content: "1\n"},
-		"exec.txt":            {typ: reg, mode: 0o644, content: "exec-form\n"},
-		"etc/passwd":          {typ: reg, mode: 0o644, content: testenv.BusyboxPasswd},
+		"created.txt":          {typ: reg, mode: 0o644, content: "created\n"},
+		"data/arg.txt":         {typ: reg, mode: 0o644, content: "arg-value 1\n"},
+		"opq/new":              {typ: reg, mode: 0o644, content: "new\n"},
+		"work":                 {typ: tar.TypeDir, mode: 0o755, uid: 1000, gid: 1000},
+		"work/uid.txt":         {typ: reg, mode: 0o644, uid: 1000, gid: 1000, content: "1000\n"},
+		"work/gid.txt":         {typ: reg, mode: 0o644, uid: 1000, gid: 1000, content: "1000\n"},
+		"work/pwd.txt":         {typ: reg, mode: 0o644, uid: 1000, gid: 1000, content: "/work\n"},
+		"work/owned-by-app":    {typ: reg, mode: 0o644, uid: 1000, gid: 1000},
+		"cache-lines.txt":      {typ: reg, mode: 0o644, content: "2\n"},
+		"cache-perms.txt":      {typ: reg, mode: 0o644, content: "1000:1000:700\n"},
+		"from-bind.txt":        {typ: reg, mode: 0o644, content: "from the context\n"},
+		"bind-ro-refused.txt":  {typ: reg, mode: 0o644, content: "refused\n"},
+		"secret-len.txt":       {typ: reg, mode: 0o644, content: "12\n"},
+		"secret-mode.txt":      {typ: reg, mode: 0o644, content: "400\n"},
+		"secret-env-ok":        {typ: reg, mode: 0o644, content: "ok\n"},
+		"tmpfs-ok":             {typ: reg, mode: 0o644, content: "tmpfs\n"},
+		"heredoc.txt":          {typ: reg, mode: 0o644, content: "heredoc\n"},
+		"script.txt":           {typ: reg, mode: 0o644, content: "script /dev/pipes/EOF\n"},
+		"netdev-count.txt":     {typ: reg, mode: 0o644, content: "1\n"},
+		"exec.txt":             {typ: reg, mode: 0o644, content: "exec-form\n"},
+		"file1":                {typ: reg, mode: 0o644, content: "I am\nfirst\n"},
+		"file2":                {typ: reg, mode: 0o644, content: "I am\nsecond\n"},
+		"seeded-first.txt":     {typ: reg, mode: 0o644, content: strings.SplitAfter(testenv.BusyboxPasswd, "\n")[0]},
+		"private-list.txt":     {typ: reg, mode: 0o644, content: "x\n"},
+		"from-image-group.txt": {typ: reg, mode: 0o644, content: testenv.BusyboxGroup},
+		"secret-custom.txt":    {typ: reg, mode: 0o644, content: "440 1000 50\n"},
+		"tmpfs-size.txt":       {typ: reg, mode: 0o644, content: "size=1024k\n"},
+		"etc/passwd":           {typ: reg, mode: 0o644, content: testenv.BusyboxPasswd},
 	})
 	if e, ok := tree["bind-etc-list.txt"]; !ok || !strings.Contains(string(e.Content), "passwd") || !strings.Contains(string(e.Content), "should-vanish") {
 		t.Errorf("bind-etc-list.txt = %q: a bind from a stage shows its files, and rw lets the step write", e.Content)
 	}
 	for _, gone := range []string{
 		"etc/base-release", "home/app", "opq/old", "opq/sub", // deleted by RUN: whiteouts and opaque dirs
-		"cache", "c2", "mnt", "scratch", "run/secrets", "dev/pipes", // mount points never reach the image
+		"cache", "c2", "mnt", "scratch", "run/secrets", "dev/pipes", "seeded", "priv", "img-group", "tok", "small", // mount points never reach the image
 		"etc/should-vanish", "etc/resolv.conf", "etc/hosts", // rw bind writes vanish; host files are mounted, not copied
 	} {
 		if _, ok := tree[gone]; ok {
@@ -197,7 +217,7 @@ func assertNoSecret(t *testing.T, img v1.Image) {
 		t.Error("the secret is in the image config")
 	}
 	layers, _ := img.Layers()
-	whiteout := false
+	whiteout, opaque := false, false
 	for i, l := range layers {
 		rc, err := l.Uncompressed()
 		if err != nil {
@@ -212,9 +232,32 @@ func assertNoSecret(t *testing.T, img v1.Image) {
 			t.Errorf("layer %d holds the secret", i)
 		}
 		whiteout = whiteout || bytes.Contains(b, []byte(".wh.base-release"))
+		opaque = opaque || bytes.Contains(b, []byte("opq/.wh..wh..opq")) || bytes.Contains(b, []byte("opq/.wh.old"))
 	}
 	if !whiteout {
 		t.Error("no layer carries the whiteout for the deleted /etc/base-release")
+	}
+	if !opaque {
+		t.Error("no layer hides the old /opq: neither an opaque marker nor whiteouts for its entries")
+	}
+}
+
+// assertNoSecretOnDisk scans kiln's own directory (extracted layers, cache
+// mounts, the image store) for the secret's bytes.
+func assertNoSecretOnDisk(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || !info.Mode().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(secretValue)) {
+			t.Errorf("%s holds the secret", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
