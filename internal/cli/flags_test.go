@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"os"
 	"testing"
 )
 
@@ -39,5 +40,25 @@ func TestSourceDateEpoch(t *testing.T) {
 	}
 	if _, err := sourceDateEpoch(map[string]string{"SOURCE_DATE_EPOCH": "yesterday"}); err == nil {
 		t.Error("a non-numeric epoch must be an error")
+	}
+}
+
+func TestParseSecrets(t *testing.T) {
+	t.Setenv("KILN_TEST_TOKEN", "v1")
+	file := t.TempDir() + "/s"
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := parseSecrets([]string{"id=a,env=KILN_TEST_TOKEN", "id=b,src=" + file, "id=KILN_TEST_TOKEN", "type=file,id=c,source=" + file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got["a"].Value) != "v1" || got["b"].File != file || string(got["KILN_TEST_TOKEN"].Value) != "v1" || got["c"].File != file {
+		t.Errorf("parsed %+v", got)
+	}
+	for _, bad := range []string{"src=" + file, "id=x,env=KILN_TEST_UNSET_VAR", "id=x,src=/nonexistent", "id=x,type=ssh", "id", "id=x,color=red"} {
+		if _, err := parseSecrets([]string{bad}); err == nil {
+			t.Errorf("--secret %q: want an error", bad)
+		}
 	}
 }

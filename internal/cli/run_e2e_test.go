@@ -348,6 +348,12 @@ func TestInterruptedRunLeavesNoMounts(t *testing.T) {
 			if out, _ := exec.Command("pgrep", "-f", "started-"+marker).Output(); len(out) > 0 {
 				t.Errorf("the RUN's processes are still alive: %s", out)
 			}
+			ents, _ := os.ReadDir(tmp)
+			for _, e := range ents {
+				if e.Name() != "cache" {
+					t.Errorf("temporary %s left in TMPDIR after the interrupted build", e.Name())
+				}
+			}
 		})
 	}
 }
