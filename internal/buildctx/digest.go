@@ -50,13 +50,52 @@ type entry struct {
 // A named path that is a symlink is followed, scoped to the context, as COPY
 // follows it; symlinks beneath a named directory are recorded as symlinks.
 func (c *Context) Digest(ctx context.Context, rels []string) (digest.Digest, error) {
+	entries, err := c.selected(ctx, rels)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00", digestVersion)
+	for _, e := range entries {
+		// NUL separates fields: it cannot occur in a path or a link target.
+		fmt.Fprintf(h, "%s\x00%o\x00%d\x00%d\x00%s\x00%s\x00", e.rel, uint32(e.mode), e.uid, e.gid, e.target, e.sum)
+	}
+	return digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)), nil
+}
+
+// FileDigest is one selected path and the digest of what COPY takes from
+// it: its type and mode, its symlink target and its bytes — not its owner
+// (COPY from the context makes files root's) and never its times.
+type FileDigest struct {
+	Path   string // slash-separated, context-relative ("" is the root)
+	Digest string
+}
+
+// Files is Digest path by path, for cache keys that must say which file
+// changed. Entries are sorted by path.
+func (c *Context) Files(ctx context.Context, rels []string) ([]FileDigest, error) {
+	entries, err := c.selected(ctx, rels)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]FileDigest, 0, len(entries))
+	for _, e := range entries {
+		h := sha256.New()
+		fmt.Fprintf(h, "%s\x00%o\x00%s\x00%s", digestVersion, uint32(e.mode), e.target, e.sum)
+		out = append(out, FileDigest{Path: e.rel, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil))})
+	}
+	return out, nil
+}
+
+// selected walks and hashes what rels select, sorted by path.
+func (c *Context) selected(ctx context.Context, rels []string) ([]*entry, error) {
 	seen := map[string]bool{}
 	var entries []*entry
 	var names []string
 	for _, r := range rels {
 		clean := path.Clean(filepath.ToSlash(r))
 		if clean == ".." || strings.HasPrefix(clean, "../") {
-			return "", fmt.Errorf("%w: %s", ErrOutsideContext, r)
+			return nil, fmt.Errorf("%w: %s", ErrOutsideContext, r)
 		}
 		rel := path.Clean("/" + filepath.ToSlash(r))[1:]
 		if !strings.ContainsAny(rel, `*?[\`) {
@@ -65,7 +104,7 @@ func (c *Context) Digest(ctx context.Context, rels []string) (digest.Digest, err
 		}
 		matches, err := c.glob(rel)
 		if err != nil {
-			return "", fmt.Errorf("digest %s: %w", r, err)
+			return nil, fmt.Errorf("digest %s: %w", r, err)
 		}
 		names = append(names, matches...)
 	}
@@ -75,7 +114,7 @@ func (c *Context) Digest(ctx context.Context, rels []string) (digest.Digest, err
 		// digest covers what would be copied.
 		start, err := securejoin.SecureJoin(c.root, filepath.FromSlash(rel))
 		if err != nil {
-			return "", fmt.Errorf("digest %s: %w", r, err)
+			return nil, fmt.Errorf("digest %s: %w", r, err)
 		}
 		err = filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
@@ -119,7 +158,7 @@ func (c *Context) Digest(ctx context.Context, rels []string) (digest.Digest, err
 			return nil
 		})
 		if err != nil {
-			return "", fmt.Errorf("digest %s: %w", r, err)
+			return nil, fmt.Errorf("digest %s: %w", r, err)
 		}
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].rel < entries[j].rel })
@@ -143,16 +182,9 @@ func (c *Context) Digest(ctx context.Context, rels []string) (digest.Digest, err
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return "", err
+		return nil, err
 	}
-
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00", digestVersion)
-	for _, e := range entries {
-		// NUL separates fields: it cannot occur in a path or a link target.
-		fmt.Fprintf(h, "%s\x00%o\x00%d\x00%d\x00%s\x00%s\x00", e.rel, uint32(e.mode), e.uid, e.gid, e.target, e.sum)
-	}
-	return digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)), nil
+	return entries, nil
 }
 
 func hashFile(p string) (string, error) {

@@ -1,0 +1,133 @@
+package cachekey
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Version tags every key. Change it when the normalization changes, so old
+// cache entries are never misread.
+const Version = "kiln.cachekey.v1"
+
+// Inputs are a step's named inputs. Names are prefixed by kind so a miss
+// can be explained in words: "parent", "base", "instruction", "workdir",
+// "user", "network", "dest", "from", "file:<path>", "arg:<name>",
+// "env:<name>", "mount:<n>", "heredoc:<name>", "option:<name>".
+// Values are texts or digests; never secret values.
+type Inputs map[string]string
+
+// Base is the key a stage starts from: a registry image by its manifest
+// digest, or scratch. Options that change every layer's bytes (the
+// compression, SOURCE_DATE_EPOCH clamping) are part of it, so a cache entry
+// is never reused where its bytes would differ.
+func Base(platform, manifest string, options map[string]string) digest.Digest {
+	in := Inputs{"platform": platform, "base": manifest}
+	if manifest == "" {
+		in["base"] = "scratch"
+	}
+	for k, v := range options {
+		in["option:"+k] = v
+	}
+	return Key("base", in)
+}
+
+// Key is the key of one step of kind op ("copy", "add", "workdir", "run")
+// with the given inputs. The parent's key is the "parent" input.
+func Key(op string, in Inputs) digest.Digest {
+	names := make([]string, 0, len(in))
+	for k := range in {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	pairs := make([][2]string, 0, len(names))
+	for _, k := range names {
+		pairs = append(pairs, [2]string{k, in[k]})
+	}
+	b, err := json.Marshal(struct {
+		Version string      `json:"v"`
+		Op      string      `json:"op"`
+		Inputs  [][2]string `json:"in"`
+	}{Version, op, pairs})
+	if err != nil {
+		panic(fmt.Sprintf("cachekey: %v", err)) // strings always marshal
+	}
+	return digest.FromBytes(b)
+}
+
+// Value digests a value that should not be stored as written (an ARG or ENV
+// value), so records name what changed without repeating it.
+func Value(v string) string {
+	sum := sha256.Sum256([]byte(v))
+	return fmt.Sprintf("sha256:%x", sum)
+}
+
+// Explain compares the inputs of a step's earlier record with the current
+// ones and says, in words, what changed: the files, ARGs, environment,
+// base image or instruction. It returns "" when nothing differs.
+func Explain(before, now Inputs) string {
+	var changed []string
+	seen := map[string]bool{}
+	for k, v := range now {
+		seen[k] = true
+		if old, ok := before[k]; !ok {
+			changed = append(changed, describe(k, "added"))
+		} else if old != v {
+			changed = append(changed, describe(k, "changed"))
+		}
+	}
+	for k := range before {
+		if !seen[k] {
+			changed = append(changed, describe(k, "removed"))
+		}
+	}
+	sort.Strings(changed)
+	// The parent is reported last and only alone: when a step's own inputs
+	// changed, those are the reason; otherwise an earlier step is.
+	var own []string
+	parent := false
+	for _, c := range changed {
+		if c == parentChanged {
+			parent = true
+			continue
+		}
+		own = append(own, c)
+	}
+	if len(own) == 0 && parent {
+		return parentChanged
+	}
+	const most = 10
+	if len(own) > most {
+		own = append(own[:most], fmt.Sprintf("and %d more", len(own)-most))
+	}
+	return strings.Join(own, "; ")
+}
+
+const parentChanged = "an earlier step changed"
+
+func describe(name, how string) string {
+	kind, what, _ := strings.Cut(name, ":")
+	switch kind {
+	case "parent":
+		return parentChanged
+	case "base":
+		return "base image digest " + how
+	case "file":
+		return "file " + what + " " + how
+	case "arg":
+		return "ARG " + what + " " + how
+	case "env":
+		return "ENV " + what + " " + how
+	case "heredoc":
+		return "heredoc " + what + " " + how
+	case "mount":
+		return "RUN --mount #" + what + " " + how
+	case "option":
+		return "build option " + what + " " + how
+	}
+	return name + " " + how
+}
