@@ -1,0 +1,295 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// lockPoll is how often a blocked lock is retried; flock has no
+// context-aware blocking form.
+const lockPoll = 20 * time.Millisecond
+
+// Lock takes the shared lock that a build holds while it runs, so that a
+// concurrent Prune (which takes it exclusively) cannot remove blobs the
+// build has looked up but not yet read. Builds never block each other.
+// It waits for a running Prune, or until ctx is done.
+func (l *Local) Lock(ctx context.Context) (unlock func(), err error) {
+	return l.flock(ctx, unix.LOCK_SH)
+}
+
+func (l *Local) flock(ctx context.Context, how int) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(l.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("%s: lock: %w", l, err)
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if err == nil {
+			// Closing the file releases the lock.
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("%s: lock: %w", l, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("%s: waiting for lock: %w", l, ctx.Err())
+		case <-time.After(lockPoll):
+		}
+	}
+}
+
+// Entry is one record of a local cache, for `kiln cache ls`.
+type Entry struct {
+	Record Record
+	Size   int64 // compressed bytes of the record's blob (0: no layer)
+}
+
+// List returns every complete record, most recently used first. Records
+// whose blob is missing (leftovers of a crash) are not listed.
+func (l *Local) List(ctx context.Context) ([]Entry, error) {
+	keys, err := l.keys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(keys))
+	for _, k := range keys {
+		rec, err := l.readRecord(k)
+		if err != nil {
+			continue // incomplete or vanished under a concurrent prune
+		}
+		out = append(out, Entry{Record: rec, Size: rec.Layer.Size})
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i].Record, out[j].Record
+		if !a.LastUsed.Equal(b.LastUsed) {
+			return a.LastUsed.After(b.LastUsed)
+		}
+		return a.Key < b.Key
+	})
+	return out, nil
+}
+
+// keys lists the keys that have a record file, whatever its state.
+func (l *Local) keys(ctx context.Context) ([]digest.Digest, error) {
+	des, err := os.ReadDir(filepath.Join(l.dir, "records", "sha256"))
+	if err != nil {
+		return nil, fmt.Errorf("%s: listing records: %w", l, err)
+	}
+	keys := make([]digest.Digest, 0, len(des))
+	for _, de := range des {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		hexKey, ok := strings.CutSuffix(de.Name(), ".json")
+		if !ok {
+			continue
+		}
+		k := digest.NewDigestFromEncoded(digest.SHA256, hexKey)
+		if k.Validate() != nil {
+			continue
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// Prune drops records unused for longer than keep (0: no age limit), then
+// the least recently used ones until the blobs still named total at most
+// maxSize bytes (0: no size limit); then it deletes blobs that no record
+// names, step index entries whose record is gone, temporary files, and
+// records whose blob is missing. It holds the exclusive lock, so it waits
+// for running builds and they wait for it.
+func (l *Local) Prune(ctx context.Context, keep time.Duration, maxSize int64) (removedEntries int, freed int64, err error) {
+	unlock, err := l.flock(ctx, unix.LOCK_EX)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unlock()
+
+	keys, err := l.keys(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	now := l.now()
+	var live []Record
+	for _, k := range keys {
+		rec, err := l.readRecord(k)
+		switch {
+		case err != nil:
+			// Unreadable or blobless: garbage, but not a user-visible entry.
+			if rerr := os.Remove(l.recordPath(k)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				return removedEntries, freed, fmt.Errorf("%s: prune: %w", l, rerr)
+			}
+		case keep > 0 && now.Sub(rec.LastUsed) > keep:
+			if err := l.removeRecord(k); err != nil {
+				return removedEntries, freed, err
+			}
+			removedEntries++
+		default:
+			live = append(live, rec)
+		}
+	}
+
+	if maxSize > 0 {
+		// Oldest first; a blob counts once however many records name it.
+		sort.SliceStable(live, func(i, j int) bool { return live[i].LastUsed.Before(live[j].LastUsed) })
+		refs := map[string]int{}
+		var total int64
+		for _, r := range live {
+			if r.Layer.IsZero() {
+				continue
+			}
+			if refs[r.Layer.Digest.Hex] == 0 {
+				total += r.Layer.Size
+			}
+			refs[r.Layer.Digest.Hex]++
+		}
+		for len(live) > 0 && total > maxSize {
+			r := live[0]
+			live = live[1:]
+			if err := l.removeRecord(r.Key); err != nil {
+				return removedEntries, freed, err
+			}
+			removedEntries++
+			if !r.Layer.IsZero() {
+				refs[r.Layer.Digest.Hex]--
+				if refs[r.Layer.Digest.Hex] == 0 {
+					total -= r.Layer.Size
+				}
+			}
+		}
+	}
+
+	n, err := l.sweep(ctx, live)
+	freed += n
+	return removedEntries, freed, err
+}
+
+// removeRecord deletes one record file (its blob is swept afterwards).
+func (l *Local) removeRecord(k digest.Digest) error {
+	if err := os.Remove(l.recordPath(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: prune %s: %w", l, k, err)
+	}
+	return nil
+}
+
+// sweep deletes what live does not need: blobs, step index entries and
+// temporary files. It runs under the exclusive lock: no Put is under way,
+// so every temporary file is a leftover.
+func (l *Local) sweep(ctx context.Context, live []Record) (int64, error) {
+	blobs := map[string]bool{}
+	keys := map[digest.Digest]bool{}
+	for _, r := range live {
+		keys[r.Key] = true
+		if !r.Layer.IsZero() {
+			blobs[r.Layer.Digest.Hex] = true
+		}
+	}
+	var freed int64
+	remove := func(dir string, keep func(name string) bool) error {
+		des, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("%s: prune: %w", l, err)
+		}
+		for _, de := range des {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if keep(de.Name()) {
+				continue
+			}
+			p := filepath.Join(dir, de.Name())
+			fi, err := os.Lstat(p)
+			if err != nil {
+				continue
+			}
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("%s: prune: %w", l, err)
+			}
+			freed += fi.Size()
+		}
+		return nil
+	}
+	if err := remove(filepath.Join(l.dir, "blobs", "sha256"), func(n string) bool { return blobs[n] }); err != nil {
+		return freed, err
+	}
+	if err := remove(filepath.Join(l.dir, "tmp"), func(string) bool { return false }); err != nil {
+		return freed, err
+	}
+	stepFreed := freed
+	err := remove(filepath.Join(l.dir, "steps"), func(n string) bool {
+		b, err := os.ReadFile(filepath.Join(l.dir, "steps", n))
+		if err != nil {
+			return false
+		}
+		return keys[digest.Digest(strings.TrimSpace(string(b)))]
+	})
+	// Step index files are metadata: report blob and temp bytes only.
+	return stepFreed, err
+}
+
+// Export copies the records of keys, and their blobs, into dst: how
+// `--cache-to type=local,dest=DIR` is written from kiln's local cache.
+// Blobs are hard-linked when both caches share a filesystem and copied
+// otherwise. Records keep their Created and LastUsed. Keys this cache does
+// not hold are skipped; the returned error then wraps ErrNotFound and names
+// them, after every other key was exported.
+func (l *Local) Export(ctx context.Context, dst *Local, keys []digest.Digest) error {
+	unlock, err := dst.Lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var missing []string
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rec, err := l.readRecord(k)
+		if errors.Is(err, ErrNotFound) {
+			missing = append(missing, k.String())
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("export to %s: %w", dst, err)
+		}
+		if !rec.Layer.IsZero() && !dst.hasBlob(rec.Layer) {
+			if err := l.exportBlob(ctx, dst, rec.Layer); err != nil {
+				return fmt.Errorf("export %s to %s: %w", k, dst, err)
+			}
+		}
+		if err := dst.putRecord(rec); err != nil {
+			return fmt.Errorf("export %s to %s: %w", k, dst, err)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("export to %s: %d keys skipped (%s): %w", dst, len(missing), strings.Join(missing, ", "), ErrNotFound)
+	}
+	return nil
+}
+
+// exportBlob hard-links a blob into dst, or copies it when linking fails
+// (another filesystem, or a filesystem without links). A blob file is
+// complete and never rewritten in place, so sharing its inode is safe.
+func (l *Local) exportBlob(ctx context.Context, dst *Local, d Descriptor) error {
+	src, final := l.blobPath(d.Digest), dst.blobPath(d.Digest)
+	err := os.Link(src, final)
+	if err == nil || errors.Is(err, fs.ErrExist) {
+		return syncDir(filepath.Dir(final))
+	}
+	return dst.putBlob(ctx, d, func() (io.ReadCloser, error) { return os.Open(src) })
+}

@@ -1,0 +1,284 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kiln-build/kiln/internal/registry"
+)
+
+// Registry is a cache kept in a registry as one cache manifest (see
+// doc.go), or read from an image carrying inline cache. The whole index is
+// loaded by OpenRegistry; lookups are then in memory. It is safe for
+// concurrent use.
+type Registry struct {
+	ref  name.Reference
+	opts registry.Options
+
+	// readOnly: ref holds an image with inline cache, not a cache manifest;
+	// writing would replace the image.
+	readOnly bool
+
+	mu sync.Mutex
+	wo RegistryWriteOptions
+	// records is the index as loaded or last flushed; blobs are the layer
+	// digests its manifest names, all present in the repository.
+	records map[digest.Digest]Record
+	blobs   map[v1.Hash]bool
+	staged  map[digest.Digest]*stagedRecord
+
+	flushMu sync.Mutex // one Flush at a time
+}
+
+type stagedRecord struct {
+	rec   Record
+	layer v1.Layer
+}
+
+// RegistryWriteOptions bound what Flush keeps. Set them with
+// (*Registry).SetWriteOptions; the zero value keeps everything.
+type RegistryWriteOptions struct {
+	// MaxAge drops records whose LastUsed is older than this at Flush
+	// (0: no age limit).
+	MaxAge time.Duration
+	// MaxEntries keeps only the most recently used records (0: no limit).
+	MaxEntries int
+	// Now is the clock for LastUsed and MaxAge; nil means time.Now.
+	Now func() time.Time
+}
+
+// OpenRegistry loads the cache at ref in one round trip: the manifest,
+// then its config blob. A ref that does not exist is an empty cache; a
+// registry that cannot be reached is an error wrapping
+// registry.ErrUnreachable. When ref holds an image (its config is an image
+// config), the cache is read from the image's inline cache field and the
+// store is read-only (Put and Flush fail with ErrReadOnly).
+func OpenRegistry(ctx context.Context, ref string, o registry.Options) (*Registry, error) {
+	r, err := o.Reference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("registry cache: %w", err)
+	}
+	c := &Registry{
+		ref:     r,
+		opts:    o,
+		records: map[digest.Digest]Record{},
+		blobs:   map[v1.Hash]bool{},
+		staged:  map[digest.Digest]*stagedRecord{},
+	}
+	img, err := registry.Image(ctx, ref, v1.Platform{}, o)
+	if errors.Is(err, registry.ErrNotFound) {
+		return c, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry cache %s: %w", r, err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("registry cache %s: manifest: %w", r, err)
+	}
+	raw, err := img.RawConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("registry cache %s: config: %w", r, err)
+	}
+	if m.Config.MediaType == IndexMediaType {
+		err = c.loadIndex(m, raw)
+	} else {
+		c.readOnly = true
+		err = c.loadInline(m, raw)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry cache %s: %w", r, err)
+	}
+	return c, nil
+}
+
+// loadIndex reads kiln's index. Records naming a blob that the manifest
+// does not list are dropped: the registry only guarantees listed blobs.
+func (c *Registry) loadIndex(m *v1.Manifest, raw []byte) error {
+	var idx wireIndex
+	if err := json.Unmarshal(raw, &idx); err != nil {
+		return fmt.Errorf("decoding index: %w", err)
+	}
+	if idx.Version < 1 || idx.Version > FormatVersion {
+		return fmt.Errorf("index version %d, this kiln reads %d: %w", idx.Version, FormatVersion, ErrUnsupportedFormat)
+	}
+	for _, l := range m.Layers {
+		c.blobs[l.Digest] = true
+	}
+	for _, w := range idx.Records {
+		rec, err := fromWire(w)
+		if err != nil {
+			return fmt.Errorf("index: %w", err)
+		}
+		if !rec.Layer.IsZero() && !c.blobs[rec.Layer.Digest] {
+			continue
+		}
+		c.records[rec.Key] = rec
+	}
+	return nil
+}
+
+// loadInline builds records from an image config's inline cache field, the
+// manifest's layer descriptors and the config's diff_ids. No field is an
+// empty cache.
+func (c *Registry) loadInline(m *v1.Manifest, raw []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return fmt.Errorf("decoding image config: %w", err)
+	}
+	field, ok := fields[InlineField]
+	if !ok {
+		return nil
+	}
+	var inline inlineCache
+	if err := json.Unmarshal(field, &inline); err != nil {
+		return fmt.Errorf("decoding %s: %w", InlineField, err)
+	}
+	if inline.Version < 1 || inline.Version > FormatVersion {
+		return fmt.Errorf("%s version %d, this kiln reads %d: %w", InlineField, inline.Version, FormatVersion, ErrUnsupportedFormat)
+	}
+	cfg, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	if err != nil {
+		return fmt.Errorf("decoding image config: %w", err)
+	}
+	// Each non-empty history entry made one layer, in order; when that
+	// holds, a layer's created time is its entry's, as the build wrote it.
+	var layerHistory []v1.History
+	for _, h := range cfg.History {
+		if !h.EmptyLayer {
+			layerHistory = append(layerHistory, h)
+		}
+	}
+	useHistory := len(layerHistory) == len(m.Layers)
+	for _, e := range inline.Layers {
+		key, err := digest.Parse(e.Key)
+		if err != nil || e.Index < 0 || e.Index >= len(m.Layers) || e.Index >= len(cfg.RootFS.DiffIDs) {
+			continue // a malformed entry costs a miss, not the whole cache
+		}
+		l := m.Layers[e.Index]
+		created := cfg.Created.Time
+		if useHistory && !layerHistory[e.Index].Created.IsZero() {
+			created = layerHistory[e.Index].Created.Time
+		}
+		c.records[key] = Record{
+			Key:      key,
+			Layer:    Descriptor{MediaType: l.MediaType, Digest: l.Digest, DiffID: cfg.RootFS.DiffIDs[e.Index], Size: l.Size},
+			Created:  created,
+			LastUsed: cfg.Created.Time,
+		}
+		c.blobs[l.Digest] = true
+	}
+	return nil
+}
+
+// SetWriteOptions sets the bounds Flush applies. Call it before Flush.
+func (c *Registry) SetWriteOptions(o RegistryWriteOptions) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.wo = o
+}
+
+func (c *Registry) now() time.Time {
+	c.mu.Lock()
+	now := c.wo.Now
+	c.mu.Unlock()
+	if now == nil {
+		return time.Now()
+	}
+	return now()
+}
+
+func (c *Registry) String() string { return "registry:" + c.ref.String() }
+
+// ReadOnly reports whether the store was read from an image's inline cache.
+func (c *Registry) ReadOnly() bool { return c.readOnly }
+
+// Get answers from the index loaded by OpenRegistry (and extended by
+// Flush): no request is made. Records Put but not yet flushed are not
+// visible.
+func (c *Registry) Get(ctx context.Context, key digest.Digest) (Record, error) {
+	if err := ctx.Err(); err != nil {
+		return Record{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rec, ok := c.records[key]
+	if !ok {
+		return Record{}, fmt.Errorf("%s: %s: %w", c, key, ErrNotFound)
+	}
+	return rec, nil
+}
+
+// Previous returns the most recently created record with stepID.
+func (c *Registry) Previous(ctx context.Context, stepID string) (Record, error) {
+	if err := ctx.Err(); err != nil {
+		return Record{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var best Record
+	found := false
+	for _, r := range c.records {
+		if stepID == "" || r.StepID != stepID {
+			continue
+		}
+		if !found || newer(r, best) {
+			best, found = r, true
+		}
+	}
+	if !found {
+		return Record{}, fmt.Errorf("%s: step %q: %w", c, stepID, ErrNotFound)
+	}
+	return best, nil
+}
+
+// newer orders records by Created, then LastUsed, then key (for a
+// deterministic answer).
+func newer(a, b Record) bool {
+	if !a.Created.Equal(b.Created) {
+		return a.Created.After(b.Created)
+	}
+	if !a.LastUsed.Equal(b.LastUsed) {
+		return a.LastUsed.After(b.LastUsed)
+	}
+	return a.Key > b.Key
+}
+
+// Layer returns a lazy layer, wrapped as a *remote.MountableLayer naming
+// this repository, so that pushing an image built from cache hits to
+// another repository of the same registry mounts the blob instead of
+// downloading and re-uploading it. The blob is fetched, with ctx, only
+// when the layer is read.
+func (c *Registry) Layer(ctx context.Context, rec Record) (v1.Layer, error) {
+	if rec.Layer.IsZero() {
+		return nil, fmt.Errorf("%s: %s: %w", c, rec.Key, ErrNoLayer)
+	}
+	desc := rec.Layer
+	src := c.ref.Context().Digest(desc.Digest.String())
+	lazy, err := newLazyLayer(desc, func() (io.ReadCloser, error) {
+		rl, err := remote.Layer(src, c.opts.RemoteOptions(ctx)...)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", c, err)
+		}
+		rc, err := rl.Compressed()
+		if err != nil {
+			return nil, fmt.Errorf("%s: fetching blob: %w", c, err)
+		}
+		return newVerifyReader(rc, desc.Digest, desc.Size)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &remote.MountableLayer{Layer: lazy, Reference: src}, nil
+}
