@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kiln-build/kiln/internal/buildctx"
+	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/executor"
 	"github.com/kiln-build/kiln/internal/graph"
@@ -58,6 +60,10 @@ type builder struct {
 	exec      executor.Executor
 	execErr   error
 	mountsDir string // RUN --mount=type=cache directories
+
+	caches     caches
+	downloaded atomic.Int64 // blob bytes fetched from registries
+	uploading  atomic.Bool  // a registry push is running: count layer reads as uploads
 }
 
 func (b *builder) snapshotter() (snapshot.Snapshotter, error) {
@@ -111,10 +117,17 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("build context: %w", err)
 	}
 	b.bctx = bctx
-	if err := b.plan(ctx); err != nil {
+	if b.layer, err = layerOptions(o); err != nil {
 		return nil, err
 	}
-	if b.layer, err = layerOptions(o); err != nil {
+	wrap := o.Registry.Wrap
+	b.opts.Registry.Wrap = func(t http.RoundTripper) http.RoundTripper {
+		if wrap != nil {
+			t = wrap(t)
+		}
+		return &countingTransport{next: t, down: &b.downloaded}
+	}
+	if err := b.plan(ctx); err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp(o.TempDir, "kiln-build-")
@@ -128,6 +141,11 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if o.CacheDir != "" {
 		b.mountsDir = filepath.Join(o.CacheDir, "mounts")
 	}
+	unlock, err := b.openCaches(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 
 	needed, err := b.graph.Needed(b.target)
 	if err != nil {
@@ -329,6 +347,7 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 	if s.def.BaseName == "scratch" {
 		s.cfg = b.emptyConfig()
 		s.vars = dockerfile.NewVars(s.cfg.Config.Env)
+		s.key = cachekey.Base(b.opts.Platform.String(), "", b.keyOptions())
 		return nil
 	}
 	s.steps++ // the FROM itself
@@ -344,6 +363,13 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: read image config: %w", s.def.BaseName, err))
 	}
 	cfg := cf.DeepCopy()
+	manifest, err := img.Digest()
+	if err != nil {
+		b.fail(id, start, err)
+		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
+	}
+	s.key = cachekey.Base(b.opts.Platform.String(), manifest.String(), b.keyOptions())
+	s.baseHist = len(cfg.History)
 	layers, err := img.Layers()
 	if err != nil {
 		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
@@ -469,4 +495,14 @@ func (b *builder) done(id int, start time.Time) {
 
 func (b *builder) fail(id int, start time.Time, err error) {
 	b.sink.Emit(progress.Event{ID: id, Status: progress.Failed, Duration: time.Since(start), Err: err})
+}
+
+// keyOptions are the build options that change every layer's bytes, and so
+// belong in every cache key.
+func (b *builder) keyOptions() map[string]string {
+	opts := map[string]string{"compression": string(b.layer.Compression)}
+	if b.opts.Epoch != nil {
+		opts["source-date-epoch"] = fmt.Sprint(b.opts.Epoch.Unix())
+	}
+	return opts
 }

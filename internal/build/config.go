@@ -6,6 +6,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -19,10 +20,21 @@ const historyComment = "buildkit.dockerfile.v0"
 // defaultPath is the PATH BuildKit gives images that lack one.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// commit appends a history entry, as BuildKit's commitToHistory does.
+// commit appends a metadata instruction's history entry, as BuildKit's
+// commitToHistory does. Its time is filled in at export, from the layers
+// around it (see fillCreated), so a fully cached build reproduces it.
 func (b *builder) commit(s *stage, createdBy string, withLayer bool) {
+	b.commitAt(s, createdBy, withLayer, time.Time{})
+}
+
+// commitAt appends a history entry created at t (zero: fill in later).
+// With SOURCE_DATE_EPOCH every time is the epoch.
+func (b *builder) commitAt(s *stage, createdBy string, withLayer bool, t time.Time) {
+	if b.opts.Epoch != nil {
+		t = b.opts.Epoch.UTC()
+	}
 	s.cfg.History = append(s.cfg.History, v1.History{
-		Created:    v1.Time{Time: b.created},
+		Created:    v1.Time{Time: t},
 		CreatedBy:  createdBy,
 		Comment:    historyComment,
 		EmptyLayer: !withLayer,

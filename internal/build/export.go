@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"sort"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/output"
+	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/snapshot"
 )
 
@@ -25,6 +28,18 @@ type Result struct {
 	ManifestSize int64
 	// Outputs has one entry per output, in the order given.
 	Outputs []output.Result
+	// Steps is the build summary: one entry per layer step, cached or
+	// built, with durations and bytes moved; Totals adds them up.
+	Steps  []StepReport
+	Totals Totals
+}
+
+// Totals sums the build summary.
+type Totals struct {
+	Steps      int   `json:"steps"`
+	Cached     int   `json:"cached"`
+	Downloaded int64 `json:"bytesDownloaded"`
+	Uploaded   int64 `json:"bytesUploaded"`
 }
 
 // layerOptions picks layer compression and media types from the outputs:
@@ -52,7 +67,7 @@ func layerOptions(o Options) (image.LayerOptions, error) {
 // runs only after every stage succeeded, so a failed build exports nothing.
 func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	cfg := s.cfg.DeepCopy()
-	cfg.Created = v1.Time{Time: b.created}
+	cfg.Created = v1.Time{Time: fillCreated(cfg.History[s.baseHist:], b.created)}
 	cfg.Architecture = b.platform.Architecture
 	cfg.OS = b.platform.OS
 	if len(b.opts.Labels) > 0 {
@@ -84,8 +99,17 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 				return nil, err
 			}
 		}
+		if spec.Type == "registry" {
+			// Inline cache: the pushed image names its layers' keys, so
+			// --cache-from type=registry,ref=<this image> works.
+			if img, err = withInlineCache(img, s); err != nil {
+				return nil, err
+			}
+		}
 		id, start := b.start(nil, "exporting to "+spec.Type)
+		b.uploading.Store(spec.Type == "registry")
 		out, err := output.Export(ctx, spec, output.Image{Image: img, Tags: b.opts.Tags, Rootfs: rootfs}, env)
+		b.uploading.Store(false)
 		if err != nil {
 			b.fail(id, start, err)
 			return nil, fmt.Errorf("output type=%s: %w", spec.Type, err)
@@ -102,5 +126,75 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 			}
 		}
 	}
+	if err := b.exportCaches(ctx, s); err != nil {
+		return nil, err
+	}
+	b.summarize(res)
 	return res, nil
+}
+
+// fillCreated gives this build's history entries their times as BuildKit's
+// exporter does: a layer step keeps its own (for a cache hit, when the
+// layer was first built), and a metadata step takes the nearest earlier
+// layer's — or the first layer's when none comes before. The image's
+// created time is the last entry's. So a fully cached build reproduces its
+// image digest. fallback serves when no entry has a time.
+func fillCreated(hist []v1.History, fallback time.Time) time.Time {
+	var first time.Time
+	for _, h := range hist {
+		if !h.Created.Time.IsZero() {
+			first = h.Created.Time
+			break
+		}
+	}
+	if first.IsZero() {
+		first = fallback
+	}
+	last := first
+	for i := range hist {
+		if hist[i].Created.Time.IsZero() {
+			hist[i].Created = v1.Time{Time: last}
+		} else {
+			last = hist[i].Created.Time
+		}
+	}
+	return last
+}
+
+// summarize fills the build summary and prints its closing line.
+func (b *builder) summarize(res *Result) {
+	b.caches.mu.Lock()
+	steps := append([]*stepStat(nil), b.caches.steps...)
+	b.caches.mu.Unlock()
+	sort.Slice(steps, func(i, j int) bool { return steps[i].ID < steps[j].ID })
+	for _, st := range steps {
+		rep := st.StepReport
+		rep.Uploaded = st.uploaded.Load()
+		res.Steps = append(res.Steps, rep)
+		res.Totals.Steps++
+		if rep.Cached {
+			res.Totals.Cached++
+		}
+		res.Totals.Uploaded += rep.Uploaded
+	}
+	res.Totals.Downloaded = b.downloaded.Load()
+	b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf(
+		"summary: %d steps, %d cached, %d built; %s downloaded, %s uploaded",
+		res.Totals.Steps, res.Totals.Cached, res.Totals.Steps-res.Totals.Cached,
+		humanBytes(res.Totals.Downloaded), humanBytes(res.Totals.Uploaded))})
+	for _, st := range res.Steps {
+		if !st.Cached && st.Reason != "" {
+			b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("  #%d %s: rebuilt because %s", st.ID, st.Name, st.Reason)})
+		}
+	}
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }

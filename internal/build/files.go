@@ -2,13 +2,16 @@ package build
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"strconv"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
+	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/fileop"
 	"github.com/kiln-build/kiln/internal/registry"
@@ -50,27 +53,25 @@ func (b *builder) workdir(ctx context.Context, s *stage, c *instructions.Workdir
 		b.commit(s, "WORKDIR /", false)
 		return nil
 	}
-	id, start := b.start(s, "WORKDIR "+wd)
-	err := b.mutate(ctx, s, "WORKDIR "+wd, b.mounted(func(root string) error {
-		var owner *fileop.Owner
-		if u := s.cfg.Config.User; u != "" {
-			o, err := fileop.ResolveOwner(root, u)
-			if err != nil {
-				return fmt.Errorf("WORKDIR %s: user %s: %w", wd, u, err)
+	user := s.cfg.Config.User
+	st := step{op: "workdir", name: "WORKDIR " + wd, history: "WORKDIR " + wd,
+		inputs: cachekey.Inputs{"instruction": "WORKDIR " + wd, "user": user}}
+	return b.step(ctx, s, st, func(ctx context.Context, _ int) (v1.Layer, error) {
+		return b.mutate(ctx, s, b.mounted(func(root string) error {
+			var owner *fileop.Owner
+			if user != "" {
+				o, err := fileop.ResolveOwner(root, user)
+				if err != nil {
+					return fmt.Errorf("WORKDIR %s: user %s: %w", wd, user, err)
+				}
+				owner = &o
 			}
-			owner = &o
-		}
-		if _, err := fileop.Mkdir(ctx, root, wd, owner); err != nil {
-			return fmt.Errorf("WORKDIR %s: %w", wd, err)
-		}
-		return nil
-	}))
-	if err != nil {
-		b.fail(id, start, err)
-		return err
-	}
-	b.done(id, start)
-	return nil
+			if _, err := fileop.Mkdir(ctx, root, wd, owner); err != nil {
+				return fmt.Errorf("WORKDIR %s: %w", wd, err)
+			}
+			return nil
+		}))
+	})
 }
 
 type copySpec struct {
@@ -84,20 +85,10 @@ type copySpec struct {
 	text     string // the instruction as written, for progress
 }
 
-// copy runs COPY or ADD into the stage's root filesystem and records the
-// changed paths as a layer.
+// copy runs COPY or ADD through the cache: its key covers the content of
+// every source file (never mtimes), the source stage or image, and the
+// destination.
 func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
-	id, start := b.start(s, c.text)
-	err := b.doCopy(ctx, s, c)
-	if err != nil {
-		b.fail(id, start, err)
-		return err
-	}
-	b.done(id, start)
-	return nil
-}
-
-func (b *builder) doCopy(ctx context.Context, s *stage, c copySpec) error {
 	if c.checksum != "" && c.name == "COPY" {
 		return fmt.Errorf("COPY: checksum can't be specified for COPY")
 	}
@@ -105,45 +96,125 @@ func (b *builder) doCopy(ctx context.Context, s *stage, c copySpec) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.name, err)
 	}
-	src, err := b.copySource(ctx, c.from)
-	if err != nil {
+	dest := destPath(s.cfg.Config.WorkingDir, c.params.DestPath)
+	history := copyHistory(c)
+	st := step{op: strings.ToLower(c.name), name: c.text, history: history + " # buildkit",
+		inputs: cachekey.Inputs{"instruction": history, "dest": dest}}
+	if len(c.exclude) > 0 {
+		st.inputs["exclude"] = strings.Join(c.exclude, "\n")
+	}
+	for _, sc := range c.params.SourceContents {
+		st.inputs["heredoc:"+sc.Path] = cachekey.Value(sc.Data)
+	}
+	if err := b.copyInputs(ctx, c, &st); err != nil {
 		return err
 	}
-	dest := destPath(s.cfg.Config.WorkingDir, c.params.DestPath)
 	// BuildKit marks history entries of steps it ran as LLB file or exec
 	// ops with "# buildkit"; WORKDIR's mkdir is not marked.
-	return b.mutate(ctx, s, copyHistory(c)+" # buildkit", b.mounted(func(root string) error {
-		var chown *fileop.Owner
-		if c.chown != "" {
-			o, err := fileop.ResolveOwner(root, c.chown)
-			if err != nil {
-				return fmt.Errorf("%s --chown=%s: %w", c.name, c.chown, err)
-			}
-			chown = &o
+	return b.step(ctx, s, st, func(ctx context.Context, _ int) (v1.Layer, error) {
+		src, err := b.copySource(ctx, c.from)
+		if err != nil {
+			return nil, err
 		}
-		if len(c.params.SourcePaths) > 0 {
-			cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude}
-			var err error
-			if c.name == "ADD" {
-				_, err = fileop.Add{Copy: cp, Checksum: c.checksum}.Apply(ctx, root)
-			} else {
-				_, err = cp.Apply(ctx, root)
+		return b.mutate(ctx, s, b.mounted(func(root string) error {
+			var chown *fileop.Owner
+			if c.chown != "" {
+				o, err := fileop.ResolveOwner(root, c.chown)
+				if err != nil {
+					return fmt.Errorf("%s --chown=%s: %w", c.name, c.chown, err)
+				}
+				chown = &o
 			}
-			if err != nil {
-				return fmt.Errorf("%s: %w", c.name, err)
+			if len(c.params.SourcePaths) > 0 {
+				cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude}
+				var err error
+				if c.name == "ADD" {
+					_, err = fileop.Add{Copy: cp, Checksum: c.checksum}.Apply(ctx, root)
+				} else {
+					_, err = cp.Apply(ctx, root)
+				}
+				if err != nil {
+					return fmt.Errorf("%s: %w", c.name, err)
+				}
 			}
+			if len(c.params.SourceContents) > 0 {
+				files := make([]fileop.File, 0, len(c.params.SourceContents))
+				for _, sc := range c.params.SourceContents {
+					files = append(files, fileop.File{Name: sc.Path, Data: []byte(sc.Data)})
+				}
+				if _, err := fileop.WriteFiles(ctx, root, dest, files, chown, chmod); err != nil {
+					return fmt.Errorf("%s: %w", c.name, err)
+				}
+			}
+			return nil
+		}))
+	})
+}
+
+// maxFileInputs bounds how many files a step names one by one in its
+// cache inputs; past it, one digest stands for them all (a miss then says
+// "files changed" without naming which).
+const maxFileInputs = 2000
+
+// copyInputs adds what a COPY/ADD reads to its cache inputs.
+func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) error {
+	if c.from != "" {
+		k, err := b.fromKey(ctx, c.from)
+		if err != nil {
+			return err
 		}
-		if len(c.params.SourceContents) > 0 {
-			files := make([]fileop.File, 0, len(c.params.SourceContents))
-			for _, sc := range c.params.SourceContents {
-				files = append(files, fileop.File{Name: sc.Path, Data: []byte(sc.Data)})
-			}
-			if _, err := fileop.WriteFiles(ctx, root, dest, files, chown, chmod); err != nil {
-				return fmt.Errorf("%s: %w", c.name, err)
-			}
-		}
+		st.inputs["from"] = k
 		return nil
-	}))
+	}
+	var local []string
+	for _, src := range c.params.SourcePaths {
+		if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
+			if c.checksum == "" {
+				st.keyAfter = true // known only once downloaded
+			}
+			st.inputs["url:"+src] = c.checksum
+			continue
+		}
+		local = append(local, src)
+	}
+	if len(local) == 0 {
+		return nil
+	}
+	files, err := b.bctx.Files(ctx, local)
+	if err != nil {
+		// The copy itself will fail with a clear error; never hit.
+		st.inputs["files"] = "unreadable: " + err.Error()
+		return nil
+	}
+	if len(files) > maxFileInputs {
+		h := sha256.New()
+		for _, f := range files {
+			fmt.Fprintf(h, "%s\x00%s\x00", f.Path, f.Digest)
+		}
+		st.inputs["files"] = fmt.Sprintf("sha256:%x (%d files)", h.Sum(nil), len(files))
+		return nil
+	}
+	for _, f := range files {
+		st.inputs["file:"+f.Path] = f.Digest
+	}
+	return nil
+}
+
+// fromKey identifies what a --from names for the cache: a stage by its
+// final key, an image by its manifest digest.
+func (b *builder) fromKey(ctx context.Context, from string) (string, error) {
+	if j, ok := b.df.StageIndex(from); ok {
+		return "stage:" + b.stages[j].key.String(), nil
+	}
+	src, err := b.imageSource(ctx, from)
+	if err != nil {
+		return "", err
+	}
+	d, err := src.base.Digest()
+	if err != nil {
+		return "", err
+	}
+	return "image:" + d.String(), nil
 }
 
 // copyHistory is BuildKit's created_by for COPY and ADD.

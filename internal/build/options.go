@@ -20,11 +20,19 @@ type Options struct {
 	DockerfileName string
 	DockerfilePath string
 
-	Target      string
+	Target string
+	// NoCache skips every cache lookup (results are still recorded);
+	// NoCacheFilter skips them for the named stages only.
+	NoCache       bool
+	NoCacheFilter []string
+	// CacheFrom are extra caches read after kiln's local one, in order;
+	// CacheTo are the caches this build's results are exported to.
+	CacheFrom []CacheSpec
+	CacheTo   []CacheSpec
+
 	BuildArgs   map[string]string
 	Labels      map[string]string
 	Platform    dockerfile.Platform
-	NoCache     bool
 	Parallelism int
 
 	Tags    []string
@@ -58,4 +66,25 @@ type Options struct {
 	Secrets map[string]Secret
 
 	Progress progress.Sink
+}
+
+// CacheSpec is one --cache-from or --cache-to, in buildx's terms:
+// type=registry,ref=REF or type=local,src=DIR / dest=DIR.
+type CacheSpec struct {
+	Type string // "registry" or "local"
+	Ref  string // registry
+	Dir  string // local: src for --cache-from, dest for --cache-to
+	// Mode "max" (default) exports every step of every stage; "min" only
+	// the final image's.
+	Mode        string
+	IgnoreError bool
+	MaxAge      time.Duration
+	MaxEntries  int
+}
+
+func (c CacheSpec) String() string {
+	if c.Type == "registry" {
+		return "type=registry,ref=" + c.Ref
+	}
+	return "type=local," + c.Dir
 }

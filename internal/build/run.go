@@ -2,14 +2,19 @@ package build
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
+	"slices"
+	"strconv"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 
+	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/executor"
 	"github.com/kiln-build/kiln/internal/mount"
 	"github.com/kiln-build/kiln/internal/progress"
@@ -20,23 +25,101 @@ import (
 const pipesDir = "/dev/pipes"
 
 // run executes a RUN instruction in a writable snapshot of the stage and
-// records what it changed as a layer.
+// records what it changed as a layer, unless the cache has it.
 func (b *builder) run(ctx context.Context, s *stage, c *instructions.RunCommand) error {
-	if sec := instructions.GetSecurity(c); sec == instructions.SecurityInsecure {
+	sec := instructions.GetSecurity(c)
+	if sec == instructions.SecurityInsecure {
 		return fmt.Errorf("RUN --security=insecure: %w", ErrUnsupported)
 	}
 	args, script, err := runArgs(s, c)
 	if err != nil {
 		return err
 	}
-	id, start := b.start(s, c.String())
-	err = b.doRun(ctx, s, c, id, args, script)
+	network := string(instructions.GetNetwork(c))
+	if network == "" || network == string(instructions.NetworkDefault) {
+		network = b.opts.Network
+	}
+	cwd := s.cfg.Config.WorkingDir
+	if cwd == "" {
+		cwd = "/"
+	}
+	st, err := b.runStep(ctx, s, c, args, script, network, cwd)
 	if err != nil {
-		b.fail(id, start, err)
 		return err
 	}
-	b.done(id, start)
-	return nil
+	return b.step(ctx, s, st, func(ctx context.Context, id int) (v1.Layer, error) {
+		return b.doRun(ctx, s, c, id, args, script, network, cwd)
+	})
+}
+
+// runStep describes a RUN for the cache: the command, the environment it
+// sees (ARGs in scope included; values as digests), user, directory,
+// network and every mount's spec — secrets by id, never by value.
+func (b *builder) runStep(ctx context.Context, s *stage, c *instructions.RunCommand, args []string, script *inlineScript, network, cwd string) (step, error) {
+	argv, err := json.Marshal(args)
+	if err != nil {
+		return step{}, err
+	}
+	in := cachekey.Inputs{
+		"instruction": string(argv),
+		"user":        s.cfg.Config.User,
+		"workdir":     cwd,
+		"network":     network,
+	}
+	for _, k := range s.vars.Keys() {
+		v, _ := s.vars.Get(k)
+		kind := "env:"
+		if slices.Contains(s.args, k) {
+			kind = "arg:"
+		}
+		in[kind+k] = cachekey.Value(v)
+	}
+	if script != nil {
+		in["heredoc:"+script.name] = cachekey.Value(string(script.data))
+	}
+	for i, m := range instructions.GetMounts(c) {
+		spec, err := b.mountInput(ctx, m)
+		if err != nil {
+			return step{}, err
+		}
+		in[fmt.Sprintf("mount:%d", i)] = spec
+	}
+	return step{op: "run", name: c.String(), history: "RUN " + runCommandString(args, s) + " # buildkit", inputs: in}, nil
+}
+
+// mountInput is a RUN mount as a cache input. What a bind mount shows is
+// part of it (context content, or the source stage or image); a cache
+// mount's content is not, as in BuildKit.
+func (b *builder) mountInput(ctx context.Context, m *instructions.Mount) (string, error) {
+	opt := func(p *uint64) string {
+		if p == nil {
+			return ""
+		}
+		return strconv.FormatUint(*p, 8)
+	}
+	env := ""
+	if m.Env != nil {
+		env = "env=" + *m.Env
+	}
+	spec := fmt.Sprintf("type=%s target=%s ro=%v id=%s sharing=%s source=%s mode=%s uid=%s gid=%s size=%d required=%v %s",
+		m.Type, m.Target, m.ReadOnly, m.CacheID, m.CacheSharing, m.Source, opt(m.Mode), opt(m.UID), opt(m.GID), m.SizeLimit, m.Required, env)
+	switch {
+	case m.Type != instructions.MountTypeBind && m.Type != instructions.MountTypeCache:
+	case m.From != "":
+		k, err := b.fromKey(ctx, m.From)
+		if err != nil {
+			return "", err
+		}
+		spec += " from=" + k
+	case m.Type == instructions.MountTypeBind:
+		d, err := b.bctx.Digest(ctx, []string{m.Source})
+		if err != nil {
+			spec += " context=unreadable"
+		} else {
+			spec += " context=" + d.String()
+		}
+	}
+	return spec, nil
 }
 
 // inlineScript is a RUN heredoc run as a file (it starts with "#!").
@@ -88,36 +171,27 @@ func runArgs(s *stage, c *instructions.RunCommand) ([]string, *inlineScript, err
 	return args, script, nil
 }
 
-func (b *builder) doRun(ctx context.Context, s *stage, c *instructions.RunCommand, id int, args []string, script *inlineScript) error {
+func (b *builder) doRun(ctx context.Context, s *stage, c *instructions.RunCommand, id int, args []string, script *inlineScript, network, cwd string) (v1.Layer, error) {
 	exec, err := b.executor()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	mounts, env, cleanup, err := b.runMounts(ctx, s, c)
 	defer cleanup()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if script != nil {
 		m, err := b.scriptMount(script)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		mounts = append(mounts, m)
-	}
-	network := string(instructions.GetNetwork(c))
-	if network == "" || network == string(instructions.NetworkDefault) {
-		network = b.opts.Network
 	}
 	out := newTail(20, func(line string) {
 		b.sink.Emit(progress.Event{ID: id, Status: progress.Log, Log: line})
 	})
-	cwd := s.cfg.Config.WorkingDir
-	if cwd == "" {
-		cwd = "/"
-	}
-	history := "RUN " + runCommandString(args, s) + " # buildkit"
-	return b.mutate(ctx, s, history, func(ctx context.Context, rootMounts []mount.Mount) error {
+	return b.mutate(ctx, s, func(ctx context.Context, rootMounts []mount.Mount) error {
 		spec := executor.Spec{
 			Root:    rootMounts,
 			Mounts:  mounts,

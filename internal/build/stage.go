@@ -9,6 +9,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/snapshot"
@@ -29,6 +30,14 @@ type stage struct {
 	base  v1.Image
 	added []v1.Layer
 	cfg   *v1.ConfigFile
+
+	// key is the cache key of the stage's state so far (its base, then
+	// each layer step); keys[i] is the key of added[i]. baseHist counts
+	// the base image's history entries, before this build's own.
+	key      digest.Digest
+	keys     []digest.Digest
+	baseHist int
+	seen     map[string]int // step names seen so far, for step ids
 
 	// vars is the scope words expand in: the image's Env, then ARGs and
 	// ENVs in the order they appear. args are the ARGs declared so far.
@@ -89,6 +98,9 @@ func (s *stage) root(ctx context.Context, tmp string) (string, error) {
 func (s *stage) inherit(parent *stage) {
 	s.base = parent.base
 	s.added = append([]v1.Layer(nil), parent.added...)
+	s.keys = append([]digest.Digest(nil), parent.keys...)
+	s.key = parent.key
+	s.baseHist = parent.baseHist
 	s.cfg = parent.cfg.DeepCopy()
 	// The parent's ONBUILD triggers fire in this stage (see resolveBase)
 	// and are not carried over, as in BuildKit.

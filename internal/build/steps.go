@@ -7,45 +7,44 @@ import (
 	"strings"
 	"sync"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/mount"
 )
 
 // mutate runs one filesystem-changing step (RUN, COPY, ADD, WORKDIR) in a
-// fresh writable snapshot of the stage, then writes what the step changed
-// as the stage's next layer. The snapshot is released whatever happens.
-func (b *builder) mutate(ctx context.Context, s *stage, history string, fn func(ctx context.Context, root []mount.Mount) error) error {
+// fresh writable snapshot of the stage and returns what the step changed
+// as a layer. The snapshot is released whatever happens.
+func (b *builder) mutate(ctx context.Context, s *stage, fn func(ctx context.Context, root []mount.Mount) error) (v1.Layer, error) {
 	snap, err := b.snapshotter()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	layers, err := s.layers()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	active, err := snap.Prepare(ctx, layers)
 	if err != nil {
-		return fmt.Errorf("prepare root filesystem (%s snapshotter): %w", snap.Name(), err)
+		return nil, fmt.Errorf("prepare root filesystem (%s snapshotter): %w", snap.Name(), err)
 	}
 	defer active.Release()
 	if err := fn(ctx, active.Mounts()); err != nil {
-		return err
+		return nil, err
 	}
 	ch, root, err := active.Diff(ctx)
 	if err != nil {
-		return fmt.Errorf("compute changes: %w", err)
+		return nil, fmt.Errorf("compute changes: %w", err)
 	}
 	l, err := image.WriteLayer(ctx, root, image.Changes{Paths: ch.Paths, Deleted: ch.Deleted, Opaque: ch.Opaque}, b.layer)
 	if err != nil {
-		return fmt.Errorf("write layer: %w", err)
+		return nil, fmt.Errorf("write layer: %w", err)
 	}
 	if err := active.Commit(ctx, l); err != nil {
-		return fmt.Errorf("commit snapshot: %w", err)
+		return nil, fmt.Errorf("commit snapshot: %w", err)
 	}
-	s.added = append(s.added, l)
-	s.dropRoot()
-	b.commit(s, history, true)
-	return nil
+	return l, nil
 }
 
 // mounted adapts a step that works on a directory (COPY, WORKDIR): the

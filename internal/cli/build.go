@@ -43,6 +43,10 @@ type buildFlags struct {
 	isolation    string
 	snapshotter  string
 	network      string
+	cacheFrom    []string
+	cacheTo      []string
+	noCacheFilt  []string
+	report       string
 }
 
 func (f *buildFlags) addFlags(cmd *cobra.Command) {
@@ -67,6 +71,10 @@ func (f *buildFlags) addFlags(cmd *cobra.Command) {
 	fl.StringVar(&f.isolation, "isolation", "auto", `How RUN is isolated: "auto" (runc when installed, else chroot), "chroot", "runc"`)
 	fl.StringVar(&f.snapshotter, "snapshotter", "auto", `How root filesystems are made: "auto" (overlay where possible), "overlay", "copy"`)
 	fl.StringVar(&f.network, "network", "default", `Networking mode for RUN instructions: "default" (the host's), "host", "none"`)
+	fl.StringArrayVar(&f.cacheFrom, "cache-from", nil, `External cache sources, tried in order (e.g., "type=registry,ref=user/app:cache", "type=local,src=path/to/dir")`)
+	fl.StringArrayVar(&f.cacheTo, "cache-to", nil, `Cache export destinations (e.g., "type=registry,ref=user/app:cache,mode=max", "type=local,dest=path/to/dir")`)
+	fl.StringArrayVar(&f.noCacheFilt, "no-cache-filter", nil, "Do not use the cache for the specified stages")
+	fl.StringVar(&f.report, "report", "", "Write the build summary (each step: cached or built, duration, bytes moved, why it missed) to a JSON file")
 }
 
 // NewCmdBuild returns `kiln build`.
@@ -113,6 +121,11 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	if f.metadataFile != "" {
 		if err := writeMetadata(f.metadataFile, res); err != nil {
 			return err
+		}
+	}
+	if f.report != "" {
+		if err := writeJSON(f.report, report(res)); err != nil {
+			return fmt.Errorf("--report: %w", err)
 		}
 	}
 	if f.iidFile != "" {
@@ -232,7 +245,110 @@ func (f *buildFlags) options(stdin io.Reader, contextDir string) (build.Options,
 	if o.Secrets, err = parseSecrets(f.secrets); err != nil {
 		return o, err
 	}
+	for _, v := range f.noCacheFilt {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(strings.ToLower(name)); name != "" {
+				o.NoCacheFilter = append(o.NoCacheFilter, name)
+			}
+		}
+	}
+	for _, v := range f.cacheFrom {
+		spec, err := parseCacheSpec(v, false)
+		if err != nil {
+			return o, fmt.Errorf("--cache-from %s: %w", v, err)
+		}
+		o.CacheFrom = append(o.CacheFrom, spec)
+	}
+	for _, v := range f.cacheTo {
+		spec, err := parseCacheSpec(v, true)
+		if err != nil {
+			return o, fmt.Errorf("--cache-to %s: %w", v, err)
+		}
+		o.CacheTo = append(o.CacheTo, spec)
+	}
 	return o, nil
+}
+
+// parseCacheSpec reads buildx's --cache-from/--cache-to syntax. A value
+// without "=" is a registry reference, as buildx takes it.
+func parseCacheSpec(v string, to bool) (build.CacheSpec, error) {
+	spec := build.CacheSpec{Mode: "max"}
+	if !strings.Contains(v, "=") {
+		spec.Type, spec.Ref = "registry", v
+		return spec, nil
+	}
+	for _, field := range strings.Split(v, ",") {
+		k, val, ok := strings.Cut(field, "=")
+		if !ok {
+			return spec, fmt.Errorf("%q: expected key=value", field)
+		}
+		var err error
+		switch k {
+		case "type":
+			spec.Type = val
+		case "ref":
+			spec.Ref = val
+		case "src":
+			if to {
+				return spec, fmt.Errorf("src= belongs to --cache-from; use dest=")
+			}
+			spec.Dir = val
+		case "dest":
+			if !to {
+				return spec, fmt.Errorf("dest= belongs to --cache-to; use src=")
+			}
+			spec.Dir = val
+		case "mode":
+			if val != "min" && val != "max" {
+				return spec, fmt.Errorf("mode=%s: must be min or max", val)
+			}
+			spec.Mode = val
+		case "ignore-error":
+			if spec.IgnoreError, err = strconv.ParseBool(val); err != nil {
+				return spec, fmt.Errorf("ignore-error=%s: %w", val, err)
+			}
+		case "max-age":
+			if spec.MaxAge, err = parseAge(val); err != nil {
+				return spec, fmt.Errorf("max-age=%s: %w", val, err)
+			}
+		case "max-entries":
+			if spec.MaxEntries, err = strconv.Atoi(val); err != nil || spec.MaxEntries < 0 {
+				return spec, fmt.Errorf("max-entries=%s: must be a whole number", val)
+			}
+		case "compression", "compression-level", "force-compression", "oci-mediatypes", "image-manifest":
+			// Layers keep the compression they were built with; the cache
+			// manifest is always a standard OCI image manifest.
+		default:
+			return spec, fmt.Errorf("unknown option %q", k)
+		}
+	}
+	switch spec.Type {
+	case "registry":
+		if spec.Ref == "" {
+			return spec, fmt.Errorf("type=registry needs ref=")
+		}
+	case "local":
+		if spec.Dir == "" {
+			return spec, fmt.Errorf("type=local needs %s", map[bool]string{true: "dest=", false: "src="}[to])
+		}
+	case "":
+		return spec, fmt.Errorf("type= is required (registry or local)")
+	default:
+		return spec, fmt.Errorf("type=%s: only registry and local are supported", spec.Type)
+	}
+	return spec, nil
+}
+
+// parseAge accepts Go durations and a day suffix ("7d").
+func parseAge(v string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(v, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("want a duration such as 72h or 7d")
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(v)
 }
 
 // parseSecrets reads --secret flags with buildx's syntax. Values from the
@@ -360,18 +476,32 @@ func writeMetadata(path string, res *build.Result) error {
 			"digest":    res.Digest.String(),
 			"size":      res.ManifestSize,
 		},
+		"kiln.build.report": report(res),
 	}
 	if len(res.Names) > 0 {
 		md["image.name"] = strings.Join(res.Names, ",")
 	}
-	b, err := json.MarshalIndent(md, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+	if err := writeJSON(path, md); err != nil {
 		return fmt.Errorf("--metadata-file: %w", err)
 	}
 	return nil
+}
+
+// report is the build summary as --report and --metadata-file write it.
+func report(res *build.Result) map[string]any {
+	steps := res.Steps
+	if steps == nil {
+		steps = []build.StepReport{}
+	}
+	return map[string]any{"steps": steps, "totals": res.Totals}
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 func isTerminal(w io.Writer) bool {

@@ -20,7 +20,7 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(NewCmdBuild(), newCmdVersion())
+	root.AddCommand(NewCmdBuild(), newCmdCache(), newCmdVersion())
 	return root
 }
 

@@ -101,9 +101,10 @@ func TestRunEveryExecutorAndSnapshotter(t *testing.T) {
 			ref := host + "/run:" + name
 			args := []string{"build", "--progress=plain", "--push", "-t", ref, "--build-arg", "BASE=" + base,
 				"--secret", "id=token,src=" + secretFile, "--isolation", c.isolation, "--snapshotter", c.snapshotter, "."}
-			// Twice, with the same kiln directory: the cache mount persists.
+			// Twice, with the same kiln directory; the second with
+			// --no-cache so every RUN runs again: the cache mount persists.
 			first := kiln(t, dir, nil, args...)
-			second := kiln(t, dir, nil, args...)
+			second := kiln(t, dir, nil, append([]string{"build", "--no-cache"}, args[1:]...)...)
 			for _, out := range []string{first.Stdout + first.Stderr, second.Stdout + second.Stderr} {
 				if strings.Contains(out, secretValue) {
 					t.Errorf("the secret's value reached kiln's output")

@@ -22,6 +22,10 @@ const (
 	Failed
 	// Log carries one line a step's process printed.
 	Log
+	// Warning is a problem that does not fail the build (in Log).
+	Warning
+	// Summary is the build's closing summary, one line (in Log).
+	Summary
 )
 
 // Event is one change of a step's status. Steps are identified by ID, in
@@ -71,6 +75,10 @@ func (p *plain) Emit(e Event) {
 		fmt.Fprintf(p.w, "#%d ERROR %.1fs: %v\n", e.ID, e.Duration.Seconds(), e.Err)
 	case Log:
 		fmt.Fprintf(p.w, "#%d %s\n", e.ID, e.Log)
+	case Warning:
+		fmt.Fprintf(p.w, "WARNING: %s\n", e.Log)
+	case Summary:
+		fmt.Fprintln(p.w, e.Log)
 	}
 }
 
@@ -89,14 +97,20 @@ type tty struct {
 	start time.Time
 	steps []ttyStep
 	ids   map[int]int
+	notes []string
 	drawn int
 }
 
 func (t *tty) Emit(e Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if e.Status == Log {
+	switch e.Status {
+	case Log:
 		return // the redrawn view shows steps, not their output
+	case Warning, Summary:
+		t.notes = append(t.notes, e.Log)
+		t.redraw()
+		return
 	}
 	if t.ids == nil {
 		t.ids = map[int]int{}
@@ -130,6 +144,9 @@ func (t *tty) redraw() {
 		}
 		fmt.Fprintf(&b, "\x1b[2K => %-60s %s\n", s.name, state)
 	}
-	t.drawn = len(t.steps) + 1
+	for _, n := range t.notes {
+		fmt.Fprintf(&b, "\x1b[2K%s\n", n)
+	}
+	t.drawn = len(t.steps) + 1 + len(t.notes)
 	io.WriteString(t.w, b.String())
 }

@@ -31,6 +31,9 @@ type Options struct {
 	// Transport carries every request; nil means remote.DefaultTransport.
 	// Tests wrap it to count requests and bytes.
 	Transport http.RoundTripper
+	// Wrap, when set, decorates the final transport (after TLS routing for
+	// Insecure hosts), e.g. to count the bytes a build downloads.
+	Wrap func(http.RoundTripper) http.RoundTripper
 	// Jobs bounds concurrent blob uploads; 0 means DefaultJobs.
 	Jobs int
 }
@@ -133,6 +136,14 @@ func (o Options) RemoteOptions(ctx context.Context) []remote.Option {
 // that TLS towards Insecure hosts is not verified (docker's
 // --insecure-registry accepts self-signed certificates as well as HTTP).
 func (o Options) transport() http.RoundTripper {
+	t := o.routedTransport()
+	if o.Wrap != nil {
+		t = o.Wrap(t)
+	}
+	return t
+}
+
+func (o Options) routedTransport() http.RoundTripper {
 	base := o.Transport
 	if base == nil {
 		base = remote.DefaultTransport

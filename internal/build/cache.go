@@ -1,0 +1,272 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kiln-build/kiln/internal/cache"
+	"github.com/kiln-build/kiln/internal/cachekey"
+	"github.com/kiln-build/kiln/internal/progress"
+)
+
+// step is one layer-producing instruction as the cache sees it.
+type step struct {
+	op      string // "copy", "add", "workdir", "run"
+	name    string // progress name: the instruction as written
+	history string // created_by
+	inputs  cachekey.Inputs
+	// occurrence tells apart steps of one stage written alike (two
+	// "RUN <<EOF"); set by step().
+	occurrence int
+	// keyAfter marks a step whose inputs cannot be known before it runs
+	// (ADD of a URL without --checksum): it always runs, and its key is
+	// computed from what it produced, so later steps can still hit.
+	keyAfter bool
+}
+
+// StepReport is one step of the build summary.
+type StepReport struct {
+	ID         int           `json:"id"`
+	Stage      string        `json:"stage"`
+	Name       string        `json:"name"`
+	Cached     bool          `json:"cached"`
+	CacheFrom  string        `json:"cacheFrom,omitempty"`
+	Key        string        `json:"key"`
+	Duration   time.Duration `json:"durationNs"`
+	Downloaded int64         `json:"bytesDownloaded"`
+	Uploaded   int64         `json:"bytesUploaded"`
+	// Reason says why a step missed when an earlier build of the same step
+	// is known: the input that changed.
+	Reason string `json:"missReason,omitempty"`
+}
+
+// stepStat is a StepReport while the build runs: uploads happen later, at
+// export, through the layer, so they are counted atomically.
+type stepStat struct {
+	StepReport
+	uploaded atomic.Int64
+}
+
+// usedRecord is a cache record this build produced or hit, with its layer,
+// for --cache-to.
+type usedRecord struct {
+	rec   cache.Record
+	layer v1.Layer
+}
+
+// caches holds the stores one build reads and writes.
+type caches struct {
+	local *cache.Local  // kiln's own, always written
+	from  []cache.Store // read in order: local first, then --cache-from
+	mu    sync.Mutex
+	used  map[digest.Digest]usedRecord
+	steps []*stepStat
+}
+
+func (c *caches) remember(r usedRecord, rep *stepStat) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.used == nil {
+		c.used = map[digest.Digest]usedRecord{}
+	}
+	c.used[r.rec.Key] = r
+	if rep != nil {
+		c.steps = append(c.steps, rep)
+	}
+}
+
+// lookups reports whether steps of s may be served from the cache.
+func (b *builder) lookups(s *stage) bool {
+	return !b.opts.NoCache && !slices.Contains(b.opts.NoCacheFilter, s.def.Name)
+}
+
+// step runs one layer-producing instruction through the cache: a hit adds
+// the cached layer without downloading it; a miss runs exec, records the
+// result in kiln's local cache, and says why it missed when it can.
+func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx context.Context, id int) (v1.Layer, error)) error {
+	if s.seen == nil {
+		s.seen = map[string]int{}
+	}
+	s.seen[st.name]++
+	st.occurrence = s.seen[st.name]
+	id, start := b.start(s, st.name)
+	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
+	st.inputs["parent"] = s.key.String()
+	key := cachekey.Key(st.op, st.inputs)
+	if !st.keyAfter && b.lookups(s) {
+		if rec, layer, from, ok := b.lookup(ctx, key); ok {
+			counted := b.counting(layer, &rep.uploaded)
+			b.addLayer(s, counted, key, st.history, rec.Created)
+			rep.Cached, rep.CacheFrom, rep.Key = true, from, key.String()
+			rep.Duration = time.Since(start)
+			b.caches.remember(usedRecord{rec: rec, layer: counted}, rep)
+			b.sink.Emit(progress.Event{ID: id, Status: progress.Cached, Duration: rep.Duration})
+			return nil
+		}
+	}
+	if !st.keyAfter {
+		rep.Reason = b.explain(ctx, s, st, key)
+	}
+	down := b.downloaded.Load()
+	l, err := exec(ctx, id)
+	rep.Downloaded = b.downloaded.Load() - down
+	rep.Duration = time.Since(start)
+	if err != nil {
+		b.fail(id, start, err)
+		return err
+	}
+	if st.keyAfter {
+		d, err := l.DiffID()
+		if err != nil {
+			return err
+		}
+		st.inputs["result"] = d.String()
+		key = cachekey.Key(st.op, st.inputs)
+	}
+	rep.Key = key.String()
+	rec, err := record(key, b.stepID(s, st), st.inputs, l, b.created)
+	if err != nil {
+		return err
+	}
+	if err := b.caches.local.Put(ctx, rec, l); err != nil {
+		// The build itself is fine; only the next one will miss.
+		b.warn(fmt.Sprintf("could not write kiln's local cache: %v", err))
+	}
+	counted := b.counting(l, &rep.uploaded)
+	b.caches.remember(usedRecord{rec: rec, layer: counted}, rep)
+	b.addLayer(s, counted, key, st.history, b.created)
+	b.done(id, start)
+	return nil
+}
+
+// lookup finds key in the caches, in order, and returns the record with a
+// lazy layer: nothing is downloaded. A cache that cannot be read is a miss
+// with a warning, never a failed build.
+func (b *builder) lookup(ctx context.Context, key digest.Digest) (cache.Record, v1.Layer, string, bool) {
+	for _, st := range b.caches.from {
+		rec, err := st.Get(ctx, key)
+		if errors.Is(err, cache.ErrNotFound) {
+			continue
+		}
+		if err == nil {
+			var l v1.Layer
+			if l, err = st.Layer(ctx, rec); err == nil {
+				return rec, l, st.String(), true
+			}
+		}
+		b.warn(fmt.Sprintf("cache %s: %v (treated as a miss)", st, err))
+	}
+	return cache.Record{}, nil, "", false
+}
+
+// explain says which input changed since an earlier build of the same step.
+func (b *builder) explain(ctx context.Context, s *stage, st step, key digest.Digest) string {
+	if !b.lookups(s) {
+		return "cache disabled (--no-cache)"
+	}
+	id := b.stepID(s, st)
+	for _, c := range b.caches.from {
+		prev, err := c.Previous(ctx, id)
+		if err != nil || prev.Key == key {
+			continue
+		}
+		if why := cachekey.Explain(prev.Inputs, st.inputs); why != "" {
+			return why
+		}
+	}
+	return ""
+}
+
+// stepID names "the same step" across builds: its stage and instruction as
+// written (and which occurrence of that text it is), so a changed input can
+// be found by comparing with the last run.
+func (b *builder) stepID(s *stage, st step) string {
+	return fmt.Sprintf("%s|%s|%d|%s", b.df.Name, s.name, st.occurrence, st.name)
+}
+
+// record describes a new layer for the cache.
+func record(key digest.Digest, stepID string, in cachekey.Inputs, l v1.Layer, created time.Time) (cache.Record, error) {
+	d, err := descriptor(l)
+	if err != nil {
+		return cache.Record{}, err
+	}
+	return cache.Record{Key: key, Layer: d, Created: created, LastUsed: time.Now().UTC(), StepID: stepID, Inputs: map[string]string(in)}, nil
+}
+
+func descriptor(l v1.Layer) (cache.Descriptor, error) {
+	var d cache.Descriptor
+	var err error
+	if d.MediaType, err = l.MediaType(); err != nil {
+		return d, err
+	}
+	if d.Digest, err = l.Digest(); err != nil {
+		return d, err
+	}
+	if d.DiffID, err = l.DiffID(); err != nil {
+		return d, err
+	}
+	d.Size, err = l.Size()
+	return d, err
+}
+
+// addLayer appends a step's layer and its history entry.
+func (b *builder) addLayer(s *stage, l v1.Layer, key digest.Digest, history string, created time.Time) {
+	s.added = append(s.added, l)
+	s.keys = append(s.keys, key)
+	s.key = key
+	s.dropRoot()
+	b.commitAt(s, history, true, created)
+}
+
+// warn reports a problem that does not fail the build.
+func (b *builder) warn(msg string) {
+	b.sink.Emit(progress.Event{Status: progress.Warning, Log: msg})
+}
+
+// counting wraps l so reads of its compressed bytes are counted. A
+// mountable layer stays mountable: the registry client recognises it by
+// type, and a mount must never turn into a download and an upload.
+func (b *builder) counting(l v1.Layer, n *atomic.Int64) v1.Layer {
+	if ml, ok := l.(*remote.MountableLayer); ok {
+		return &remote.MountableLayer{Layer: &countingLayer{Layer: ml.Layer, n: n, on: &b.uploading}, Reference: ml.Reference}
+	}
+	return &countingLayer{Layer: l, n: n, on: &b.uploading}
+}
+
+// countingLayer counts the compressed bytes read from a layer while on is
+// set (during pushes to registries), which is what uploading it costs;
+// mounted and already-present blobs are never read.
+type countingLayer struct {
+	v1.Layer
+	n  *atomic.Int64
+	on *atomic.Bool
+}
+
+func (c *countingLayer) Compressed() (io.ReadCloser, error) {
+	rc, err := c.Layer.Compressed()
+	if err != nil || !c.on.Load() {
+		return rc, err
+	}
+	return &countingReader{ReadCloser: rc, n: c.n}, nil
+}
+
+type countingReader struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	r.n.Add(int64(n))
+	return n, err
+}

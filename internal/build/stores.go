@@ -1,0 +1,147 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/kiln-build/kiln/internal/cache"
+)
+
+// openCaches opens kiln's local cache (always) and every --cache-from. A
+// --cache-from that cannot be read is skipped with a warning: a cache is
+// an accelerator, never a reason to fail a build.
+func (b *builder) openCaches(ctx context.Context) (unlock func(), err error) {
+	dir := filepath.Join(b.tmp, "cache")
+	if b.opts.CacheDir != "" {
+		dir = filepath.Join(b.opts.CacheDir, "cache")
+	}
+	local, err := cache.OpenLocal(dir)
+	if err != nil {
+		return nil, fmt.Errorf("kiln's local cache: %w", err)
+	}
+	unlock, err = local.Lock(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("kiln's local cache: %w", err)
+	}
+	b.caches.local = local
+	b.caches.from = []cache.Store{local}
+	for _, spec := range b.opts.CacheFrom {
+		st, err := b.openCache(ctx, spec, false)
+		if err != nil {
+			b.warn(fmt.Sprintf("--cache-from %s: %v (continuing without it)", spec, err))
+			continue
+		}
+		b.caches.from = append(b.caches.from, st)
+	}
+	return unlock, nil
+}
+
+func (b *builder) openCache(ctx context.Context, spec CacheSpec, write bool) (cache.Writer, error) {
+	switch spec.Type {
+	case "registry":
+		r, err := cache.OpenRegistry(ctx, spec.Ref, b.opts.Registry)
+		if err != nil {
+			return nil, err
+		}
+		if write {
+			r.SetWriteOptions(cache.RegistryWriteOptions{MaxAge: spec.MaxAge, MaxEntries: spec.MaxEntries})
+		}
+		return r, nil
+	case "local":
+		if !write {
+			if _, err := os.Stat(spec.Dir); err != nil {
+				return nil, err
+			}
+		}
+		return cache.OpenLocal(spec.Dir)
+	}
+	return nil, fmt.Errorf("unknown cache type %q", spec.Type)
+}
+
+// exportCaches writes this build's steps to every --cache-to: with
+// mode=max every step of every stage it ran, with mode=min the final
+// image's. An export that fails fails the build unless ignore-error=true.
+func (b *builder) exportCaches(ctx context.Context, final *stage) error {
+	for _, spec := range b.opts.CacheTo {
+		id, start := b.start(nil, "exporting cache to "+spec.String())
+		err := b.exportCache(ctx, spec, final)
+		if err != nil {
+			if spec.IgnoreError {
+				b.done(id, start)
+				b.warn(fmt.Sprintf("--cache-to %s: %v (ignored: ignore-error=true)", spec, err))
+				continue
+			}
+			b.fail(id, start, err)
+			return fmt.Errorf("--cache-to %s: %w", spec, err)
+		}
+		b.done(id, start)
+	}
+	return nil
+}
+
+func (b *builder) exportCache(ctx context.Context, spec CacheSpec, final *stage) error {
+	w, err := b.openCache(ctx, spec, true)
+	if err != nil {
+		return err
+	}
+	b.caches.mu.Lock()
+	used := make([]usedRecord, 0, len(b.caches.used))
+	if spec.Mode == "min" {
+		for _, k := range final.keys {
+			if r, ok := b.caches.used[k]; ok {
+				used = append(used, r)
+			}
+		}
+	} else {
+		for _, r := range b.caches.used {
+			used = append(used, r)
+		}
+	}
+	b.caches.mu.Unlock()
+	b.uploading.Store(spec.Type == "registry")
+	defer b.uploading.Store(false)
+	now := time.Now().UTC()
+	for _, r := range used {
+		rec := r.rec
+		rec.LastUsed = now
+		if err := w.Put(ctx, rec, r.layer); err != nil {
+			return err
+		}
+	}
+	return w.Flush(ctx)
+}
+
+// countingTransport counts the blob bytes downloaded from registries, for
+// the build summary (and so tests can hold kiln to "a hit downloads
+// nothing").
+type countingTransport struct {
+	next http.RoundTripper
+	down *atomic.Int64
+}
+
+func (t *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	if err != nil || req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/") {
+		return resp, err
+	}
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: t.down}
+	return resp, nil
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
