@@ -120,6 +120,11 @@ func prepare(rec Record, l v1.Layer) (Record, error) {
 	if l == nil {
 		return rec, fmt.Errorf("cache record %s names blob %s but no layer was given", rec.Key, rec.Layer.Digest)
 	}
+	if got, err := l.Digest(); err != nil {
+		return rec, fmt.Errorf("cache record %s: layer digest: %w", rec.Key, err)
+	} else if got != rec.Layer.Digest {
+		return rec, fmt.Errorf("cache record %s names blob %s but the layer is %s: %w", rec.Key, rec.Layer.Digest, got, ErrDigestMismatch)
+	}
 	if rec.Layer.Digest.Algorithm != "sha256" {
 		return rec, fmt.Errorf("cache record %s: blob digest %s: only sha256 is supported", rec.Key, rec.Layer.Digest)
 	}
