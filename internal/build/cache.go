@@ -103,6 +103,13 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
 	st.inputs["parent"] = s.key.String()
 	key := cachekey.Key(st.op, st.inputs)
+	if b.keysOnly != nil {
+		// Tests pin keys without running anything.
+		*b.keysOnly = append(*b.keysOnly, fmt.Sprintf("%s %s => %s", s.name, st.name, key))
+		s.key = key
+		b.done(id, start)
+		return nil
+	}
 	if !st.keyAfter && b.lookups(s) {
 		if rec, layer, from, ok := b.lookup(ctx, key); ok {
 			counted := b.counting(layer, &rep.uploaded)
