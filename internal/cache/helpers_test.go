@@ -21,14 +21,19 @@ import (
 // counter is a registry transport that counts the requests the tests make
 // promises about, and can fail some.
 type counter struct {
-	mu           sync.Mutex
+	mu sync.Mutex
+	counts
+	fail func(*http.Request) bool
+}
+
+// counts are the requests a counter saw.
+type counts struct {
 	blobGETs     int // GET /v2/<repo>/blobs/sha256:…
 	uploadStarts int // POST /blobs/uploads/ without a mount
 	mounts       int // POST /blobs/uploads/?mount=
 	mounted      int // of which the registry answered 201 Created
 	uploadBytes  int // PATCH or PUT on an upload session
 	manifestPUTs int
-	fail         func(*http.Request) bool
 }
 
 func (c *counter) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -64,16 +69,16 @@ func (c *counter) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-func (c *counter) snapshot() counter {
+func (c *counter) snapshot() counts {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return counter{blobGETs: c.blobGETs, uploadStarts: c.uploadStarts, mounts: c.mounts, mounted: c.mounted, uploadBytes: c.uploadBytes, manifestPUTs: c.manifestPUTs}
+	return c.counts
 }
 
 func (c *counter) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.blobGETs, c.uploadStarts, c.mounts, c.mounted, c.uploadBytes, c.manifestPUTs = 0, 0, 0, 0, 0, 0
+	c.counts = counts{}
 }
 
 // testKey makes a distinct valid key from a name.

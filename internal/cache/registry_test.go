@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -350,6 +351,57 @@ func TestRegistry(t *testing.T) {
 		r := openReg(t, ref, nil)
 		if _, err := r.Get(ctx, testKey("base")); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Get: err = %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("a flush with nothing put sends nothing", func(t *testing.T) {
+		ref := newRepo(host)
+		putFlush(t, openReg(t, ref, nil), "x")
+		c := &counter{}
+		w := openReg(t, ref, c)
+		c.reset()
+		if err := w.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.snapshot(); got != (counts{}) {
+			t.Errorf("requests sent: %+v", got)
+		}
+	})
+
+	t.Run("concurrent puts, gets and a flush", func(t *testing.T) {
+		ref := newRepo(host)
+		w := openReg(t, ref, nil)
+		old := putFlush(t, w, "before")
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l, _ := newLayer(t)
+				if err := w.Put(ctx, record(t, fmt.Sprint("c", i), "step", l, time.Now()), l); err != nil {
+					errs <- err
+				}
+				if _, err := w.Get(ctx, old["before"].Key); err != nil {
+					errs <- err
+				}
+				if i == 3 {
+					if err := w.Flush(ctx); err != nil {
+						errs <- err
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if err := w.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(keysOf(t, openReg(t, ref, nil))); n != 9 {
+			t.Errorf("%d records after concurrent puts, want 9", n)
 		}
 	})
 
