@@ -67,6 +67,11 @@ type builder struct {
 
 	// keysOnly, set by tests, makes every layer step only record its key.
 	keysOnly *[]string
+
+	// ctx is the whole build's context. Lazy layers (cache hits, images
+	// named by --from) fetch with it when read, possibly long after the
+	// step that found them has returned and its context was cancelled.
+	ctx context.Context
 }
 
 func (b *builder) snapshotter() (snapshot.Snapshotter, error) {
@@ -100,6 +105,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 
 func build(ctx context.Context, b *builder) (*Result, error) {
 	o := b.opts
+	b.ctx = ctx
 	if b.sink == nil {
 		b.sink = progress.Discard
 	}
@@ -358,6 +364,7 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 		s.cfg = b.emptyConfig()
 		s.vars = dockerfile.NewVars(s.cfg.Config.Env)
 		s.key = cachekey.Base(b.opts.Platform.String(), "", b.keyOptions())
+		s.baseRef = "scratch"
 		return nil
 	}
 	s.steps++ // the FROM itself
@@ -379,6 +386,7 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
 	}
 	s.key = cachekey.Base(b.opts.Platform.String(), manifest.String(), b.keyOptions())
+	s.baseRef = manifest.String()
 	s.baseHist = len(cfg.History)
 	layers, err := img.Layers()
 	if err != nil {

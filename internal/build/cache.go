@@ -102,6 +102,11 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	id, start := b.start(s, st.name)
 	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
 	st.inputs["parent"] = s.key.String()
+	if len(s.keys) == 0 {
+		// The first layer on a base says which: a moved tag is then
+		// reported as "base image digest changed".
+		st.inputs["base"] = s.baseRef
+	}
 	key := cachekey.Key(st.op, st.inputs)
 	if b.keysOnly != nil {
 		// Tests pin keys without running anything.
@@ -167,7 +172,7 @@ func (b *builder) lookup(ctx context.Context, key digest.Digest) (cache.Record, 
 		}
 		if err == nil {
 			var l v1.Layer
-			if l, err = st.Layer(ctx, rec); err == nil {
+			if l, err = st.Layer(b.ctx, rec); err == nil {
 				return rec, l, st.String(), true
 			}
 		}

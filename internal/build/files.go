@@ -264,7 +264,8 @@ func (b *builder) imageSource(ctx context.Context, ref string) (*stage, error) {
 	if s, ok := b.images[ref]; ok {
 		return s, nil
 	}
-	img, err := registry.Image(ctx, ref, b.platform, b.opts.Registry)
+	// b.ctx, not ctx: the image's layers are read lazily, later.
+	img, err := registry.Image(b.ctx, ref, b.platform, b.opts.Registry)
 	if err != nil {
 		return nil, fmt.Errorf("--from=%s: no stage of that name (stages: %s), and no such image: %w", ref, b.stageNames(), err)
 	}

@@ -38,6 +38,7 @@ type stage struct {
 	keys     []digest.Digest
 	baseHist int
 	seen     map[string]int // step names seen so far, for step ids
+	baseRef  string         // the base's manifest digest, or "scratch"
 
 	// vars is the scope words expand in: the image's Env, then ARGs and
 	// ENVs in the order they appear. args are the ARGs declared so far.
@@ -101,6 +102,7 @@ func (s *stage) inherit(parent *stage) {
 	s.keys = append([]digest.Digest(nil), parent.keys...)
 	s.key = parent.key
 	s.baseHist = parent.baseHist
+	s.baseRef = parent.baseRef
 	s.cfg = parent.cfg.DeepCopy()
 	// The parent's ONBUILD triggers fire in this stage (see resolveBase)
 	// and are not carried over, as in BuildKit.

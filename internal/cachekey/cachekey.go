@@ -128,6 +128,10 @@ func describe(name, how string) string {
 		return "RUN --mount #" + what + " " + how
 	case "option":
 		return "build option " + what + " " + how
+	case "from":
+		return "the --from stage or image " + how
+	case "url":
+		return "URL " + what + " " + how
 	}
 	return name + " " + how
 }
