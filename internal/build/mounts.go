@@ -192,7 +192,7 @@ func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target 
 			if err != nil {
 				return executor.Mount{}, nothing, err
 			}
-			if err := setOwnerMode(tmp, m); err != nil {
+			if err := setOwnerMode(tmp, m, 0o755); err != nil {
 				return executor.Mount{}, nothing, err
 			}
 			return executor.Mount{Destination: target, Type: "bind", Source: tmp, Options: []string{"rbind", "rw"}}, func() { os.RemoveAll(tmp) }, nil
@@ -230,7 +230,7 @@ func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, dir stri
 			return err
 		}
 	}
-	if err := setOwnerMode(tmp, m); err != nil {
+	if err := setOwnerMode(tmp, m, 0o755); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -239,9 +239,9 @@ func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, dir stri
 	return nil
 }
 
-// setOwnerMode applies a mount's uid, gid and mode (default 0:0 0755).
-func setOwnerMode(dir string, m *instructions.Mount) error {
-	uid, gid, mode := 0, 0, fs.FileMode(0o755)
+// setOwnerMode applies a mount's uid, gid and mode (default 0:0 and mode).
+func setOwnerMode(dir string, m *instructions.Mount, mode fs.FileMode) error {
+	uid, gid := 0, 0
 	if m.UID != nil {
 		uid = int(*m.UID)
 	}
@@ -324,20 +324,7 @@ func (b *builder) secretMount(m *instructions.Mount, target string) (executor.Mo
 	if werr != nil {
 		return executor.Mount{}, nil, false, fmt.Errorf("secret %q: %w", id, werr)
 	}
-	uid, gid, mode := 0, 0, fs.FileMode(0o400)
-	if m.UID != nil {
-		uid = int(*m.UID)
-	}
-	if m.GID != nil {
-		gid = int(*m.GID)
-	}
-	if m.Mode != nil {
-		mode = fs.FileMode(*m.Mode)
-	}
-	if err := os.Chown(name, uid, gid); err != nil {
-		return executor.Mount{}, nil, false, err
-	}
-	if err := os.Chmod(name, mode); err != nil {
+	if err := setOwnerMode(name, m, 0o400); err != nil {
 		return executor.Mount{}, nil, false, err
 	}
 	return executor.Mount{Destination: target, Type: "bind", Source: name, Options: []string{"rbind", "ro"}}, env, true, nil
