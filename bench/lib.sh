@@ -1,0 +1,353 @@
+# shellcheck shell=bash
+# Functions for bench/run.sh: setup, servers, peers' recipes, measurement.
+# Sourced, never run; expects BENCH, ROOT, W, DOCKER, PY and BENCH_TIMEOUT.
+
+SERVER_PIDS=()
+STARTED_DOCKERD=""
+REGPORT=""
+REG="" # the counting proxy in front of the registry: every peer goes through it
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+# cleanup stops every server this run started, and only those.
+cleanup() {
+	local pid
+	for pid in "${SERVER_PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${SERVER_PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	if [[ -n $STARTED_DOCKERD ]]; then
+		kill "$STARTED_DOCKERD" 2>/dev/null || true
+		wait "$STARTED_DOCKERD" 2>/dev/null || true
+	fi
+}
+
+# install_packages asks apt only for what is missing, so a prepared machine
+# never touches the network.
+install_packages() {
+	local p missing=()
+	for p in docker.io docker-registry buildah runc debootstrap python3-matplotlib curl jq; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+	done
+	if ((${#missing[@]})); then
+		log "apt-get install ${missing[*]}"
+		apt-get update
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+	fi
+}
+
+build_tools() {
+	log "building kiln and the bench tools"
+	(cd "$ROOT" && go build -o "$W/kiln" ./cmd/kiln)
+	local t
+	for t in countproxy mkbase hashctx mkcontext benchreport; do
+		(cd "$ROOT" && go build -o "$W/bin/$t" "./bench/cmd/$t")
+	done
+}
+
+free_port() {
+	"$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_http() {
+	local url=$1 i
+	for ((i = 0; i < 100; i++)); do
+		curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	die "$url did not come up"
+}
+
+# start_registry runs Debian's docker-registry on loopback with its storage
+# under .work, and the counting proxy in front of it. The apps/ repositories
+# of an earlier run are removed first so every cold case really is cold; the
+# base images stay.
+start_registry() {
+	local store=$W/registry
+	rm -rf "$store/docker/registry/v2/repositories/apps"
+	mkdir -p "$store"
+	REGPORT=$(free_port)
+	cat >"$W/registry.yml" <<-EOF
+		version: 0.1
+		log:
+		  level: warn
+		  accesslog:
+		    disabled: true
+		storage:
+		  filesystem:
+		    rootdirectory: $store
+		  delete:
+		    enabled: true
+		http:
+		  addr: 127.0.0.1:$REGPORT
+	EOF
+	docker-registry serve "$W/registry.yml" >"$W/logs/registry.log" 2>&1 &
+	SERVER_PIDS+=($!)
+	wait_http "http://127.0.0.1:$REGPORT/v2/"
+
+	rm -f "$W/proxy.port"
+	"$W/bin/countproxy" -target "http://127.0.0.1:$REGPORT" -portfile "$W/proxy.port" >"$W/logs/proxy.log" 2>&1 &
+	SERVER_PIDS+=($!)
+	local i
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $W/proxy.port ]] && break
+		sleep 0.1
+	done
+	[[ -s $W/proxy.port ]] || die "countproxy did not start"
+	REG=127.0.0.1:$(cat "$W/proxy.port")
+	wait_http "http://$REG/v2/"
+	log "registry 127.0.0.1:$REGPORT, counted through $REG"
+}
+
+# start_dockerd starts Docker Engine only if none answers; docker already
+# treats 127.0.0.0/8 registries as insecure, so it needs no configuration.
+start_dockerd() {
+	if "$DOCKER" info >/dev/null 2>&1; then
+		return
+	fi
+	log "starting dockerd"
+	dockerd >"$W/logs/dockerd.log" 2>&1 &
+	STARTED_DOCKERD=$!
+	local i
+	for ((i = 0; i < 300; i++)); do
+		"$DOCKER" info >/dev/null 2>&1 && return
+		sleep 0.1
+	done
+	die "dockerd did not start; see $W/logs/dockerd.log"
+}
+
+# make_bases makes bench/debian:bookworm from debootstrap and bench/golang:1.26
+# from it plus the host's /usr/local/go. Each piece is skipped when present.
+make_bases() {
+	if [[ ! -d $W/rootfs ]]; then
+		log "debootstrap --variant=minbase bookworm (once)"
+		rm -rf "$W/rootfs.tmp"
+		debootstrap --variant=minbase bookworm "$W/rootfs.tmp" http://deb.debian.org/debian >"$W/logs/debootstrap.log" 2>&1 ||
+			die "debootstrap failed; see $W/logs/debootstrap.log"
+		mv "$W/rootfs.tmp" "$W/rootfs"
+	fi
+	if [[ ! -f $W/debian.tar ]]; then
+		# Runtimes provide /dev, /proc and /sys; apt's caches only add bytes.
+		tar -C "$W/rootfs" --numeric-owner \
+			--exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
+			--exclude='./var/cache/apt/*.bin' --exclude='./var/cache/apt/archives/*.deb' \
+			--exclude='./var/lib/apt/lists/*' \
+			-cf "$W/debian.tar.tmp" .
+		mv "$W/debian.tar.tmp" "$W/debian.tar"
+	fi
+	local gover
+	gover=$(head -1 /usr/local/go/VERSION)
+	if [[ ! -f $W/golang-$gover.tar ]]; then
+		tar -C / --numeric-owner -cf "$W/golang.tar.tmp" usr/local/go
+		mv "$W/golang.tar.tmp" "$W/golang-$gover.tar"
+	fi
+	local direct=127.0.0.1:$REGPORT path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+	log "base images (pushed once, then found in the registry)"
+	"$W/bin/mkbase" -ref "$direct/bench/debian:bookworm" -layer "$W/debian.tar" \
+		-env "PATH=$path" -cmd bash
+	"$W/bin/mkbase" -ref "$direct/bench/golang:1.26" -base "$direct/bench/debian:bookworm" \
+		-layer "$W/golang-$gover.tar" -env "PATH=/usr/local/go/bin:/root/go/bin:$path" \
+		-env GOTOOLCHAIN=local -env GOPATH=/root/go
+}
+
+# make_goproxy fetches the go-service's modules on the host (the only step
+# that reaches the Go module proxy) into a module cache whose cache/download
+# tree is a file:// GOPROXY the builds use offline.
+make_goproxy() {
+	GOPROXY_DIR=$W/goproxy
+	[[ -f $W/goproxy.done ]] && return
+	log "go mod download for go-service (once)"
+	local tmp variant
+	rm -rf "$W/gomodcache" "$GOPROXY_DIR"
+	for variant in base gomod; do
+		tmp=$(mktemp -d)
+		cp -a "$BENCH/scenarios/go-service/app/." "$tmp/"
+		if [[ $variant == gomod ]]; then
+			sed -i 's|github.com/google/uuid v1.5.0|github.com/google/uuid v1.6.0|' "$tmp/go.mod"
+		fi
+		(cd "$tmp" && GOMODCACHE="$W/gomodcache" GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod tidy)
+		rm -rf "$tmp"
+	done
+	mkdir -p "$GOPROXY_DIR"
+	cp -a "$W/gomodcache/cache/download/." "$GOPROXY_DIR/"
+	rm -rf "$GOPROXY_DIR/sumdb"
+	find "$GOPROXY_DIR" -name '*.lock' -delete
+	chmod -R u+w "$W/gomodcache"
+	touch "$W/goproxy.done"
+}
+
+# Scenario cases, in the order a CI history would produce them.
+cases_of() {
+	case $1 in
+	go-service) echo cold nochange gofile gomod ;;
+	parallel-stages) echo cold nochange ;;
+	big-context) echo cold nochange onefile ;;
+	*) die "unknown scenario $1" ;;
+	esac
+}
+
+variant_of() {
+	case $2 in
+	cold | nochange) echo base ;;
+	*) echo "$2" ;;
+	esac
+}
+
+# make_contexts writes every scenario's contexts; the Dockerfiles name this
+# run's registry address, so they are made again on every run.
+make_contexts() {
+	local scenario case variant out
+	for scenario in $SCENARIOS; do
+		for case in $(cases_of "$scenario"); do
+			variant=$(variant_of "$scenario" "$case")
+			out=$W/ctx/$scenario/$variant
+			[[ -f $out.done && $(cat "$out.done") == "$REG" ]] && continue
+			log "context $scenario/$variant"
+			case $scenario in
+			go-service) "$BENCH/scenarios/go-service/gen.sh" "$out" "$variant" "$REG" "$GOPROXY_DIR" ;;
+			parallel-stages) "$BENCH/scenarios/parallel-stages/gen.sh" "$out" "$variant" "$REG" ;;
+			big-context) "$BENCH/scenarios/big-context/gen.sh" "$out" "$variant" "$REG" "$W/bin/mkcontext" ;;
+			esac
+			# The marker lives beside the context so no peer copies it.
+			echo "$REG" >"$out.done"
+		done
+	done
+}
+
+# rotate prints the peers starting at a different one each repetition, so
+# no peer always runs first (page cache, registry warm-up) or last.
+rotate() {
+	local rep=$1
+	shift
+	local peers=("$@") n=$# i
+	for ((i = 0; i < n; i++)); do
+		printf '%s ' "${peers[$(((i + rep - 1) % n))]}"
+	done
+}
+
+write_machine() {
+	{
+		echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+		echo "nproc: $(nproc)"
+		echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+		echo "memory: $(free -h | awk '/^Mem:/ {print $2}')"
+		echo "kernel: $(uname -r)"
+		echo "os: $(. /etc/os-release && echo "$PRETTY_NAME")"
+		echo "docker: $("$DOCKER" version --format 'client {{.Client.Version}}, engine {{.Server.Version}}' 2>&1)"
+		echo "buildah: $(buildah --version)"
+		echo "runc: $(runc --version | head -1)"
+		echo "registry: $(docker-registry --version)"
+		echo "go: $(go version)"
+		echo "kiln: $("$W/kiln" version 2>&1 | head -1) (git $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- cmd internal || echo ', with uncommitted changes'))"
+		echo "storage: $(df -h "$W" | awk 'NR==2 {print $1, $2}'), buildah driver $(buildah info --format '{{.store.GraphDriverName}}' 2>/dev/null || echo '?'), docker driver $("$DOCKER" info --format '{{.Driver}}' 2>/dev/null)"
+	} >"$1"
+}
+
+# --- peers: wipe (a fresh runner) and recipe (the timed CI step) ----------
+
+# kiln's local state is its cache directory; a new HOME gives a fresh runner.
+wipe_kiln() {
+	local m
+	# Unmount anything a previous build left behind before deleting it.
+	while read -r m; do
+		umount -l "$m" 2>/dev/null || true
+	done < <(findmnt -rn -o TARGET | grep "^$W/kiln-home" | sort -r)
+	rm -rf "$W/kiln-home"
+	mkdir -p "$W/kiln-home/.cache"
+}
+
+recipe_kiln() {
+	local repo=$1 ctx=$2 report=$3
+	HOME=$W/kiln-home XDG_CACHE_HOME=$W/kiln-home/.cache \
+		"$W/kiln" build --progress=plain --push -t "$repo:latest" \
+		--cache-from "type=registry,ref=$repo:cache" \
+		--cache-to "type=registry,ref=$repo:cache,mode=max" \
+		--report "$report" "$ctx"
+}
+
+# docker: images included, so the base is pulled again as on a fresh runner.
+wipe_docker() {
+	"$DOCKER" system prune -af --volumes
+	"$DOCKER" builder prune -af
+}
+
+# The pull-then-build recipe CI guides teach for docker build.
+recipe_docker() {
+	local repo=$1 ctx=$2
+	"$DOCKER" pull "$repo:latest" || true
+	DOCKER_BUILDKIT=1 "$DOCKER" build --cache-from "$repo:latest" \
+		--build-arg BUILDKIT_INLINE_CACHE=1 -t "$repo:latest" "$ctx"
+	"$DOCKER" push "$repo:latest"
+}
+
+wipe_buildah() {
+	buildah rm --all
+	buildah rmi --all --force
+}
+
+# buildah 1.28's remote layer cache: --cache-to pushes each step's layer
+# image to a repository, --cache-from looks steps up there.
+recipe_buildah() {
+	local repo=$1 ctx=$2
+	buildah build --layers --cache-from "$repo-cache" --cache-to "$repo-cache" \
+		--tls-verify=false -t "$repo:latest" "$ctx"
+	buildah push --tls-verify=false "$repo:latest"
+}
+
+export -f recipe_kiln recipe_docker recipe_buildah
+
+json_string() { "$PY" -c 'import json, sys; print(json.dumps(sys.stdin.read()))'; }
+
+# measure wipes one peer's local state, resets the byte counters, times the
+# peer's recipe and appends one JSON line. A failed build is recorded, never
+# fatal.
+measure() {
+	local jsonl=$1 scenario=$2 case=$3 peer=$4 rep=$5
+	local ctx repo logf report start end rc=0 stats err='""'
+	ctx=$W/ctx/$scenario/$(variant_of "$scenario" "$case")
+	repo=$REG/apps/$scenario-$peer-r$rep
+	logf=$W/logs/$scenario-$case-$peer-r$rep.log
+	report=$W/kiln-reports/$scenario-$case-r$rep.json
+	"wipe_$peer" >"$logf" 2>&1 || log "warning: wiping $peer failed (see $logf)"
+	sync
+	curl -fsS -X POST "http://$REG/_bench/reset"
+	log "$scenario/$case rep $rep: $peer"
+	start=$(date +%s.%N)
+	timeout "$BENCH_TIMEOUT" bash -c 'set -euo pipefail; "$@"' _ "recipe_$peer" "$repo" "$ctx" "$report" >>"$logf" 2>&1 || rc=$?
+	end=$(date +%s.%N)
+	stats=$(curl -fsS "http://$REG/_bench/stats")
+	if ((rc != 0)); then
+		err=$(tail -n 15 "$logf" | json_string)
+		log "  FAILED (exit $rc) after $(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b-a}') s; see $logf"
+	else
+		log "  $(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b-a}') s, $(jq -r '"pulled \(.pulled/1e5|floor/10) MB, pushed \(.pushed/1e5|floor/10) MB"' <<<"$stats")"
+	fi
+	jq -cn --arg scenario "$scenario" --arg case "$case" --arg peer "$peer" --argjson rep "$rep" \
+		--argjson rc "$rc" --arg t0 "$start" --arg t1 "$end" --argjson stats "$stats" \
+		--argjson error "$err" --arg log "${logf#"$BENCH"/}" \
+		'{scenario: $scenario, case: $case, peer: $peer, rep: $rep, ok: ($rc == 0), exit_code: $rc,
+		  seconds: (($t1|tonumber) - ($t0|tonumber)), pulled_bytes: $stats.pulled,
+		  pushed_bytes: $stats.pushed, requests: $stats.requests, log: $log, error: $error}' >>"$jsonl"
+}
+
+# measure_floor records the floor under a no-change build: hash the context
+# and do one manifest round trip.
+measure_floor() {
+	local jsonl=$1 scenario=$2 case=$3 rep=$4 ctx out rc=0
+	ctx=$W/ctx/$scenario/$(variant_of "$scenario" "$case")
+	sync
+	out=$("$W/bin/hashctx" -dir "$ctx" -manifest-url "http://$REG/v2/apps/$scenario-kiln-r$rep/manifests/latest") || rc=$?
+	if ((rc != 0)); then
+		log "warning: floor measurement failed for $scenario"
+		return
+	fi
+	jq -c --arg scenario "$scenario" --arg case "$case" --argjson rep "$rep" \
+		'{scenario: $scenario, case: $case, peer: "floor", rep: $rep, ok: true, exit_code: 0,
+		  seconds: .total_seconds, pulled_bytes: 0, pushed_bytes: 0, requests: 1, files: .files, bytes: .bytes}' <<<"$out" >>"$jsonl"
+}
