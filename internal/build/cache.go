@@ -71,6 +71,8 @@ type caches struct {
 	mu    sync.Mutex
 	used  map[digest.Digest]usedRecord
 	steps []*stepStat
+	// mounts are the cache mounts (id -> directory) steps that ran used.
+	mounts map[string]string
 }
 
 func (c *caches) remember(r usedRecord, rep *stepStat) {

@@ -204,22 +204,33 @@ func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target 
 		}
 	}
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-		if err := b.seedCache(ctx, m, dir); err != nil {
+		if err := b.seedCache(ctx, m, id, dir); err != nil {
 			release()
 			return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
 		}
 	}
+	b.mountUsed(id, dir)
 	return executor.Mount{Destination: target, Type: "bind", Source: dir, Options: []string{"rbind", "rw"}}, release, nil
 }
 
 // seedCache creates a cache directory atomically: empty with the mount's
-// mode and owner, or holding from=/source= content.
-func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, dir string) error {
+// mode and owner, holding from=/source= content, or — on a fresh runner —
+// restored from the contents an earlier build exported to a --cache-from.
+func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, id, dir string) error {
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".new-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	if m.From == "" {
+		restored, err := b.restoreMount(ctx, id, tmp)
+		if err != nil {
+			return err
+		}
+		if restored {
+			return os.Rename(tmp, dir)
+		}
+	}
 	if m.From != "" {
 		root, src, err := b.mountSource(ctx, m.From, m.Source)
 		if err != nil {

@@ -114,6 +114,11 @@ func (b *builder) exportCache(ctx context.Context, spec CacheSpec, final *stage)
 			return err
 		}
 	}
+	if spec.Mode != "min" {
+		if err := b.exportMounts(ctx, w); err != nil {
+			return err
+		}
+	}
 	return w.Flush(ctx)
 }
 
