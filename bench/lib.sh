@@ -171,7 +171,9 @@ make_goproxy() {
 		if [[ $variant == gomod ]]; then
 			sed -i 's|github.com/google/uuid v1.5.0|github.com/google/uuid v1.6.0|' "$tmp/go.mod"
 		fi
-		(cd "$tmp" && GOMODCACHE="$W/gomodcache" GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod tidy)
+		# tidy fetches .mod and .zip files; download adds the .info files a
+		# file:// GOPROXY must also serve.
+		(cd "$tmp" && export GOMODCACHE="$W/gomodcache" GOFLAGS=-mod=mod GOTOOLCHAIN=local && go mod tidy && go mod download all)
 		rm -rf "$tmp"
 	done
 	mkdir -p "$GOPROXY_DIR"
