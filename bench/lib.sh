@@ -288,9 +288,12 @@ recipe_docker() {
 	"$DOCKER" push "$repo:latest"
 }
 
+# buildah keeps RUN --mount=type=cache directories under /var/tmp, outside
+# its image store; a fresh runner has none.
 wipe_buildah() {
 	buildah rm --all
 	buildah rmi --all --force
+	rm -rf /var/tmp/buildah-cache /var/tmp/buildah-cache-*
 }
 
 # buildah 1.28's remote layer cache: --cache-to pushes each step's layer
