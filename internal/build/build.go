@@ -147,8 +147,12 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create build directory: %w", err)
 	}
-	defer os.RemoveAll(tmp)
 	b.tmp = tmp
+	defer func() {
+		// Views first: nothing may stay mounted under tmp.
+		b.dropRoots()
+		os.RemoveAll(tmp)
+	}()
 	b.layer.Dir = tmp
 	b.mountsDir = filepath.Join(tmp, "mounts")
 	if o.CacheDir != "" {

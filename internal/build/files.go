@@ -250,7 +250,7 @@ func (b *builder) copySource(ctx context.Context, from string) (fileop.Tree, err
 			return fileop.Tree{}, err
 		}
 	}
-	root, err := src.root(ctx, b.tmp)
+	root, err := b.stageRoot(ctx, src)
 	if err != nil {
 		return fileop.Tree{}, err
 	}

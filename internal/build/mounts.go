@@ -101,7 +101,7 @@ func (b *builder) mountSource(ctx context.Context, from, source string) (root, p
 		} else if src, err = b.imageSource(ctx, from); err != nil {
 			return "", "", err
 		}
-		if root, err = src.root(ctx, b.tmp); err != nil {
+		if root, err = b.stageRoot(ctx, src); err != nil {
 			return "", "", err
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kiln-build/kiln/internal/dockerfile"
+	"github.com/kiln-build/kiln/internal/mount"
 	"github.com/kiln-build/kiln/internal/snapshot"
 )
 
@@ -54,8 +55,9 @@ type stage struct {
 	cmdSet        bool          // CMD was set in this stage (ENTRYPOINT keeps it)
 	startInterval time.Duration // HEALTHCHECK --start-interval, which ggcr's config lacks
 
-	mu     sync.Mutex
-	rootfs string // materialized root filesystem, "" until needed
+	mu       sync.Mutex
+	rootfs   string          // mounted view of the root filesystem, "" until needed
+	rootSnap snapshot.Active // the snapshot behind rootfs
 }
 
 // layers returns every layer of the stage's image, bottom first.
@@ -71,27 +73,36 @@ func (s *stage) layers() ([]v1.Layer, error) {
 	return append(out, s.added...), nil
 }
 
-// root returns the stage's root filesystem, extracting its layers into a
-// fresh directory the first time. Later instructions change the directory
-// in place, so it always matches the layers.
-func (s *stage) root(ctx context.Context, tmp string) (string, error) {
+// root returns a view of the stage's root filesystem for steps that read
+// from it (COPY --from, RUN --mount from=): a snapshot of its layers,
+// mounted once and kept until the stage changes or the build ends. It goes
+// through the snapshotter, so each layer is fetched and extracted at most
+// once however many stages read it.
+func (s *stage) root(ctx context.Context, snap snapshot.Snapshotter, tmp string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.rootfs != "" {
 		return s.rootfs, nil
 	}
-	dir, err := os.MkdirTemp(tmp, "rootfs-")
-	if err != nil {
-		return "", fmt.Errorf("create root filesystem: %w", err)
-	}
 	ls, err := s.layers()
 	if err != nil {
 		return "", err
 	}
-	if err := snapshot.Materialize(ctx, dir, ls); err != nil {
-		return "", fmt.Errorf("extract layers of stage %s: %w", s.name, err)
+	active, err := snap.Prepare(ctx, ls)
+	if err != nil {
+		return "", fmt.Errorf("root filesystem of %s: %w", s.name, err)
 	}
-	s.rootfs = dir
+	dir, err := os.MkdirTemp(tmp, "rootfs-")
+	if err != nil {
+		active.Release()
+		return "", fmt.Errorf("create root filesystem: %w", err)
+	}
+	if err := mount.All(active.Mounts(), dir); err != nil {
+		active.Release()
+		os.Remove(dir)
+		return "", fmt.Errorf("root filesystem of %s: %w", s.name, err)
+	}
+	s.rootfs, s.rootSnap = dir, active
 	return dir, nil
 }
 
@@ -110,13 +121,16 @@ func (s *stage) inherit(parent *stage) {
 	s.vars = parent.vars.Clone()
 }
 
-// dropRoot forgets the materialized root filesystem after a step changed
-// the stage through a snapshot: it no longer matches the layers.
+// dropRoot unmounts and releases the stage's root filesystem view, after a
+// step changed the stage (it no longer matches the layers) or at the end.
 func (s *stage) dropRoot() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.rootfs != "" {
-		os.RemoveAll(s.rootfs)
-		s.rootfs = ""
+	if s.rootfs == "" {
+		return
 	}
+	_ = mount.UnmountAll(s.rootfs)
+	os.Remove(s.rootfs)
+	_ = s.rootSnap.Release()
+	s.rootfs, s.rootSnap = "", nil
 }

@@ -124,3 +124,25 @@ func (t *tail) Lines() []string {
 	defer t.mu.Unlock()
 	return append([]string(nil), t.lines...)
 }
+
+// stageRoot mounts a finished stage's (or --from image's) root filesystem
+// for reading.
+func (b *builder) stageRoot(ctx context.Context, s *stage) (string, error) {
+	snap, err := b.snapshotter()
+	if err != nil {
+		return "", err
+	}
+	return s.root(ctx, snap, b.tmp)
+}
+
+// dropRoots unmounts every stage view at the end of a build.
+func (b *builder) dropRoots() {
+	for _, s := range b.stages {
+		s.dropRoot()
+	}
+	b.imagesMu.Lock()
+	defer b.imagesMu.Unlock()
+	for _, s := range b.images {
+		s.dropRoot()
+	}
+}
