@@ -128,3 +128,23 @@ func (s *layerStore) extract(ctx context.Context, l v1.Layer, final string) erro
 	ok = true
 	return nil
 }
+
+// adopt moves dir into place as the extracted form of the layer with
+// diffID h, unless that layer is already there or being extracted. The
+// rename is atomic, so readers see the whole directory or none.
+func (s *layerStore) adopt(h v1.Hash, dir string) {
+	id := shortID(h)
+	final := filepath.Join(s.dir, id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, busy := s.calls[id]; busy {
+		return
+	}
+	if _, err := os.Lstat(final); err == nil {
+		return
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return
+	}
+	_ = os.Rename(dir, final)
+}

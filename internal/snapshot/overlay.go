@@ -69,7 +69,7 @@ func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Ac
 	if err != nil {
 		return nil, err
 	}
-	a := &overlayActive{dir: dir, upper: filepath.Join(dir, "u"), work: filepath.Join(dir, "w")}
+	a := &overlayActive{dir: dir, upper: filepath.Join(dir, "u"), work: filepath.Join(dir, "w"), layers: o.layers}
 	opts, err := overlayOptions(lowers, a.upper, a.work, o.extra)
 	if err == nil {
 		err = os.Mkdir(a.upper, 0o755)
@@ -114,6 +114,7 @@ type overlayActive struct {
 	releaser
 	dir, upper, work string
 	opts             []string
+	layers           *layerStore
 }
 
 func (a *overlayActive) Mounts() []mount.Mount {
@@ -172,13 +173,24 @@ func (a *overlayActive) Diff(ctx context.Context) (Changes, string, error) {
 // Commit only closes the snapshot: the next Prepare extracts the new layer
 // from its tar like any other, so a reused upper dir can never differ from
 // what a fresh runner gets (the layer clamps times and drops xattrs).
-func (a *overlayActive) Commit(_ context.Context, _ v1.Layer) error {
+// Commit adopts the upper directory as the extracted form of l, as
+// containerd's overlay snapshotter does with committed snapshots: it holds
+// exactly what l's tar was written from, in overlay form (0/0 devices for
+// deletions, opaque xattrs), so the next step's Prepare need not extract
+// the layer it just wrote. If the layer is already extracted, or the move
+// fails, nothing is lost: Prepare extracts from the tar as before.
+func (a *overlayActive) Commit(_ context.Context, l v1.Layer) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err := a.usable(); err != nil {
 		return err
 	}
 	a.committed = true
+	if l != nil {
+		if h, err := l.DiffID(); err == nil {
+			a.layers.adopt(h, a.upper)
+		}
+	}
 	return nil
 }
 
