@@ -52,6 +52,7 @@ main() {
 	for ((rep = 1; rep <= REPS; rep++)); do
 		for scenario in $SCENARIOS; do
 			for case in $(cases_of "$scenario"); do
+				# shellcheck disable=SC2086 # PEERS is a word list
 				for peer in $(rotate "$rep" $PEERS); do
 					measure "$jsonl" "$scenario" "$case" "$peer" "$rep"
 				done

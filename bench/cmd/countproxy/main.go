@@ -75,9 +75,10 @@ func newHandler(target *url.URL, c *counters) http.Handler {
 	proxy := &httputil.ReverseProxy{
 		// The Host header is kept as the client sent it so the registry
 		// builds upload Location URLs that point back at the proxy.
-		Director: func(r *http.Request) {
-			r.URL.Scheme = target.Scheme
-			r.URL.Host = target.Host
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = target.Scheme
+			pr.Out.URL.Host = target.Host
+			pr.Out.Host = pr.In.Host
 		},
 		FlushInterval: -1,
 	}
