@@ -95,22 +95,19 @@ func (p *proxy) reset() {
 
 // uploaded counts the listed blobs that were uploaded, and their bytes.
 func (p *proxy) uploaded(digests []string) (n int, bytes int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, d := range digests {
-		if b, ok := p.uploads[d]; ok {
-			n++
-			bytes += b
-		}
-	}
-	return n, bytes
+	return p.count(p.uploads, digests)
 }
 
+// downloaded counts the listed blobs that were downloaded, and their bytes.
 func (p *proxy) downloaded(digests []string) (n int, bytes int64) {
+	return p.count(p.gets, digests)
+}
+
+func (p *proxy) count(seen map[string]int64, digests []string) (n int, bytes int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, d := range digests {
-		if b, ok := p.gets[d]; ok {
+		if b, ok := seen[d]; ok {
 			n++
 			bytes += b
 		}
