@@ -257,6 +257,32 @@ func testSnapshotter(t *testing.T, newS func(t *testing.T) (Snapshotter, string)
 			layers = append(layers, l)
 		}
 	})
+	t.Run("repeated layers", func(t *testing.T) {
+		// RUN true (or a RUN writing only into a cache mount) yields the
+		// same empty layer each time; a layer can also come back after
+		// others changed what it touched. The view must stay the layers
+		// applied in order.
+		s, _ := newS(t)
+		base := baseLayers(t)
+		empty := layerFrom(t)
+		mk := layerFrom(t, ent{name: "etc/"}, ent{name: "etc/again", body: "1"}, ent{name: "usr/"}, ent{name: "usr/lib/"}, ent{name: "usr/lib/.wh.a"})
+		undo := layerFrom(t, ent{name: "etc/"}, ent{name: "etc/.wh.again"}, ent{name: "usr/"}, ent{name: "usr/lib/"}, ent{name: "usr/lib/a", body: "back"})
+		for name, layers := range map[string][]v1.Layer{
+			"adjacent":           append(slices.Clone(base), empty, empty, empty),
+			"non-adjacent":       append(slices.Clone(base), empty, mk, empty, undo, empty),
+			"undone then redone": append(slices.Clone(base), mk, undo, mk),
+			"base repeated":      append(slices.Clone(base), base[0], empty, base[0]),
+		} {
+			t.Run(name, func(t *testing.T) {
+				a, l := runStep(t, s, layers, func(t *testing.T, r string) { write(t, r, "after", name) })
+				must(t, a.Commit(context.Background(), l))
+				must(t, a.Release())
+				// The committed layer may itself repeat further up.
+				a, _ = runStep(t, s, append(append(slices.Clone(layers), l), empty, l), func(t *testing.T, r string) {})
+				must(t, a.Release())
+			})
+		}
+	})
 	t.Run("release leaves nothing", func(t *testing.T) {
 		s, root := newS(t)
 		var actives []Active

@@ -12,6 +12,9 @@
 //     diffID> in overlayfs form ([ApplyOverlay]: whiteouts as 0/0 character
 //     devices, opaque directories as trusted.overlay.opaque=y), and a step
 //     gets an overlay mount over them with a fresh upper dir under root/a.
+//     A layer that appears more than once (every "RUN true" gives the same
+//     empty layer) is a lower dir once, at its topmost place: overlayfs
+//     refuses a repeated lowerdir, and the view is the same.
 //     Diff reads only the upper dir. redirect_dir and metacopy are turned
 //     off when the kernel accepts it, so the upper dir alone holds every
 //     change (a renamed lower directory is copied up whole).

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -57,6 +58,7 @@ func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Ac
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("prepare overlay snapshot: %w", err)
 	}
+	lowers = topmostOnly(lowers)
 	if len(lowers) == 0 {
 		// overlayfs needs a lowerdir; an empty one stands for scratch.
 		empty := filepath.Join(o.root, "l", "empty")
@@ -87,6 +89,26 @@ func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Ac
 	}
 	a.opts = opts
 	return a, nil
+}
+
+// topmostOnly drops every lower directory that appears again higher up
+// (bottom first in, bottom first out). Overlayfs refuses a lowerdir list
+// naming one directory twice ("too many levels of symbolic links"), and
+// repeats are common: every "RUN true", or a RUN that writes only into a
+// cache mount, yields the same empty layer. Dropping the lower copy keeps
+// the view: a layer applied again re-applies every path it names (files,
+// whiteouts, opaque markers), so its earlier copy shows through nowhere.
+func topmostOnly(lowers []string) []string {
+	seen := make(map[string]bool, len(lowers))
+	out := make([]string, 0, len(lowers))
+	for i := len(lowers) - 1; i >= 0; i-- {
+		if !seen[lowers[i]] {
+			seen[lowers[i]] = true
+			out = append(out, lowers[i])
+		}
+	}
+	slices.Reverse(out)
+	return out
 }
 
 // overlayOptions builds the mount options, top-most lower first, and
