@@ -13,10 +13,10 @@ import (
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
-	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/executor"
 	"github.com/kiln-build/kiln/internal/fileop"
+	"github.com/kiln-build/kiln/internal/lock"
 )
 
 // Secret is one --secret: a file to read, or a value taken from the
@@ -174,20 +174,21 @@ func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target 
 	if err := os.MkdirAll(b.mountsDir, 0o700); err != nil {
 		return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
 	}
-	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
-	}
-	release := func() { lock.Close() }
+	var (
+		held *lock.Lock
+		err  error
+	)
 	switch m.CacheSharing {
 	case instructions.MountSharingLocked:
-		if err := flock(ctx, lock, unix.LOCK_EX); err != nil {
-			release()
+		if held, err = lock.Acquire(ctx, dir+".lock", lock.Exclusive); err != nil {
 			return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
 		}
 	case instructions.MountSharingPrivate:
-		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			release()
+		var ok bool
+		if held, ok, err = lock.TryAcquire(dir+".lock", lock.Exclusive); err != nil {
+			return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
+		}
+		if !ok {
 			tmp, err := os.MkdirTemp(b.tmp, "cache-private-")
 			if err != nil {
 				return executor.Mount{}, nothing, err
@@ -198,11 +199,11 @@ func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target 
 			return executor.Mount{Destination: target, Type: "bind", Source: tmp, Options: []string{"rbind", "rw"}}, func() { os.RemoveAll(tmp) }, nil
 		}
 	default: // shared
-		if err := flock(ctx, lock, unix.LOCK_SH); err != nil {
-			release()
+		if held, err = lock.Acquire(ctx, dir+".lock", lock.Shared); err != nil {
 			return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
 		}
 	}
+	release := held.Unlock
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := b.seedCache(ctx, m, id, dir); err != nil {
 			release()
@@ -266,18 +267,6 @@ func setOwnerMode(dir string, m *instructions.Mount, mode fs.FileMode) error {
 		return err
 	}
 	return os.Chmod(dir, mode)
-}
-
-// flock takes a lock, giving up when ctx ends.
-func flock(ctx context.Context, f *os.File, how int) error {
-	done := make(chan error, 1)
-	go func() { done <- unix.Flock(int(f.Fd()), how) }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // secretMount is type=secret: the value as a read-only file (default

@@ -12,44 +12,24 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kiln-build/kiln/internal/lock"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 )
-
-// lockPoll is how often a blocked lock is retried; flock has no
-// context-aware blocking form.
-const lockPoll = 20 * time.Millisecond
 
 // Lock takes the shared lock that a build holds while it runs, so that a
 // concurrent Prune (which takes it exclusively) cannot remove blobs the
 // build has looked up but not yet read. Builds never block each other.
 // It waits for a running Prune, or until ctx is done.
 func (l *Local) Lock(ctx context.Context) (unlock func(), err error) {
-	return l.flock(ctx, unix.LOCK_SH)
+	return l.lock(ctx, lock.Shared)
 }
 
-func (l *Local) flock(ctx context.Context, how int) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(l.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+func (l *Local) lock(ctx context.Context, mode lock.Mode) (func(), error) {
+	held, err := lock.Acquire(ctx, filepath.Join(l.dir, "lock"), mode)
 	if err != nil {
-		return nil, fmt.Errorf("%s: lock: %w", l, err)
+		return nil, fmt.Errorf("%s: %w", l, err)
 	}
-	for {
-		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-		if err == nil {
-			// Closing the file releases the lock.
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("%s: lock: %w", l, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("%s: waiting for lock: %w", l, ctx.Err())
-		case <-time.After(lockPoll):
-		}
-	}
+	return held.Unlock, nil
 }
 
 // Entry is one record of a local cache, for `kiln cache ls`.
@@ -114,7 +94,7 @@ func (l *Local) keys(ctx context.Context) ([]digest.Digest, error) {
 // records whose blob is missing. It holds the exclusive lock, so it waits
 // for running builds and they wait for it.
 func (l *Local) Prune(ctx context.Context, keep time.Duration, maxSize int64) (removedEntries int, freed int64, err error) {
-	unlock, err := l.flock(ctx, unix.LOCK_EX)
+	unlock, err := l.lock(ctx, lock.Exclusive)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -14,12 +14,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/distribution/reference"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-build/kiln/internal/lock"
 )
 
 // Annotations BuildKit (through containerd's archive exporter) puts on
@@ -148,11 +149,11 @@ func mergeIndex(idx *v1.IndexManifest, entries []v1.Descriptor) {
 
 // writeLayoutDir adds img to the OCI image layout at dir, creating it if
 // needed. Blobs are written atomically and verified; index.json is
-// rewritten atomically. With lock, the index update happens under an
+// rewritten atomically. With withLock, the index update happens under an
 // exclusive flock on dir/.kiln.lock, so concurrent builds sharing kiln's
 // store never lose each other's entries; user-named output directories
 // are not littered with the lock file.
-func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []string, lock bool) error {
+func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []string, withLock bool) error {
 	blobs, err := imageBlobs(img)
 	if err != nil {
 		return err
@@ -169,12 +170,12 @@ func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []strin
 			return err
 		}
 	}
-	if lock {
-		unlock, err := lockDir(dir)
+	if withLock {
+		held, err := lock.Acquire(ctx, filepath.Join(dir, ".kiln.lock"), lock.Exclusive)
 		if err != nil {
-			return err
+			return fmt.Errorf("writing layout %s: %w", dir, err)
 		}
-		defer unlock()
+		defer held.Unlock()
 	}
 
 	layoutPath := filepath.Join(dir, "oci-layout")
@@ -198,22 +199,6 @@ func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []strin
 		return fmt.Errorf("encoding index: %w", err)
 	}
 	return writeFileAtomic(indexPath, raw)
-}
-
-// lockDir takes an exclusive flock on dir's lock file until unlock.
-func lockDir(dir string) (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(dir, ".kiln.lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
-	}
-	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
 }
 
 // writeBlob stores b under dir/blobs/sha256 unless a file of the right
