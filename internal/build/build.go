@@ -367,7 +367,7 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 	if s.def.BaseName == "scratch" {
 		s.cfg = b.emptyConfig()
 		s.vars = dockerfile.NewVars(s.cfg.Config.Env)
-		s.key = cachekey.Base(b.opts.Platform.String(), "", b.keyOptions())
+		s.baseKey = cachekey.Base(b.opts.Platform.String(), "", b.keyOptions())
 		s.baseRef = "scratch"
 		return nil
 	}
@@ -389,7 +389,7 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 		b.fail(id, start, err)
 		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
 	}
-	s.key = cachekey.Base(b.opts.Platform.String(), manifest.String(), b.keyOptions())
+	s.baseKey = cachekey.Base(b.opts.Platform.String(), manifest.String(), b.keyOptions())
 	s.baseRef = manifest.String()
 	s.baseHist = len(cfg.History)
 	layers, err := img.Layers()

@@ -103,7 +103,9 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	st.occurrence = s.seen[st.name]
 	id, start := b.start(s, st.name)
 	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
-	st.inputs["parent"] = s.key.String()
+	// The parent is the chain of results the step runs on, so a record is
+	// only ever used on top of the bytes it was built on.
+	st.inputs["parent"] = s.chain().String()
 	if len(s.keys) == 0 {
 		// The first layer on a base says which: a moved tag is then
 		// reported as "base image digest changed".
@@ -113,14 +115,17 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	if b.keysOnly != nil {
 		// Tests pin keys without running anything.
 		*b.keysOnly = append(*b.keysOnly, fmt.Sprintf("%s %s => %s", s.name, st.name, key))
-		s.key = key
+		s.keys = append(s.keys, key)
+		s.diffIDs = append(s.diffIDs, cachekey.UnbuiltResult(key))
 		b.done(id, start)
 		return nil
 	}
 	if !st.keyAfter && b.lookups(s) {
 		if rec, layer, from, ok := b.lookup(ctx, key); ok {
 			counted := b.counting(layer, &rep.uploaded)
-			b.addLayer(s, counted, key, st.history, rec.Created)
+			// The record names its result, so the chain grows without
+			// fetching the layer.
+			b.addLayer(s, counted, key, digest.Digest(rec.Layer.DiffID.String()), st.history, rec.Created)
 			rep.Cached, rep.CacheFrom, rep.Key = true, from, key.String()
 			rep.Duration = time.Since(start)
 			b.caches.remember(usedRecord{rec: rec, layer: counted}, rep)
@@ -139,17 +144,19 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 		b.fail(id, start, err)
 		return err
 	}
+	diffID, err := l.DiffID()
+	if err != nil {
+		b.fail(id, start, err)
+		return fmt.Errorf("%s: layer diffID: %w", st.name, err)
+	}
 	if st.keyAfter {
-		d, err := l.DiffID()
-		if err != nil {
-			return err
-		}
-		st.inputs["result"] = d.String()
+		st.inputs["result"] = diffID.String()
 		key = cachekey.Key(st.op, st.inputs)
 	}
 	rep.Key = key.String()
 	rec, err := record(key, b.stepID(s, st), st.inputs, l, b.created)
 	if err != nil {
+		b.fail(id, start, err)
 		return err
 	}
 	if err := b.caches.local.Put(ctx, rec, l); err != nil {
@@ -158,7 +165,7 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	}
 	counted := b.counting(l, &rep.uploaded)
 	b.caches.remember(usedRecord{rec: rec, layer: counted}, rep)
-	b.addLayer(s, counted, key, st.history, b.created)
+	b.addLayer(s, counted, key, digest.Digest(diffID.String()), st.history, b.created)
 	b.done(id, start)
 	return nil
 }
@@ -233,11 +240,12 @@ func descriptor(l v1.Layer) (cache.Descriptor, error) {
 	return d, err
 }
 
-// addLayer appends a step's layer and its history entry.
-func (b *builder) addLayer(s *stage, l v1.Layer, key digest.Digest, history string, created time.Time) {
+// addLayer appends a step's layer (with its key and diffID) and its
+// history entry.
+func (b *builder) addLayer(s *stage, l v1.Layer, key, diffID digest.Digest, history string, created time.Time) {
 	s.added = append(s.added, l)
 	s.keys = append(s.keys, key)
-	s.key = key
+	s.diffIDs = append(s.diffIDs, diffID)
 	s.dropRoot()
 	b.commitAt(s, history, true, created)
 }

@@ -200,11 +200,12 @@ func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) error {
 	return nil
 }
 
-// fromKey identifies what a --from names for the cache: a stage by its
-// final key, an image by its manifest digest.
+// fromKey identifies what a --from names for the cache: a stage by the
+// chain of its final root filesystem (its contents, not how they were
+// reached), an image by its manifest digest.
 func (b *builder) fromKey(ctx context.Context, from string) (string, error) {
 	if j, ok := b.df.StageIndex(from); ok {
-		return "stage:" + b.stages[j].key.String(), nil
+		return "stage:" + b.stages[j].chain().String(), nil
 	}
 	src, err := b.imageSource(ctx, from)
 	if err != nil {

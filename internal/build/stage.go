@@ -11,6 +11,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/mount"
 	"github.com/kiln-build/kiln/internal/snapshot"
@@ -32,10 +33,13 @@ type stage struct {
 	added []v1.Layer
 	cfg   *v1.ConfigFile
 
-	// key is the cache key of the stage's state so far (its base, then
-	// each layer step); keys[i] is the key of added[i]. baseHist counts
-	// the base image's history entries, before this build's own.
-	key      digest.Digest
+	// baseKey is the cache key of the stage's base (cachekey.Base) and
+	// diffIDs[i] is added[i]'s diffID: together they are the chain every
+	// step's key covers (see chain). keys[i] is the step key of added[i].
+	// baseHist counts the base image's history entries, before this
+	// build's own.
+	baseKey  digest.Digest
+	diffIDs  []digest.Digest
 	keys     []digest.Digest
 	baseHist int
 	seen     map[string]int // step names seen so far, for step ids
@@ -106,12 +110,21 @@ func (s *stage) root(ctx context.Context, snap snapshot.Snapshotter, tmp string)
 	return dir, nil
 }
 
+// chain identifies the stage's root filesystem so far by its contents:
+// the base and the diffID of every layer added (cachekey.Chain). It is the
+// "parent" of the next step's key and what a --from of this stage is keyed
+// by.
+func (s *stage) chain() digest.Digest {
+	return cachekey.Chain(s.baseKey, s.diffIDs)
+}
+
 // inherit makes s start from parent's finished state (`FROM parent`).
 func (s *stage) inherit(parent *stage) {
 	s.base = parent.base
 	s.added = append([]v1.Layer(nil), parent.added...)
 	s.keys = append([]digest.Digest(nil), parent.keys...)
-	s.key = parent.key
+	s.diffIDs = append([]digest.Digest(nil), parent.diffIDs...)
+	s.baseKey = parent.baseKey
 	s.baseHist = parent.baseHist
 	s.baseRef = parent.baseRef
 	s.cfg = parent.cfg.DeepCopy()

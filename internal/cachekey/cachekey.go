@@ -12,7 +12,7 @@ import (
 
 // Version tags every key. Change it when the normalization changes, so old
 // cache entries are never misread.
-const Version = "kiln.cachekey.v1"
+const Version = "kiln.cachekey.v2"
 
 // Inputs are a step's named inputs. Names are prefixed by kind so a miss
 // can be explained in words: "parent", "base", "instruction", "workdir",
@@ -134,4 +134,36 @@ func describe(name, how string) string {
 		return "URL " + what + " " + how
 	}
 	return name + " " + how
+}
+
+// Chain identifies a root filesystem by what it is made of: base (the
+// stage's Base key: platform, base manifest, layer options) and the diffIDs
+// of every layer added on top, in order — kiln's form of OCI's ChainID and
+// of BuildKit's result links. A step's "parent" input is the chain it runs
+// on, never the parent step's key, so a record is only ever used on top of
+// the exact bytes it was built on, and a rebuilt step that produced the
+// same bytes as before is followed by hits again.
+func Chain(base digest.Digest, diffIDs []digest.Digest) digest.Digest {
+	layers := make([]string, len(diffIDs))
+	for i, d := range diffIDs {
+		layers[i] = d.String()
+	}
+	b, err := json.Marshal(struct {
+		Version string   `json:"v"`
+		Op      string   `json:"op"`
+		Base    string   `json:"base"`
+		Layers  []string `json:"layers"`
+	}{Version, "chain", base.String(), layers})
+	if err != nil {
+		panic(fmt.Sprintf("cachekey: %v", err)) // strings always marshal
+	}
+	return digest.FromBytes(b)
+}
+
+// UnbuiltResult stands in for the diffID of a step that was not run, where
+// keys are computed without results (keys-only plans in tests). It is
+// derived from the step's key and can never equal a real diffID, which is
+// the digest of a tar stream. Never record a key computed from it.
+func UnbuiltResult(key digest.Digest) digest.Digest {
+	return digest.FromString("kiln.unbuilt-result:" + key.String())
 }

@@ -2,6 +2,8 @@ package cachekey
 
 import (
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // The key of fixed inputs must never change once shipped: a change here
@@ -13,9 +15,11 @@ func TestKeyGolden(t *testing.T) {
 		want string
 	}{
 		{"scratch base", Base("linux/amd64", "", map[string]string{"compression": "gzip"}).String(),
-			"sha256:8af05a3b43e658a65f3bdf8bd654790adf8e90d01a629af4cfcbdb54747822bd"},
+			"sha256:5ce0296cb1b89cd056d25747d689f02e787159525aa993483724b8f98f1026b1"},
+		{"chain", Chain("sha256:aa", []digest.Digest{"sha256:01", "sha256:02"}).String(),
+			"sha256:b384cf3fbc2a8d9b71ca44e8792a6ab5431aaa376a0644e2690cfbc3b9cfe3f0"},
 		{"copy", Key("copy", Inputs{"parent": "sha256:00", "instruction": "COPY a /a", "dest": "/a", "file:a": "sha256:11"}).String(),
-			"sha256:179a7b3338d6e14cfff17c0484a873b569d83c2940041579fcbc8a167e8984c3"},
+			"sha256:5fbb9280e9d507c001c4e1f92cde396162c18a8cb666f2a2b2a125f92feea931"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
@@ -85,5 +89,31 @@ func TestValueHidesValue(t *testing.T) {
 	v := Value("hunter2")
 	if v == "hunter2" || len(v) != len("sha256:")+64 || Value("hunter2") != v || Value("hunter3") == v {
 		t.Errorf("Value = %q", v)
+	}
+}
+
+// A chain names contents: the same base and layers in the same order are
+// the same chain however they were reached; anything else is not.
+func TestChain(t *testing.T) {
+	a, b := digest.FromString("a"), digest.FromString("b")
+	base := Base("linux/amd64", "sha256:aa", nil)
+	ab := Chain(base, []digest.Digest{a, b})
+	if Chain(base, []digest.Digest{a, b}) != ab {
+		t.Error("a chain is not a function of its contents")
+	}
+	others := map[string]digest.Digest{
+		"order":       Chain(base, []digest.Digest{b, a}),
+		"fewer":       Chain(base, []digest.Digest{a}),
+		"none":        Chain(base, nil),
+		"other base":  Chain(Base("linux/amd64", "sha256:bb", nil), []digest.Digest{a, b}),
+		"base itself": base,
+	}
+	for name, c := range others {
+		if c == ab {
+			t.Errorf("%s: collides with the chain [a b]", name)
+		}
+	}
+	if UnbuiltResult(ab) == UnbuiltResult(a) || UnbuiltResult(a) == a {
+		t.Error("UnbuiltResult must be distinct per key and never the key itself")
 	}
 }

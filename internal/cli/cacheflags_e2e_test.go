@@ -44,6 +44,7 @@ func TestInlineCache(t *testing.T) {
 	reg := testenv.Registry(t)
 	src := writeContext(t, twoStageFiles)
 	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	env = append(env, "SOURCE_DATE_EPOCH=1700000000")
 	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/inline:latest", ".")
 	raw, err := testenv.Pull(t, reg+"/inline:latest").RawConfigFile()
 	if err != nil {
@@ -55,11 +56,14 @@ func TestInlineCache(t *testing.T) {
 	}
 	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
 	report := filepath.Join(t.TempDir(), "r.json")
+	// The final image's layers are inline; the build stage's are not (an
+	// image carries only its own layers), so its two COPYs rerun. Keys
+	// cover results, so COPY --from=build hits only if they made the same
+	// bytes: the fresh checkout's new mtimes would change them, unless
+	// SOURCE_DATE_EPOCH clamps them as a reproducible CI build does.
+	env = append(env, "SOURCE_DATE_EPOCH=1700000000")
 	kiln(t, dir, env, "build", "--progress=plain", "--cache-from", "type=registry,ref="+reg+"/inline:latest", "--report", report, ".")
 	r := readReport(t, report)
-	// The final image's layers are inline; the build stage's are not (an
-	// image carries only its own layers), but a stage nobody's layers
-	// differ from is still cheap: here its two COPYs rerun.
 	final := 0
 	for _, s := range r.Steps {
 		if s.Cached {
