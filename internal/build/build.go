@@ -148,6 +148,7 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		return nil, fmt.Errorf("create build directory: %w", err)
 	}
 	b.tmp = tmp
+	b.bctx.Hide(o.ownPaths(tmp)...)
 	defer func() {
 		// Views first: nothing may stay mounted under tmp.
 		b.dropRoots()

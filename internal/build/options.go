@@ -1,6 +1,8 @@
 package build
 
 import (
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/kiln-build/kiln/internal/dockerfile"
@@ -87,4 +89,32 @@ func (c CacheSpec) String() string {
 		return "type=registry,ref=" + c.Ref
 	}
 	return "type=local," + c.Dir
+}
+
+// ownPaths are the paths this build and other kiln processes write while
+// it reads the context: they must never be read as part of it, or COPY
+// copies kiln's snapshots into the snapshot being written, without end.
+// tmp is this build's temporary directory.
+func (o Options) ownPaths(tmp string) []string {
+	temp := o.TempDir
+	if temp == "" {
+		temp = os.TempDir()
+	}
+	paths := []string{o.CacheDir, o.StoreDir, tmp,
+		// Every kiln's temporary directories and files, not only this
+		// build's: a concurrent build writes there too.
+		filepath.Join(temp, "kiln-build-*"), filepath.Join(temp, "kiln-run-*"), filepath.Join(temp, "kiln-add-*")}
+	for _, spec := range o.Outputs {
+		if spec.Dest == "" {
+			continue
+		}
+		// Outputs are written through a temporary sibling, then renamed.
+		paths = append(paths, spec.Dest, filepath.Join(filepath.Dir(spec.Dest), "."+filepath.Base(spec.Dest)+".tmp-*"))
+	}
+	for _, c := range o.CacheTo {
+		if c.Type == "local" {
+			paths = append(paths, c.Dir)
+		}
+	}
+	return paths
 }

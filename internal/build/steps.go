@@ -1,6 +1,7 @@
 package build
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -70,13 +71,19 @@ func (b *builder) mounted(fn func(root string) error) func(ctx context.Context, 
 	}
 }
 
+// maxLine is the longest line tail holds: a process that prints without
+// newlines (a progress bar, a binary dump) has its output passed on in
+// pieces of this size instead of growing one line without bound.
+const maxLine = 64 << 10
+
 // tail keeps the last lines a process printed, for the error of a failed
-// RUN, and passes each complete line on as it arrives.
+// RUN, and passes each complete line on as it arrives. Each byte written is
+// scanned once, and at most maxLine bytes of an unfinished line are held.
 type tail struct {
 	mu    sync.Mutex
 	max   int
 	lines []string
-	buf   []byte
+	buf   []byte // the unfinished line, at most maxLine bytes
 	emit  func(string)
 }
 
@@ -85,16 +92,32 @@ func newTail(max int, emit func(string)) *tail { return &tail{max: max, emit: em
 func (t *tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	for {
-		i := strings.IndexByte(string(t.buf), '\n')
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
+			t.hold(p)
 			break
 		}
-		t.add(string(t.buf[:i]))
-		t.buf = t.buf[i+1:]
+		t.hold(p[:i])
+		t.add(string(t.buf))
+		t.buf = t.buf[:0]
+		p = p[i+1:]
 	}
-	return len(p), nil
+	return n, nil
+}
+
+// hold appends part of an unfinished line, passing on a full maxLine piece
+// whenever one has gathered.
+func (t *tail) hold(p []byte) {
+	for len(t.buf)+len(p) > maxLine {
+		k := maxLine - len(t.buf)
+		t.buf = append(t.buf, p[:k]...)
+		t.add(string(t.buf))
+		t.buf = t.buf[:0]
+		p = p[k:]
+	}
+	t.buf = append(t.buf, p...)
 }
 
 // Flush emits a last line that had no newline.
@@ -103,15 +126,19 @@ func (t *tail) Flush() {
 	defer t.mu.Unlock()
 	if len(t.buf) > 0 {
 		t.add(string(t.buf))
-		t.buf = nil
+		t.buf = t.buf[:0]
 	}
 }
 
 func (t *tail) add(line string) {
 	line = strings.TrimRight(line, "\r")
-	t.lines = append(t.lines, line)
-	if len(t.lines) > t.max {
-		t.lines = t.lines[len(t.lines)-t.max:]
+	if t.max > 0 && len(t.lines) == t.max {
+		// Shift in place: the slice never grows past max.
+		copy(t.lines, t.lines[1:])
+		t.lines = t.lines[:t.max-1]
+	}
+	if t.max > 0 {
+		t.lines = append(t.lines, line)
 	}
 	if t.emit != nil {
 		t.emit(line)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -253,3 +254,49 @@ func TestDigest(t *testing.T) {
 }
 
 var time0 = time.Unix(1, 0)
+
+func TestHideKilnsOwnPaths(t *testing.T) {
+	dir := t.TempDir()
+	for _, p := range []string{"state/kiln/x", "out/f", "keep/f", ".out.tar.tmp-1/f", "tmp/kiln-build-7/f", "tmp/other"} {
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, p), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	// A .dockerignore exception cannot bring a hidden path back.
+	c, err := NewWithPatterns(dir, []string{"nothing", "!state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Hide(filepath.Join(link, "state"), // through a symlink
+		filepath.Join(dir, "out"), filepath.Join(dir, ".out.tar.tmp-*"),
+		filepath.Join(dir, "tmp", "kiln-build-*"),
+		filepath.Join(dir, "not-yet", "made"),    // created later
+		dir, filepath.Dir(dir), "/elsewhere", "") // never the root, never outside
+	for rel, want := range map[string]bool{
+		"state": true, "state/kiln/x": true, "out": true, "out/f": true, ".out.tar.tmp-1": true,
+		"tmp/kiln-build-7/f": true, "not-yet/made/f": true,
+		"keep/f": false, "tmp/other": false, "outside": false, "stat": false, "not-yet": false, ".": false,
+	} {
+		if got := c.Excluded(rel, false); got != want {
+			t.Errorf("Excluded(%q) = %v, want %v", rel, got, want)
+		}
+	}
+	d, err := c.Files(context.Background(), []string{"."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, f := range d {
+		paths = append(paths, f.Path)
+	}
+	if want := "|keep|keep/f|tmp|tmp/other"; strings.Join(paths, "|") != want {
+		t.Errorf("digest covers %q, want %q", strings.Join(paths, "|"), want)
+	}
+}

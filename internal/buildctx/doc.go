@@ -7,4 +7,9 @@
 // cache-key input). Digests cover path, mode, owner, symlink target and bytes
 // of each file and never mtimes, so a fresh checkout of the same tree on a new
 // CI runner yields the same digest.
+//
+// kiln's own paths (its state directory, output and local cache
+// destinations, temporary build directories) are hidden with Hide: when
+// they lie inside the context they are invisible to COPY, globs and digests
+// alike, whatever .dockerignore says, so a build never reads what it writes.
 package buildctx

@@ -214,50 +214,85 @@ func (c *copier) copyEntry(src string, fi fs.FileInfo, dest string) error {
 	}
 }
 
-// copyDir makes dest a directory with the metadata of the source directory
-// srcRel (tree-relative) and copies its visible children into it. sub is the
-// path relative to the copied source, for --exclude.
-func (c *copier) copyDir(ctx context.Context, srcRel, sub string, fi fs.FileInfo, dest string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	m := c.metaFor(fi)
-	abs, err := c.w.ensureDir(dest, m)
-	if err != nil {
-		return err
-	}
-	if err := c.copyChildren(ctx, srcRel, sub, dest); err != nil {
-		return err
-	}
-	// Children bumped the directory's mtime; restore the source's now.
-	return setMtime(abs, m.mtime)
+// node is one object beneath a copied source directory, listed before
+// anything is written.
+type node struct {
+	name string
+	fi   fs.FileInfo
+	kids []*node // a directory's visible children
 }
 
-// copyChildren copies the visible children of the source directory srcRel
-// into the existing directory dest.
-func (c *copier) copyChildren(ctx context.Context, srcRel, sub, dest string) error {
+// list reads the visible tree beneath the source directory srcRel
+// (tree-relative) in one walk. sub is srcRel relative to the copied source,
+// for --exclude. Listing everything first means an object that appears while
+// the copy writes (the destination inside the source, another process) is
+// never copied, and nothing is copied twice.
+func (c *copier) list(ctx context.Context, srcRel, sub string) ([]*node, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	srcAbs := filepath.Join(c.op.Src.Root, filepath.FromSlash(srcRel))
 	ents, err := os.ReadDir(srcAbs)
 	if err != nil {
-		return fmt.Errorf("copy %s: %w", srcRel, err)
+		return nil, fmt.Errorf("copy %s: %w", srcRel, err)
 	}
+	nodes := make([]*node, 0, len(ents))
 	for _, e := range ents {
 		childRel := path.Join(srcRel, e.Name())
 		childSub := path.Join(sub, e.Name())
 		if c.op.Src.excluded(childRel, e.IsDir()) || c.excludedByFlag(childSub) {
 			continue
 		}
-		cfi, err := e.Info()
+		fi, err := e.Info()
 		if err != nil {
-			return fmt.Errorf("copy %s: %w", childRel, err)
+			return nil, fmt.Errorf("copy %s: %w", childRel, err)
 		}
-		childDest := path.Join(dest, e.Name())
-		if cfi.IsDir() {
-			err = c.copyDir(ctx, childRel, childSub, cfi, childDest)
-		} else {
-			err = c.copyEntry(filepath.Join(srcAbs, e.Name()), cfi, childDest)
+		n := &node{name: e.Name(), fi: fi}
+		if fi.IsDir() {
+			if n.kids, err = c.list(ctx, childRel, childSub); err != nil {
+				return nil, err
+			}
 		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
+}
+
+// copyChildren copies the visible children of the source directory srcRel
+// into the existing directory dest.
+func (c *copier) copyChildren(ctx context.Context, srcRel, sub, dest string) error {
+	nodes, err := c.list(ctx, srcRel, sub)
+	if err != nil {
+		return err
+	}
+	return c.write(ctx, srcRel, nodes, dest)
+}
+
+// write copies listed nodes of the source directory srcRel into the
+// existing directory dest.
+func (c *copier) write(ctx context.Context, srcRel string, nodes []*node, dest string) error {
+	srcAbs := filepath.Join(c.op.Src.Root, filepath.FromSlash(srcRel))
+	for _, n := range nodes {
+		childDest := path.Join(dest, n.name)
+		if !n.fi.IsDir() {
+			if err := c.copyEntry(filepath.Join(srcAbs, n.name), n.fi, childDest); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		m := c.metaFor(n.fi)
+		abs, err := c.w.ensureDir(childDest, m)
 		if err != nil {
+			return err
+		}
+		if err := c.write(ctx, path.Join(srcRel, n.name), n.kids, childDest); err != nil {
+			return err
+		}
+		// Children bumped the directory's mtime; restore the source's now.
+		if err := setMtime(abs, m.mtime); err != nil {
 			return err
 		}
 	}

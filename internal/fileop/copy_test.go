@@ -330,3 +330,40 @@ func TestCopyCancelled(t *testing.T) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
 }
+
+// A destination inside the source (kiln's state dir inside the context, a
+// stage copying onto itself) must not be read while it is written: the copy
+// takes what the source held when it started, each file once.
+func TestCopyListsSourceBeforeWriting(t *testing.T) {
+	src := t.TempDir()
+	mkTree(t, src, map[string]spec{
+		"a.txt":     {data: "A"},
+		"d/b.txt":   {data: "B"},
+		"out":       {dir: true},
+		"z/deep/c":  {data: "C"},
+		"z/deep/c2": {data: "C2"},
+	})
+	rootfs := filepath.Join(src, "out")
+	op := Copy{Src: Tree{Root: src}, Sources: []string{"."}, Dest: "/x/"}
+	if _, err := op.Apply(context.Background(), rootfs); err != nil {
+		t.Fatalf("copy into a directory inside the source: %v", err)
+	}
+	var files []string
+	err := filepath.WalkDir(filepath.Join(rootfs, "x"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			rel, _ := filepath.Rel(rootfs, p)
+			files = append(files, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"x/a.txt", "x/d/b.txt", "x/z/deep/c", "x/z/deep/c2"}
+	if !reflect.DeepEqual(files, want) {
+		t.Fatalf("copied %d files %v, want each source file once: %v", len(files), files, want)
+	}
+}

@@ -1,0 +1,113 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-build/kiln/internal/testenv"
+)
+
+// runBounded runs the kiln binary like testenv.Run, but gives up after
+// limit: a regression here would otherwise run for many minutes. env
+// replaces HOME and the XDG directories only where it names them.
+func runBounded(t *testing.T, limit time.Duration, dir string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), limit)
+	defer cancel()
+	home := testenv.Home(t)
+	cmd := exec.CommandContext(ctx, testenv.Kiln(t), args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, ".cache"),
+		"DOCKER_CONFIG="+filepath.Join(home, ".docker"))
+	cmd.Env = append(cmd.Env, env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	start := time.Now()
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("kiln %s: still running after %s\nstderr (tail):\n%s", strings.Join(args, " "), limit, lastBytes(e.String(), 2000))
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatal(err)
+	}
+	t.Logf("kiln %s: exit %d in %s\nstderr:\n%s", strings.Join(args, " "), code, time.Since(start).Round(time.Millisecond), lastBytes(e.String(), 4000))
+	return o.String(), e.String(), code
+}
+
+func lastBytes(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// files lists the regular files beneath dir, slash-separated and sorted.
+func files(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			rel, _ := filepath.Rel(dir, p)
+			out = append(out, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Issue #10 point 7: a context that holds kiln's own state (XDG_CACHE_HOME
+// inside it), an output dest and a local cache dest must build quickly and
+// copy none of them: before, `COPY . /x/` copied kiln's snapshot into
+// itself for minutes and failed with "file name too long".
+func TestContextHoldingKilnStateIsNotCopied(t *testing.T) {
+	ctxDir := writeContext(t, map[string]string{
+		"Dockerfile": "FROM scratch\nCOPY . /x/\n",
+		"a.txt":      "A",
+		"sub/b.txt":  "B",
+		".gitignore": "c/\n",
+	})
+	env := []string{"XDG_CACHE_HOME=" + filepath.Join(ctxDir, "c")}
+	want := []string{"x/.gitignore", "x/Dockerfile", "x/a.txt", "x/sub/b.txt"}
+	// Twice: the second build finds the state, the output and the cache
+	// already in the context (and a fresh snapshotter for the first).
+	for i, snap := range []string{"auto", "copy"} {
+		out := filepath.Join(ctxDir, "out")
+		os.RemoveAll(out)
+		_, stderr, code := runBounded(t, 90*time.Second, ctxDir, env, "build", "--progress=plain", "--no-cache", "--snapshotter="+snap,
+			"-o", "type=local,dest=out", "-o", "type=oci,dest=img.tar", "--cache-to", "type=local,dest=cache", ".")
+		if code != 0 {
+			t.Fatalf("build %d: exit %d: %s", i+1, code, lastBytes(stderr, 2000))
+		}
+		if got := files(t, out); !reflect.DeepEqual(got, want) {
+			t.Fatalf("build %d copied %d files (first: %v), want exactly %v", i+1, len(got), got[:min(len(got), 8)], want)
+		}
+	}
+	// Hidden like a .dockerignore'd path: naming it is "not found".
+	os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte("FROM scratch\nCOPY c/kiln /k/\n"), 0o644)
+	_, stderr, code := runBounded(t, 60*time.Second, ctxDir, env, "build", "--progress=plain", ".")
+	if code == 0 || !strings.Contains(stderr, "not found") {
+		t.Fatalf("COPY of kiln's state dir: exit %d, want a not-found error; stderr: %s", code, lastBytes(stderr, 1000))
+	}
+}
