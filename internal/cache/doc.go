@@ -52,11 +52,44 @@
 //
 // sorted by key. Its layers are the unique blobs the records name, sorted
 // by digest. Records naming a blob the manifest does not list are ignored
-// on load. Flush merges the index as loaded with the records Put since,
-// drops records unused for longer than RegistryWriteOptions.MaxAge, keeps
-// the MaxEntries most recently used, uploads the blobs the repository lacks
-// and writes the manifest last, so a reader sees the old cache or the new
-// one, never a manifest naming a missing blob.
+// on load. Flush uploads the blobs the repository lacks, then merges the
+// index as it is now with the records Put since, drops records unused for
+// longer than RegistryWriteOptions.MaxAge, keeps the MaxEntries most
+// recently used, and writes the manifest last, so a reader sees the old
+// cache or the new one, never a manifest naming a missing blob.
+//
+// # Concurrent writers
+//
+// Several builds may flush to one REF at once (the jobs of one CI
+// pipeline). Registries have no compare-and-swap on tags: a manifest PUT
+// replaces whatever the tag named, and the distribution API offers no
+// conditional PUT (If-Match) that registries honour. A plain
+// read-modify-write therefore loses every record another writer put
+// between our read and our write. Flush instead:
+//
+//  1. uploads its blobs first (HEAD before each PUT; mounts across
+//     repositories), so the read-merge-write window below is a few small
+//     requests long;
+//  2. re-reads the index at REF and merges: the union of its records and
+//     the staged ones (a staged record wins for its own key; keys cover
+//     results, so another writer's record for the same key is as good),
+//     within MaxAge and MaxEntries;
+//  3. writes the index blob, then the manifest;
+//  4. waits a jittered settle time (150-300 ms), longer than another
+//     writer's window in step 2-3, and reads the index back;
+//  5. is done when every staged record the bounds kept is in what it read
+//     back; otherwise another writer replaced the index in between, and it
+//     repeats from step 2, up to 8 rounds, after which Flush fails.
+//
+// A writer whose records another writer overwrote therefore sees it and
+// writes them again, merged with the other's. The scheme converges because
+// each round only adds; the jitter keeps writers from repeating in lock
+// step. Records leave the index only by the size and age bounds.
+//
+// On a local directory concurrent writers need no merge: each record is
+// its own file, renamed into place, so every writer's records are kept
+// (two records for one key: the last rename wins, and either is correct
+// because keys cover results).
 //
 // # Inline cache
 //

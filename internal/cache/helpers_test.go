@@ -28,11 +28,12 @@ type counter struct {
 
 // counts are the requests a counter saw.
 type counts struct {
-	blobGETs     int // GET /v2/<repo>/blobs/sha256:…
-	uploadStarts int // POST /blobs/uploads/ without a mount
-	mounts       int // POST /blobs/uploads/?mount=
-	mounted      int // of which the registry answered 201 Created
-	uploadBytes  int // PATCH or PUT on an upload session
+	blobGETs     int      // GET /v2/<repo>/blobs/sha256:…
+	fetched      []string // the digests of those GETs, in order
+	uploadStarts int      // POST /blobs/uploads/ without a mount
+	mounts       int      // POST /blobs/uploads/?mount=
+	mounted      int      // of which the registry answered 201 Created
+	uploadBytes  int      // PATCH or PUT on an upload session
 	manifestPUTs int
 }
 
@@ -43,6 +44,7 @@ func (c *counter) RoundTrip(req *http.Request) (*http.Response, error) {
 	switch {
 	case req.Method == http.MethodGet && strings.Contains(p, "/blobs/sha256:"):
 		c.blobGETs++
+		c.fetched = append(c.fetched, p[strings.LastIndex(p, "/")+1:])
 	case req.Method == http.MethodPost && strings.Contains(p, "/blobs/uploads/"):
 		if req.URL.Query().Get("mount") != "" && req.URL.Query().Get("from") != "" {
 			c.mounts++

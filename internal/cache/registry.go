@@ -76,36 +76,59 @@ func OpenRegistry(ctx context.Context, ref string, o registry.Options) (*Registr
 		blobs:   map[v1.Hash]bool{},
 		staged:  map[digest.Digest]*stagedRecord{},
 	}
-	img, err := registry.Image(ctx, ref, v1.Platform{}, o)
+	idx, err := c.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.records, c.blobs, c.readOnly = idx.records, idx.blobs, idx.inline
+	return c, nil
+}
+
+// remoteIndex is the cache at a ref as the registry holds it at one moment.
+type remoteIndex struct {
+	records map[digest.Digest]Record
+	// blobs are the layer digests the manifest names, all present in the
+	// repository.
+	blobs map[v1.Hash]bool
+	// inline: the ref holds an image read through its inline cache.
+	inline bool
+}
+
+// read fetches the cache manifest at c.ref and its index: one manifest
+// GET and one config blob GET. A ref that does not exist is an empty
+// index.
+func (c *Registry) read(ctx context.Context) (remoteIndex, error) {
+	idx := remoteIndex{records: map[digest.Digest]Record{}, blobs: map[v1.Hash]bool{}}
+	img, err := registry.Image(ctx, c.ref.String(), v1.Platform{}, c.opts)
 	if errors.Is(err, registry.ErrNotFound) {
-		return c, nil
+		return idx, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("registry cache %s: %w", r, err)
+		return idx, fmt.Errorf("registry cache %s: %w", c.ref, err)
 	}
 	m, err := img.Manifest()
 	if err != nil {
-		return nil, fmt.Errorf("registry cache %s: manifest: %w", r, err)
+		return idx, fmt.Errorf("registry cache %s: manifest: %w", c.ref, err)
 	}
 	raw, err := img.RawConfigFile()
 	if err != nil {
-		return nil, fmt.Errorf("registry cache %s: config: %w", r, err)
+		return idx, fmt.Errorf("registry cache %s: config: %w", c.ref, err)
 	}
 	if m.Config.MediaType == IndexMediaType {
-		err = c.loadIndex(m, raw)
+		err = idx.loadIndex(m, raw)
 	} else {
-		c.readOnly = true
-		err = c.loadInline(m, raw)
+		idx.inline = true
+		err = idx.loadInline(m, raw)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("registry cache %s: %w", r, err)
+		return idx, fmt.Errorf("registry cache %s: %w", c.ref, err)
 	}
-	return c, nil
+	return idx, nil
 }
 
 // loadIndex reads kiln's index. Records naming a blob that the manifest
 // does not list are dropped: the registry only guarantees listed blobs.
-func (c *Registry) loadIndex(m *v1.Manifest, raw []byte) error {
+func (c *remoteIndex) loadIndex(m *v1.Manifest, raw []byte) error {
 	var idx wireIndex
 	if err := json.Unmarshal(raw, &idx); err != nil {
 		return fmt.Errorf("decoding index: %w", err)
@@ -132,7 +155,7 @@ func (c *Registry) loadIndex(m *v1.Manifest, raw []byte) error {
 // loadInline builds records from an image config's inline cache field, the
 // manifest's layer descriptors and the config's diff_ids. No field is an
 // empty cache.
-func (c *Registry) loadInline(m *v1.Manifest, raw []byte) error {
+func (c *remoteIndex) loadInline(m *v1.Manifest, raw []byte) error {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
 		return fmt.Errorf("decoding image config: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"time"
 
@@ -41,12 +42,25 @@ func (c *Registry) Put(ctx context.Context, rec Record, l v1.Layer) error {
 	return nil
 }
 
-// Flush merges the loaded index with the staged records, applies MaxAge
-// and MaxEntries, uploads the blobs the repository lacks (HEAD first; a
+// flushRounds bounds how often Flush rewrites the index when concurrent
+// writers keep replacing it; settleMin and settleJitter are how long it
+// waits before reading its write back (see doc.go, "Concurrent writers").
+const (
+	flushRounds  = 8
+	settleMin    = 150 * time.Millisecond
+	settleJitter = 150 * time.Millisecond
+)
+
+// Flush publishes the staged records (see doc.go, "Concurrent writers"):
+// it uploads the blobs the repository lacks (HEAD first; a
 // *remote.MountableLayer from another repository of the same registry is
-// mounted), then the index, then the manifest, last: an interrupted Flush
-// leaves the previous cache intact. With nothing staged it sends nothing.
-// On failure the staged records stay staged, so Flush can be retried.
+// mounted); then, in rounds, re-reads the index at the ref, merges the
+// staged records into it, applies MaxAge and MaxEntries, writes the index
+// and the manifest last, waits a short jittered settle time and reads the
+// index back; it is done when every staged record that the bounds kept is
+// there. An interrupted Flush leaves the previous cache intact. With
+// nothing staged it sends nothing. On failure the staged records stay
+// staged, so Flush can be retried.
 func (c *Registry) Flush(ctx context.Context) error {
 	c.flushMu.Lock()
 	defer c.flushMu.Unlock()
@@ -61,18 +75,9 @@ func (c *Registry) Flush(ctx context.Context) error {
 		return fmt.Errorf("%s: flush: %w", c, ErrReadOnly)
 	}
 	wo := c.wo
-	merged := make(map[digest.Digest]Record, len(c.records)+len(c.staged))
-	for k, r := range c.records {
-		merged[k] = r
-	}
 	flushed := make(map[digest.Digest]*stagedRecord, len(c.staged))
-	layers := map[v1.Hash]v1.Layer{}
 	for k, s := range c.staged {
-		merged[k] = s.rec
 		flushed[k] = s
-		if !s.rec.Layer.IsZero() {
-			layers[s.rec.Layer.Digest] = s.layer
-		}
 	}
 	have := make(map[v1.Hash]bool, len(c.blobs))
 	for h := range c.blobs {
@@ -80,23 +85,65 @@ func (c *Registry) Flush(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 
-	now := c.now()
-	kept := keep(merged, wo, now)
+	// Blobs first, outside the read-merge-write window, so the window
+	// another writer can fall into stays a few requests long.
+	uploaded, err := c.uploadBlobs(ctx, flushed, have)
+	if err != nil {
+		return fmt.Errorf("%s: flush: %w", c, err)
+	}
 
-	// Unique blobs of what remains, in digest order so that the same
-	// cache content always makes the same manifest.
-	descs := map[v1.Hash]Descriptor{}
-	for _, r := range kept {
-		if !r.Layer.IsZero() {
-			descs[r.Layer.Digest] = r.Layer
+	var lost int
+	for round := 1; round <= flushRounds; round++ {
+		remoteIdx, err := c.read(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: flush: re-reading the index: %w", c, err)
+		}
+		if remoteIdx.inline {
+			return fmt.Errorf("%s: flush: the ref now holds an image: %w", c, ErrReadOnly)
+		}
+		mine, err := c.writeIndex(ctx, remoteIdx, flushed, uploaded, wo)
+		if err != nil {
+			return err
+		}
+		if err := sleepCtx(ctx, settleMin+rand.N(settleJitter)); err != nil {
+			return fmt.Errorf("%s: flush: %w", c, err)
+		}
+		back, err := c.read(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: flush: reading the index back: %w", c, err)
+		}
+		lost = 0
+		for _, k := range mine {
+			if _, ok := back.records[k]; !ok {
+				lost++
+			}
+		}
+		if lost > 0 {
+			continue // a concurrent writer replaced our index: merge again
+		}
+		c.mu.Lock()
+		c.records, c.blobs = back.records, back.blobs
+		for k, s := range flushed {
+			if c.staged[k] == s { // not re-Put meanwhile
+				delete(c.staged, k)
+			}
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	return fmt.Errorf("%s: flush: %d records were still missing after %d rounds of concurrent writers replacing the index", c, lost, flushRounds)
+}
+
+// uploadBlobs uploads the staged records' blobs that the loaded manifest
+// does not name, HEAD-checking each first, and returns the set of blobs
+// now known to be in the repository.
+func (c *Registry) uploadBlobs(ctx context.Context, flushed map[digest.Digest]*stagedRecord, have map[v1.Hash]bool) (map[v1.Hash]bool, error) {
+	layers := map[v1.Hash]v1.Layer{}
+	for _, s := range flushed {
+		if !s.rec.Layer.IsZero() {
+			layers[s.rec.Layer.Digest] = s.layer
 		}
 	}
-	order := make([]v1.Hash, 0, len(descs))
-	for h := range descs {
-		order = append(order, h)
-	}
-	sort.Slice(order, func(i, j int) bool { return order[i].String() < order[j].String() })
-
 	repo := c.ref.Context()
 	jobs := c.opts.Jobs
 	if jobs <= 0 {
@@ -104,12 +151,12 @@ func (c *Registry) Flush(ctx context.Context) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
-	for _, h := range order {
+	for h, l := range layers {
 		if have[h] {
-			continue // named by the current manifest, so in the repository
+			continue // named by the manifest loaded, so in the repository
 		}
-		l := layers[h]
 		g.Go(func() error {
+			// WriteLayer HEADs the blob first and skips what is there.
 			if err := remote.WriteLayer(repo, l, c.opts.RemoteOptions(gctx)...); err != nil {
 				return fmt.Errorf("uploading blob %s: %w", h, err)
 			}
@@ -117,8 +164,54 @@ func (c *Registry) Flush(ctx context.Context) error {
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return fmt.Errorf("%s: flush: %w", c, err)
+		return nil, err
 	}
+	present := make(map[v1.Hash]bool, len(layers))
+	for h := range layers {
+		present[h] = true
+	}
+	return present, nil
+}
+
+// writeIndex merges the staged records into the index read from the
+// registry, applies the bounds, and writes the index blob, then the
+// manifest. It returns the keys of the staged records the bounds kept:
+// those the read-back must find.
+func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, uploaded map[v1.Hash]bool, wo RegistryWriteOptions) ([]digest.Digest, error) {
+	merged := make(map[digest.Digest]Record, len(base.records)+len(flushed))
+	for k, r := range base.records {
+		merged[k] = r
+	}
+	for k, s := range flushed {
+		// Another writer's record for the same key is as good (keys cover
+		// results), but ours carries this build's last use.
+		merged[k] = s.rec
+	}
+	kept := keep(merged, wo, c.now())
+	var mine []digest.Digest
+	for _, r := range kept {
+		if _, ok := flushed[r.Key]; ok {
+			mine = append(mine, r.Key)
+		}
+	}
+
+	// Unique blobs of what remains, in digest order so that the same
+	// cache content always makes the same manifest.
+	descs := map[v1.Hash]Descriptor{}
+	for _, r := range kept {
+		if r.Layer.IsZero() {
+			continue
+		}
+		if !base.blobs[r.Layer.Digest] && !uploaded[r.Layer.Digest] {
+			return nil, fmt.Errorf("%s: flush: record %s names blob %s, which is not in the repository", c, r.Key, r.Layer.Digest)
+		}
+		descs[r.Layer.Digest] = r.Layer
+	}
+	order := make([]v1.Hash, 0, len(descs))
+	for h := range descs {
+		order = append(order, h)
+	}
+	sort.Slice(order, func(i, j int) bool { return order[i].String() < order[j].String() })
 
 	idx := wireIndex{Version: FormatVersion, Records: make([]wireRecord, 0, len(kept))}
 	for _, r := range kept {
@@ -127,11 +220,11 @@ func (c *Registry) Flush(ctx context.Context) error {
 	sort.Slice(idx.Records, func(i, j int) bool { return idx.Records[i].Key < idx.Records[j].Key })
 	rawIndex, err := json.Marshal(idx)
 	if err != nil {
-		return fmt.Errorf("%s: encoding index: %w", c, err)
+		return nil, fmt.Errorf("%s: encoding index: %w", c, err)
 	}
 	config := static.NewLayer(rawIndex, IndexMediaType)
-	if err := remote.WriteLayer(repo, config, c.opts.RemoteOptions(ctx)...); err != nil {
-		return fmt.Errorf("%s: uploading index: %w", c, err)
+	if err := remote.WriteLayer(c.ref.Context(), config, c.opts.RemoteOptions(ctx)...); err != nil {
+		return nil, fmt.Errorf("%s: uploading index: %w", c, err)
 	}
 	cd, _ := config.Digest()
 	m := v1.Manifest{
@@ -146,28 +239,24 @@ func (c *Registry) Flush(ctx context.Context) error {
 	}
 	rawManifest, err := json.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("%s: encoding manifest: %w", c, err)
+		return nil, fmt.Errorf("%s: encoding manifest: %w", c, err)
 	}
 	if err := remote.Put(c.ref, rawTaggable{raw: rawManifest, mt: types.OCIManifestSchema1}, c.opts.RemoteOptions(ctx)...); err != nil {
-		return fmt.Errorf("%s: writing cache manifest: %w", c, err)
+		return nil, fmt.Errorf("%s: writing cache manifest: %w", c, err)
 	}
+	return mine, nil
+}
 
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.records = make(map[digest.Digest]Record, len(kept))
-	for _, r := range kept {
-		c.records[r.Key] = r
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	c.blobs = make(map[v1.Hash]bool, len(order))
-	for _, h := range order {
-		c.blobs[h] = true
-	}
-	for k, s := range flushed {
-		if c.staged[k] == s { // not re-Put meanwhile
-			delete(c.staged, k)
-		}
-	}
-	return nil
 }
 
 // keep applies MaxAge, then MaxEntries (most recently used first).

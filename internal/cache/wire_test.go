@@ -128,7 +128,7 @@ func TestLoadIndexDropsRecordsWithUnlistedBlobs(t *testing.T) {
 	listed.Key = digest.FromString("listed")
 	listed.Layer.Digest = v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ef", 32)}
 	raw, _ := json.Marshal(wireIndex{Version: 1, Records: []wireRecord{toWire(rec), toWire(listed)}})
-	c := &Registry{records: map[digest.Digest]Record{}, blobs: map[v1.Hash]bool{}}
+	c := &remoteIndex{records: map[digest.Digest]Record{}, blobs: map[v1.Hash]bool{}}
 	m := &v1.Manifest{Layers: []v1.Descriptor{{Digest: listed.Layer.Digest}}}
 	if err := c.loadIndex(m, raw); err != nil {
 		t.Fatal(err)
@@ -171,7 +171,7 @@ func TestLoadInlineCreated(t *testing.T) {
 				}},
 			}
 			raw, _ := json.Marshal(cfg)
-			c := &Registry{records: map[digest.Digest]Record{}, blobs: map[v1.Hash]bool{}}
+			c := &remoteIndex{records: map[digest.Digest]Record{}, blobs: map[v1.Hash]bool{}}
 			if err := c.loadInline(m, raw); err != nil {
 				t.Fatal(err)
 			}

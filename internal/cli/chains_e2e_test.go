@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kiln-build/kiln/internal/testenv"
 )
@@ -157,4 +158,48 @@ func TestSameResultIsFollowedByHits(t *testing.T) {
 	if a, b := readFile(t, filepath.Join(out1, "out")), readFile(t, filepath.Join(out2, "out")); a != b {
 		t.Errorf("/out is %q, then %q: the last step ran again", a, b)
 	}
+}
+
+// Concurrent --cache-to flushes to one ref keep every build's records:
+// 8 builds of 4 variants at once (each a fresh runner), then each variant
+// on another fresh runner hits every step.
+func TestConcurrentCacheToKeepsEveryVariant(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	cacheRef := reg + "/cache/variants:c"
+	df := "FROM " + base + "\nCOPY common.txt /common\nRUN cat /common > /x\nCOPY variant.txt /v\nRUN cat /v /x > /y\nRUN wc -c /y > /z\n"
+	const variants, steps = 4, 5
+	ctxs := make([]string, variants)
+	for v := range ctxs {
+		ctxs[v] = writeContext(t, map[string]string{"Dockerfile": df, "common.txt": "common\n", "variant.txt": fmt.Sprintf("variant %d\n", v)})
+	}
+	var wg sync.WaitGroup
+	results := make([]testenv.Result, 2*variants)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dir, env := freshRunner(t, ctxs[i%variants], time.Unix(1700000000, 0))
+			results[i] = testenv.Run(t, dir, env, "build", "--progress=plain", "--cache-to", "type=registry,ref="+cacheRef+",mode=max", ".")
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.ExitCode != 0 {
+			t.Fatalf("build %d (variant %d) failed:\n%s", i, i%variants, r.Stderr)
+		}
+	}
+	total := 0
+	for v, src := range ctxs {
+		dir, env := freshRunner(t, src, time.Unix(1710000000, 0))
+		report := filepath.Join(t.TempDir(), "r.json")
+		kiln(t, dir, env, "build", "--progress=plain", "--cache-from", "type=registry,ref="+cacheRef, "--report", report, ".")
+		r := readReport(t, report)
+		total += r.Totals.Cached
+		if r.Totals.Steps != steps || r.Totals.Cached != steps {
+			t.Errorf("variant %d: %d of %d steps cached from the shared ref, want %d of %d", v, r.Totals.Cached, r.Totals.Steps, steps, steps)
+		}
+	}
+	t.Logf("fresh runners: %d of %d steps cached across %d variants", total, variants*steps, variants)
 }
