@@ -11,6 +11,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
+	"github.com/kiln-build/kiln/internal/archive"
 	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/fileop"
@@ -129,7 +130,7 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 				cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude}
 				var err error
 				if c.name == "ADD" {
-					_, err = fileop.Add{Copy: cp, Checksum: c.checksum}.Apply(ctx, root)
+					_, err = fileop.Add{Copy: cp, Checksum: c.checksum, Limits: archive.DefaultLimits}.Apply(ctx, root)
 				} else {
 					_, err = cp.Apply(ctx, root)
 				}

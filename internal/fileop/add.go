@@ -2,15 +2,13 @@ package fileop
 
 import (
 	"archive/tar"
-	"bufio"
-	"bytes"
-	"compress/bzip2"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"mime"
 	"net/http"
 	"net/url"
@@ -20,17 +18,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/ulikunitz/xz"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
 
 // ErrChecksum is returned when a downloaded file does not match Add.Checksum.
 var ErrChecksum = errors.New("checksum mismatch")
 
 // Add is ADD: like Copy, plus
-//   - a local source that is a tar archive (plain, gzip, bzip2 or xz,
+//   - a local source that is a tar archive (plain, gzip, bzip2, xz or zstd,
 //     detected by content like BuildKit) is extracted into Dest; entries that
-//     escape Dest are refused; ownership comes from the archive unless Chown;
+//     escape Dest are refused (archive.ErrEscapes); ownership comes from the
+//     archive unless Chown; Limits apply; sparse entries stay sparse;
 //   - an http(s) URL source is downloaded to Dest/<basename of the URL path>
 //     when Dest ends with "/", else to Dest, mode 0600 unless Chmod, mtime
 //     from Last-Modified; Checksum ("sha256:<hex>") is verified when set.
@@ -40,6 +40,10 @@ type Add struct {
 	Copy
 	Checksum string
 	Client   *http.Client // nil = http.DefaultClient
+	// Limits bound what one local archive may expand to; the zero value
+	// means archive.DefaultLimits, so no caller runs unbounded by leaving
+	// it out.
+	Limits archive.Limits
 }
 
 // Apply performs the ADD into rootfs and returns the changed rootfs-relative
@@ -78,7 +82,7 @@ func (op Add) Apply(ctx context.Context, rootfs string) ([]string, error) {
 			// the "/" check above already covered the mixed case
 			cp.Dest = strings.TrimSuffix(op.Dest, "/") + "/"
 		}
-		changed, err := cp.apply(ctx, rootfs, extractHook)
+		changed, err := cp.apply(ctx, rootfs, op.extractHook)
 		if err != nil {
 			return nil, err
 		}
@@ -109,71 +113,54 @@ func isGitURL(s string) bool {
 // extractHook extracts a local archive source into destDir. BuildKit
 // extracts only when the content is a tar (optionally compressed); anything
 // else is copied as a file.
-func extractHook(ctx context.Context, c *copier, it item, destDir string) (bool, error) {
+func (op Add) extractHook(ctx context.Context, c *copier, it item, destDir string) (bool, error) {
 	src := filepath.Join(c.op.Src.Root, filepath.FromSlash(it.resolved))
 	f, err := os.Open(src)
 	if err != nil {
 		return false, fmt.Errorf("ADD %s: %w", it.name, err)
 	}
 	defer f.Close()
-	tr, ok, err := openArchive(f)
+	limits := op.Limits
+	if limits == (archive.Limits{}) {
+		limits = archive.DefaultLimits
+	}
+	meter := archive.NewMeter(limits)
+	tr, dec, ok, err := archive.OpenTar(meter.Input(f))
 	if err != nil || !ok {
 		return false, err
 	}
+	defer dec.Close()
 	if err := c.w.mkdirAll(ctx, path.Dir(destDir), c.op.Chown); err != nil {
 		return false, err
 	}
 	if err := c.w.mkdirAll(ctx, destDir, c.op.Chown); err != nil {
 		return false, err
 	}
-	if err := c.extract(ctx, tr, destDir); err != nil {
+	if err := c.extract(ctx, tr, meter, destDir); err != nil {
 		return false, fmt.Errorf("ADD %s: %w", it.name, err)
 	}
 	return true, nil
 }
 
-// openArchive sniffs r and returns a tar reader when r is a tar archive,
-// plain or compressed with gzip, bzip2 or xz.
-func openArchive(r io.Reader) (*tar.Reader, bool, error) {
-	br := bufio.NewReaderSize(r, 64<<10)
-	magic, _ := br.Peek(6)
-	var dr io.Reader = br
-	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, false, nil
-		}
-		dr = zr
-	case bytes.HasPrefix(magic, []byte("BZh")):
-		dr = bzip2.NewReader(br)
-	case bytes.HasPrefix(magic, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
-		xr, err := xz.NewReader(br)
-		if err != nil {
-			return nil, false, nil
-		}
-		dr = xr
-	}
-	// A tar header block is 512 bytes with "ustar" at offset 257 (POSIX and
-	// GNU); old v7 tars are not recognised, which BuildKit also misses.
-	dbr := bufio.NewReaderSize(dr, 1024)
-	hdr, err := dbr.Peek(512)
-	if err != nil || !bytes.Equal(hdr[257:262], []byte("ustar")) {
-		return nil, false, nil
-	}
-	return tar.NewReader(dbr), true, nil
-}
-
 // extract writes every tar entry under the logical directory dest. Entry
 // names are cleaned; a name or hardlink target that climbs above dest is
-// refused. Writes resolve through securejoin, so a symlink planted by an
-// earlier entry cannot redirect a later one outside the rootfs.
-func (c *copier) extract(ctx context.Context, tr *tar.Reader, dest string) error {
-	type dirTime struct {
-		lp string
-		t  time.Time
+// refused with archive.ErrEscapes. Every directory is resolved through an
+// archive.Root, inside the rootfs (a symlink planted by an earlier entry
+// cannot redirect a later one outside it) and relative to the previous
+// entry's open directories, so a deep tree costs linear time.
+func (c *copier) extract(ctx context.Context, tr *tar.Reader, meter *archive.Meter, dest string) error {
+	root, err := archive.OpenRoot(c.w.rootfs)
+	if err != nil {
+		return err
 	}
-	var dirs []dirTime
+	defer root.Close()
+	owner := Owner{}
+	if c.op.Chown != nil {
+		owner = *c.op.Chown
+	}
+	root.Mkdir = archive.MkdirOptions{Mode: 0o755, UID: owner.UID, GID: owner.GID,
+		Created: func(phys string) { c.w.changed[phys] = true }}
+	x := &extractor{c: c, root: root}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -185,87 +172,265 @@ func (c *copier) extract(ctx context.Context, tr *tar.Reader, dest string) error
 		if err != nil {
 			return fmt.Errorf("read archive: %w", err)
 		}
-		name, err := cleanSource(h.Name)
-		if err != nil || (name == "" && h.Typeflag != tar.TypeDir) {
-			return fmt.Errorf("archive entry %q: %w", h.Name, ErrOutsideContext)
-		}
-		lp := path.Join(dest, name)
-		m := meta{mode: h.FileInfo().Mode(), uid: h.Uid, gid: h.Gid, mtime: h.ModTime, rdev: uint64(mkdev(h.Devmajor, h.Devminor))}
-		if c.op.Chown != nil {
-			m.uid, m.gid = c.op.Chown.UID, c.op.Chown.GID
-		}
-		if c.op.Chmod != nil && h.Typeflag != tar.TypeSymlink {
-			m.mode = m.mode.Type() | fileMode(*c.op.Chmod)
-		}
-		// Parents missing from the archive are created like BuildKit does.
-		if err := c.w.mkdirAll(ctx, path.Dir(lp), c.op.Chown); err != nil {
+		if err := meter.Entry(h); err != nil {
 			return err
 		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			if _, err := c.w.ensureDir(lp, m); err != nil {
-				return err
-			}
-			dirs = append(dirs, dirTime{lp, h.ModTime})
-		case tar.TypeReg, tar.TypeGNUSparse:
-			if err := c.w.writeFile(lp, tr, m); err != nil {
-				return err
-			}
-		case tar.TypeSymlink:
-			if err := c.w.writeSymlink(lp, h.Linkname, m); err != nil {
-				return err
-			}
-		case tar.TypeLink:
-			target, err := cleanSource(h.Linkname)
-			if err != nil {
-				return fmt.Errorf("archive hardlink %q -> %q: %w", h.Name, h.Linkname, ErrOutsideContext)
-			}
-			if err := c.hardlink(path.Join(dest, target), lp); err != nil {
-				return err
-			}
-		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-			if err := c.w.writeSpecial(lp, m); err != nil {
-				return err
-			}
-		default:
-			// pax/GNU metadata entries are consumed by archive/tar; other
-			// types (e.g. contiguous files) carry nothing we can represent.
-		}
-	}
-	// Directory mtimes last, deepest first, since children bump them.
-	for i := len(dirs) - 1; i >= 0; i-- {
-		abs, err := c.w.resolve(dirs[i].lp, true)
+		lp, err := archive.Join(dest, h.Name)
 		if err != nil {
 			return err
 		}
-		if err := setMtime(abs, dirs[i].t); err != nil {
+		if lp == dest && h.Typeflag != tar.TypeDir {
+			return fmt.Errorf("archive entry %q is not a directory but names the destination", h.Name)
+		}
+		if err := x.entry(h, meter.Data(tr), lp, dest); err != nil {
+			return fmt.Errorf("archive entry %q: %w", h.Name, err)
+		}
+	}
+	// Directory mtimes last, deepest first, since children bump them.
+	for i := len(x.dirs) - 1; i >= 0; i-- {
+		fd, _, err := root.Dir(x.dirs[i].lp, false)
+		if err != nil {
 			return err
+		}
+		tv := unix.NsecToTimeval(x.dirs[i].t.UnixNano())
+		if err := unix.Futimes(fd, []unix.Timeval{tv, tv}); err != nil {
+			return fmt.Errorf("set mtime of /%s: %w", x.dirs[i].lp, err)
 		}
 	}
 	return nil
 }
 
-func (c *copier) hardlink(targetLP, lp string) error {
-	target, err := c.w.resolve(targetLP, false)
+type extractor struct {
+	c    *copier
+	root *archive.Root
+	dirs []dirTime
+}
+
+type dirTime struct {
+	lp string
+	t  time.Time
+}
+
+func (x *extractor) entry(h *tar.Header, body io.Reader, lp, dest string) error {
+	op := x.c.op
+	m := meta{mode: h.FileInfo().Mode(), uid: h.Uid, gid: h.Gid, mtime: h.ModTime}
+	if op.Chown != nil {
+		m.uid, m.gid = op.Chown.UID, op.Chown.GID
+	}
+	if op.Chmod != nil && h.Typeflag != tar.TypeSymlink {
+		m.mode = m.mode.Type() | fileMode(*op.Chmod)
+	}
+	if h.Typeflag == tar.TypeDir {
+		return x.dir(lp, m, h.ModTime)
+	}
+	switch h.Typeflag {
+	case tar.TypeReg, tar.TypeGNUSparse, tar.TypeSymlink, tar.TypeLink, tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+	default:
+		// pax/GNU metadata entries are consumed by archive/tar; other
+		// types (e.g. contiguous files) carry nothing we can represent.
+		return nil
+	}
+	var src *linkSource
+	if h.Typeflag == tar.TypeLink {
+		target, err := archive.Join(dest, h.Linkname)
+		if err != nil {
+			return fmt.Errorf("hardlink target: %w", err)
+		}
+		if src, err = x.linkSource(target); err != nil {
+			return err
+		}
+		defer unix.Close(src.fd)
+	}
+	// Parents missing from the archive are created like BuildKit does.
+	parent, pphys, err := x.root.Dir(path.Dir(lp), true)
 	if err != nil {
 		return err
 	}
-	abs, err := c.w.resolve(lp, false)
+	base := path.Base(lp)
+	phys := path.Join(pphys, base)
+	if err := x.clear(parent, base, path.Dir(lp)); err != nil {
+		return err
+	}
+	switch h.Typeflag {
+	case tar.TypeReg, tar.TypeGNUSparse:
+		err = writeFileAt(parent, base, body, archive.IsSparse(h))
+	case tar.TypeSymlink:
+		err = unix.Symlinkat(h.Linkname, parent, base)
+		m.mode = fs.ModeSymlink
+	case tar.TypeLink:
+		// A hardlink shares its target's inode, metadata included.
+		if err := unix.Linkat(src.fd, src.base, parent, base, 0); err != nil {
+			return fmt.Errorf("link: %w", err)
+		}
+		x.c.w.changed[phys] = true
+		return nil
+	default:
+		err = mknodAt(parent, base, h)
+		if errors.Is(err, errSkipped) {
+			return nil
+		}
+	}
 	if err != nil {
 		return err
 	}
-	if err := removeNonDir(abs); err != nil {
-		return fmt.Errorf("link /%s: %w", lp, err)
+	x.c.w.changed[phys] = true
+	return metaAt(parent, base, m)
+}
+
+// dir makes lp a directory (following a symlink to a directory inside the
+// rootfs, so a merged-/usr "lib -> usr/lib" keeps working); its mtime is
+// set after its children are written.
+func (x *extractor) dir(lp string, m meta, mtime time.Time) error {
+	if lp != "" {
+		parent, _, err := x.root.Dir(path.Dir(lp), true)
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		err = unix.Fstatat(parent, path.Base(lp), &st, unix.AT_SYMLINK_NOFOLLOW)
+		if err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			if err := unix.Unlinkat(parent, path.Base(lp), 0); err != nil {
+				return fmt.Errorf("replace with a directory: %w", err)
+			}
+			x.root.Invalidate(path.Dir(lp))
+		}
 	}
-	if err := os.Link(target, abs); err != nil {
-		return fmt.Errorf("link /%s: %w", lp, err)
+	fd, phys, err := x.root.Dir(lp, true)
+	if err != nil {
+		return err
 	}
-	c.w.mark(abs)
+	if phys != "" {
+		x.c.w.changed[phys] = true
+	}
+	if err := unix.Fchown(fd, m.uid, m.gid); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	if err := unix.Fchmod(fd, unixPerm(m.mode)); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	x.dirs = append(x.dirs, dirTime{lp, mtime})
 	return nil
 }
 
-func mkdev(major, minor int64) uint64 {
-	return uint64(major&0xfff)<<8 | uint64(minor&0xff) | uint64(minor&^0xff)<<12
+// clear makes way for a new non-directory base in parent: a non-directory
+// there is removed, a directory refused, as BuildKit does.
+func (x *extractor) clear(parent int, base, dir string) error {
+	var st unix.Stat_t
+	err := unix.Fstatat(parent, base, &st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil
+	case err != nil:
+		return err
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return errors.New("cannot overwrite a directory with a non-directory")
+	}
+	if err := unix.Unlinkat(parent, base, 0); err != nil {
+		return fmt.Errorf("replace: %w", err)
+	}
+	x.root.Invalidate(dir)
+	return nil
+}
+
+type linkSource struct {
+	fd   int // its own descriptor of the target's directory
+	base string
+}
+
+// linkSource resolves a hardlink target (last component not followed:
+// link(2) does not follow a symlink either).
+func (x *extractor) linkSource(lp string) (*linkSource, error) {
+	if lp == "" {
+		return nil, errors.New("hardlink to the root")
+	}
+	fd, _, err := x.root.Dir(path.Dir(lp), false)
+	if err != nil {
+		return nil, fmt.Errorf("hardlink target: %w", err)
+	}
+	dup, err := unix.Dup(fd)
+	if err != nil {
+		return nil, err
+	}
+	unix.CloseOnExec(dup)
+	return &linkSource{fd: dup, base: path.Base(lp)}, nil
+}
+
+// writeFileAt creates base in dir with r's bytes; a sparse entry is
+// written with holes.
+func writeFileAt(dir int, base string, r io.Reader, sparse bool) error {
+	fd, err := unix.Openat(dir, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), base)
+	if sparse {
+		_, err = archive.WriteSparse(f, r)
+	} else {
+		_, err = io.Copy(f, r)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	return nil
+}
+
+// errSkipped says a device node was not created where mknod is not
+// permitted (a user namespace), as BuildKit and containerd skip it.
+var errSkipped = errors.New("skipped")
+
+func mknodAt(dir int, base string, h *tar.Header) error {
+	typ := uint32(unix.S_IFIFO)
+	switch h.Typeflag {
+	case tar.TypeChar:
+		typ = unix.S_IFCHR
+	case tar.TypeBlock:
+		typ = unix.S_IFBLK
+	}
+	dev := unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))
+	if err := unix.Mknodat(dir, base, typ|0o600, int(dev)); err != nil {
+		if errors.Is(err, unix.EPERM) && typ != unix.S_IFIFO {
+			return errSkipped
+		}
+		return fmt.Errorf("mknod: %w", err)
+	}
+	return nil
+}
+
+// metaAt sets owner, then mode (chown clears setuid bits), then mtime of
+// base in dir, never following a symlink.
+func metaAt(dir int, base string, m meta) error {
+	if err := unix.Fchownat(dir, base, m.uid, m.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	if m.mode&fs.ModeSymlink == 0 {
+		if err := unix.Fchmodat(dir, base, unixPerm(m.mode), 0); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	ts := unix.NsecToTimespec(m.mtime.UnixNano())
+	if err := unix.UtimesNanoAt(dir, base, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set mtime: %w", err)
+	}
+	return nil
+}
+
+// unixPerm is m's permission, setuid, setgid and sticky bits as chmod(2)
+// takes them.
+func unixPerm(m fs.FileMode) uint32 {
+	out := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		out |= unix.S_ISUID
+	}
+	if m&fs.ModeSetgid != 0 {
+		out |= unix.S_ISGID
+	}
+	if m&fs.ModeSticky != 0 {
+		out |= unix.S_ISVTX
+	}
+	return out
 }
 
 // download fetches one URL into the rootfs. The body is written to its final

@@ -167,11 +167,15 @@ type planned struct {
 // slash-separated names puts every directory before its contents.
 func planEntries(ch Changes) ([]planned, error) {
 	kinds := map[string]entryKind{}
+	// A name in kinds has all its parents there too, so the walk up stops
+	// at the first one seen: a path nested 2000 deep costs linear time,
+	// not a path.Dir of every ancestor for each of its 2000 parents.
 	addParents := func(p string) {
 		for d := path.Dir(p); d != "."; d = path.Dir(d) {
-			if _, ok := kinds[d]; !ok {
-				kinds[d] = fromRoot
+			if _, ok := kinds[d]; ok {
+				return
 			}
+			kinds[d] = fromRoot
 		}
 	}
 	for _, p := range ch.Paths {

@@ -1,0 +1,264 @@
+package cli_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+
+	"github.com/kiln-build/kiln/internal/testenv"
+)
+
+// tarOf writes a tar of hdrs (bodies for regular files) to dir/name.
+func tarOf(t *testing.T, dir, name string, hdrs []*tar.Header, bodies map[string]string) {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range hdrs {
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(bodies[h.Name]))
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(bodies[h.Name])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var stepDone = regexp.MustCompile(`(?m)^#(\d+) DONE ([0-9.]+)s`)
+
+// stepSeconds is the duration kiln's plain progress reports for step n.
+func stepSeconds(t *testing.T, stderr string, n int) float64 {
+	t.Helper()
+	for _, m := range stepDone.FindAllStringSubmatch(stderr, -1) {
+		if m[1] == strconv.Itoa(n) {
+			s, _ := strconv.ParseFloat(m[2], 64)
+			return s
+		}
+	}
+	t.Fatalf("no DONE for step #%d in:\n%s", n, stderr)
+	return 0
+}
+
+// A 10 KB tar with one file nested 2000 directories deep: every directory
+// was resolved from the root again for every parent (superlinear: > 5 min
+// at 2000). Now an entry costs the components it does not share with the
+// previous one.
+func TestAddDeepArchive(t *testing.T) {
+	var times []string
+	for _, depth := range []int{250, 500, 1000, 2000} {
+		dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD deep.tar /x/\n"})
+		name := strings.Repeat("d/", depth) + "leaf"
+		tarOf(t, dir, "deep.tar", []*tar.Header{{Name: name, Typeflag: tar.TypeReg}}, map[string]string{name: "deep\n"})
+		oci := filepath.Join(t.TempDir(), "oci")
+		start := time.Now()
+		res := kiln(t, dir, nil, "build", "--progress=plain", "-o", "type=oci,tar=false,dest="+oci, ".")
+		wall := time.Since(start)
+		add := stepSeconds(t, res.Stderr, 1)
+		times = append(times, strconv.Itoa(depth)+": ADD "+strconv.FormatFloat(add, 'f', 1, 64)+"s, build "+wall.Round(10*time.Millisecond).String())
+		if depth == 2000 {
+			if add >= 1 {
+				t.Errorf("ADD of a 2000-deep archive took %.1fs, want under 1s", add)
+			}
+			checkTree(t, treeFromLayout(t, oci), map[string]want{
+				"x/" + name: {typ: tar.TypeReg, mode: 0o644, content: "deep\n"},
+			})
+		}
+	}
+	t.Logf("depth: time\n%s", strings.Join(times, "\n"))
+}
+
+// needGNUTar makes sparse archives as users do, with GNU tar --sparse.
+func needGNUTar(t *testing.T) string {
+	t.Helper()
+	bin := testenv.Need(t, "tar")
+	out, _ := exec.Command(bin, "--version").Output()
+	if !strings.Contains(string(out), "GNU tar") {
+		t.Fatalf("%s is not GNU tar: %s", bin, out)
+	}
+	return bin
+}
+
+// sparseTar makes dir/name, a GNU sparse tar of one file "big" of size
+// bytes whose only data is "end\n" at its end.
+func sparseTar(t *testing.T, dir, name string, size int64) {
+	t.Helper()
+	bin := needGNUTar(t)
+	src := t.TempDir()
+	f, err := os.Create(filepath.Join(src, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("end\n"), size-4); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if out, err := exec.Command(bin, "--sparse", "--format=gnu", "-C", src, "-cf", filepath.Join(dir, name), "big").CombinedOutput(); err != nil {
+		t.Fatalf("tar --sparse: %v\n%s", err, out)
+	}
+}
+
+// Archives that expand without bound: a gzip of 1 GiB of zeros (1 MB) and
+// a GNU sparse tar of an 8 GiB file (10 KB). Before, both were written out
+// in full, into the cache and again into the output.
+func TestAddArchiveBombs(t *testing.T) {
+	t.Run("gzip 1 MB to 1 GiB", func(t *testing.T) {
+		dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY Dockerfile /\nADD bomb.tar.gz /b/\n"})
+		f, err := os.Create(filepath.Join(dir, "bomb.tar.gz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		zw, _ := gzip.NewWriterLevel(f, gzip.DefaultCompression)
+		tw := tar.NewWriter(zw)
+		tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1 << 30})
+		zeros := make([]byte, 1<<20)
+		for range 1 << 10 {
+			tw.Write(zeros)
+		}
+		tw.Close()
+		zw.Close()
+		f.Close()
+		fi, _ := os.Stat(f.Name())
+		start := time.Now()
+		res := testenv.Run(t, dir, nil, "build", "--progress=plain", "-o", "type=local,dest="+filepath.Join(t.TempDir(), "out"), ".")
+		took := time.Since(start)
+		t.Logf("%d-byte gzip: exit %d after %v", fi.Size(), res.ExitCode, took.Round(time.Millisecond))
+		if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Dockerfile:3") || !strings.Contains(res.Stderr, "more than 100 times") {
+			t.Errorf("a gzip bomb must fail naming line 3 and the ratio; exit %d:\n%s", res.ExitCode, grepLines(res.Stderr, "ERROR"))
+		}
+		if took > 20*time.Second {
+			t.Errorf("refusing the bomb took %v", took)
+		}
+	})
+	t.Run("sparse 8 GiB", func(t *testing.T) {
+		dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD sparse.tar /s/\n"})
+		sparseTar(t, dir, "sparse.tar", 8<<30)
+		fi, _ := os.Stat(filepath.Join(dir, "sparse.tar"))
+		start := time.Now()
+		res := testenv.Run(t, dir, nil, "build", "--progress=plain", "-o", "type=local,dest="+filepath.Join(t.TempDir(), "out"), ".")
+		took := time.Since(start)
+		t.Logf("%d-byte sparse tar of 8 GiB: exit %d after %v", fi.Size(), res.ExitCode, took.Round(time.Millisecond))
+		if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Dockerfile:2") || !strings.Contains(res.Stderr, "archive exceeds a limit") {
+			t.Errorf("an 8 GiB sparse file from a 10 KB tar must be refused naming line 2; exit %d:\n%s", res.ExitCode, grepLines(res.Stderr, "ERROR"))
+		}
+		if took > 20*time.Second {
+			t.Errorf("refusing it took %v", took)
+		}
+		if du := diskUsage(t, testenv.Home(t)); du > 64<<20 {
+			t.Errorf("kiln's directories hold %d bytes after refusing it", du)
+		}
+	})
+	t.Run("sparse within the limits stays sparse", func(t *testing.T) {
+		dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD sparse.tar /s/\n"})
+		const size = 48 << 20
+		sparseTar(t, dir, "sparse.tar", size)
+		oci := filepath.Join(t.TempDir(), "oci")
+		kiln(t, dir, nil, "build", "--progress=plain", "--snapshotter", "overlay", "-o", "type=oci,tar=false,dest="+oci, ".")
+		tree := treeFromLayout(t, oci)
+		if e := tree["s/big"]; len(e.Content) != size || !bytes.HasSuffix(e.Content, []byte("end\n")) {
+			t.Errorf("s/big in the image: %d bytes", len(e.Content))
+		}
+		// The extracted file kiln keeps (the adopted upper dir) is sparse.
+		found := false
+		filepath.WalkDir(testenv.Home(t), func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.Name() != "big" || !d.Type().IsRegular() {
+				return nil
+			}
+			var st syscall.Stat_t
+			if syscall.Stat(p, &st) == nil && st.Size == size {
+				found = true
+				if st.Blocks*512 > 1<<20 {
+					t.Errorf("%s: %d bytes allocated for a %d-byte file with 4 bytes of data", p, st.Blocks*512, size)
+				}
+			}
+			return nil
+		})
+		if !found {
+			t.Errorf("no extracted s/big under %s", testenv.Home(t))
+		}
+	})
+}
+
+func diskUsage(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		var st syscall.Stat_t
+		if syscall.Lstat(p, &st) == nil {
+			n += st.Blocks * 512
+		}
+		return nil
+	})
+	return n
+}
+
+// Entries that climb out of the destination are refused as escaping it
+// (they were reported as "outside of the build context"), and a symlink an
+// archive plants cannot carry later entries out of the root filesystem.
+func TestAddArchiveEscape(t *testing.T) {
+	for name, hdrs := range map[string][]*tar.Header{
+		"dot-dot":          {{Name: "../../../../../../tmp/kiln-escaped", Typeflag: tar.TypeReg}},
+		"hardlink dot-dot": {{Name: "h", Typeflag: tar.TypeLink, Linkname: "../../../../etc/passwd"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD evil.tar /x/\n"})
+			tarOf(t, dir, "evil.tar", hdrs, nil)
+			res := testenv.Run(t, dir, nil, "build", "--progress=plain", ".")
+			if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Dockerfile:2") || !strings.Contains(res.Stderr, "escapes the destination") ||
+				strings.Contains(res.Stderr, "outside of the build context") {
+				t.Errorf("want a failure naming line 2 and \"escapes the destination\"; exit %d:\n%s", res.ExitCode, grepLines(res.Stderr, "ERROR"))
+			}
+			if _, err := os.Lstat("/tmp/kiln-escaped"); err == nil {
+				os.Remove("/tmp/kiln-escaped")
+				t.Error("an entry was written outside the root filesystem")
+			}
+		})
+	}
+	t.Run("through a planted symlink", func(t *testing.T) {
+		dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD evil.tar /x/\n"})
+		marker := "kiln-escape-" + strconv.Itoa(os.Getpid())
+		tarOf(t, dir, "evil.tar", []*tar.Header{
+			{Name: "up", Typeflag: tar.TypeSymlink, Linkname: "../../../../../../../../tmp"},
+			{Name: "up/" + marker, Typeflag: tar.TypeReg},
+			{Name: "abs", Typeflag: tar.TypeSymlink, Linkname: "/etc"},
+			{Name: "abs/" + marker, Typeflag: tar.TypeReg},
+		}, map[string]string{"up/" + marker: "1", "abs/" + marker: "2"})
+		oci := filepath.Join(t.TempDir(), "oci")
+		kiln(t, dir, nil, "build", "--progress=plain", "-o", "type=oci,tar=false,dest="+oci, ".")
+		for _, p := range []string{"/tmp/" + marker, "/etc/" + marker} {
+			if _, err := os.Lstat(p); err == nil {
+				os.Remove(p)
+				t.Errorf("%s written on the host", p)
+			}
+		}
+		checkTree(t, treeFromLayout(t, oci), map[string]want{
+			"tmp/" + marker: {typ: tar.TypeReg, mode: 0o644, content: "1"},
+			"etc/" + marker: {typ: tar.TypeReg, mode: 0o644, content: "2"},
+		})
+	})
+}
