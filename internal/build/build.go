@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/executor"
+	"github.com/kiln-build/kiln/internal/gc"
 	"github.com/kiln-build/kiln/internal/graph"
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/progress"
@@ -60,6 +61,8 @@ type builder struct {
 	exec      executor.Executor
 	execErr   error
 	mountsDir string // RUN --mount=type=cache directories
+	// lease pins what this build uses in kiln's directory (disk.go).
+	lease *gc.Lease
 
 	caches     caches
 	downloaded atomic.Int64 // blob bytes fetched from registries
@@ -80,7 +83,7 @@ func (b *builder) snapshotter() (snapshot.Snapshotter, error) {
 		if b.opts.CacheDir != "" {
 			root = filepath.Join(b.opts.CacheDir, "snapshots")
 		}
-		b.snap, b.snapErr = snapshot.New(b.opts.Snapshotter, root)
+		b.snap, b.snapErr = snapshot.New(b.opts.Snapshotter, root, snapshot.WithPin(b.lease.Pin))
 		if b.snapErr != nil {
 			b.snapErr = fmt.Errorf("--snapshotter=%s: %w", b.opts.Snapshotter, b.snapErr)
 		}
@@ -149,6 +152,13 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	}
 	b.tmp = tmp
 	b.bctx.Hide(o.ownPaths(tmp)...)
+	// Opened before, closed after the views: nothing a view mounts is
+	// collected while it is mounted.
+	if err := b.openLease(ctx); err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	defer b.lease.Close()
 	defer func() {
 		// Views first: nothing may stay mounted under tmp.
 		b.dropRoots()

@@ -80,7 +80,7 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	if len(specs) == 0 {
 		specs = []output.Spec{{Type: "store"}}
 	}
-	env := output.Env{Registry: b.opts.Registry, StoreDir: b.opts.StoreDir, DockerHost: b.opts.DockerHost}
+	env := output.Env{Registry: b.opts.Registry, StoreDir: b.opts.StoreDir, BlobDir: b.caches.local.BlobDir(), DockerHost: b.opts.DockerHost}
 	rootfs := func(ctx context.Context, dir string) error {
 		ls, err := s.layers()
 		if err != nil {

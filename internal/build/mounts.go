@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -210,6 +211,9 @@ func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target 
 			return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
 		}
 	}
+	// The directory's mtime is its last use, for eviction (disk.go).
+	now := time.Now()
+	_ = os.Chtimes(dir, now, now)
 	b.mountUsed(id, dir)
 	return executor.Mount{Destination: target, Type: "bind", Source: dir, Options: []string{"rbind", "rw"}}, release, nil
 }

@@ -29,6 +29,7 @@ func (b *builder) openCaches(ctx context.Context) (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("kiln's local cache: %w", err)
 	}
+	local.SetLease(b.lease)
 	b.caches.local = local
 	b.caches.from = []cache.Store{local}
 	for _, spec := range b.opts.CacheFrom {

@@ -16,6 +16,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/kiln-build/kiln/internal/gc"
 )
 
 // Local is the cache in a local directory; see doc.go for its layout. It
@@ -24,6 +26,8 @@ type Local struct {
 	dir string
 	// now is the clock for LastUsed and Prune; tests replace it.
 	now func() time.Time
+	// lease, when set, pins the blobs Get and Put use (see SetLease).
+	lease *gc.Lease
 }
 
 // marker is the content of the format marker file, kiln-cache.json.
@@ -107,6 +111,16 @@ func (l *Local) Get(ctx context.Context, key digest.Digest) (Record, error) {
 	rec, err := l.readRecord(key)
 	if err != nil {
 		return Record{}, err
+	}
+	// Pinned, then checked again: a collection that ran in between may
+	// have taken the blob, and is a miss.
+	if !rec.Layer.IsZero() {
+		if err := l.pin(ctx, rec.Layer); err != nil {
+			return Record{}, err
+		}
+		if !l.hasBlob(rec.Layer) {
+			return Record{}, fmt.Errorf("%s: %s: blob %s missing: %w", l, key, rec.Layer.Digest, ErrNotFound)
+		}
 	}
 	now := l.now()
 	// Best effort: a read-only restored cache still answers lookups.
@@ -207,6 +221,9 @@ func (l *Local) Put(ctx context.Context, rec Record, layer v1.Layer) error {
 		return err
 	}
 	defer unlock()
+	if err := l.pin(ctx, rec.Layer); err != nil {
+		return fmt.Errorf("%s: put %s: %w", l, rec.Key, err)
+	}
 	if !rec.Layer.IsZero() {
 		if err := l.putBlob(ctx, rec.Layer, layer.Compressed); err != nil {
 			return fmt.Errorf("%s: put %s: %w", l, rec.Key, err)

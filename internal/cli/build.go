@@ -15,6 +15,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/build"
 	"github.com/kiln-build/kiln/internal/dockerfile"
+	"github.com/kiln-build/kiln/internal/gc"
 	"github.com/kiln-build/kiln/internal/output"
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/registry"
@@ -47,6 +48,7 @@ type buildFlags struct {
 	cacheTo      []string
 	noCacheFilt  []string
 	report       string
+	maxCacheSize string
 }
 
 func (f *buildFlags) addFlags(cmd *cobra.Command) {
@@ -74,6 +76,7 @@ func (f *buildFlags) addFlags(cmd *cobra.Command) {
 	fl.StringArrayVar(&f.cacheFrom, "cache-from", nil, `External cache sources, tried in order (e.g., "type=registry,ref=user/app:cache", "type=local,src=path/to/dir")`)
 	fl.StringArrayVar(&f.cacheTo, "cache-to", nil, `Cache export destinations (e.g., "type=registry,ref=user/app:cache,mode=max", "type=local,dest=path/to/dir")`)
 	fl.StringArrayVar(&f.noCacheFilt, "no-cache-filter", nil, "Do not use the cache for the specified stages")
+	fl.StringVar(&f.maxCacheSize, "max-cache-size", "", "Bound on kiln's directory, kept after every build by removing the least recently used (e.g. 20GB; 0: no bound; default: $KILN_MAX_CACHE_SIZE, else 10% of the filesystem, at most 20GB)")
 	fl.StringVar(&f.report, "report", "", "Write the build summary (each step: cached or built, duration, bytes moved, why it missed) to a JSON file")
 }
 
@@ -114,7 +117,18 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	default:
 		return fmt.Errorf("--progress=%s: must be auto, plain, tty or quiet", f.progress)
 	}
+	limit, err := f.cacheBound(opts.CacheDir)
+	if err != nil {
+		return err
+	}
 	res, err := build.Build(cmd.Context(), opts)
+	// Bounded after every build, a failed one too: it may have left
+	// layers and snapshots behind.
+	if limit > 0 {
+		if _, gerr := (build.Disk{Root: opts.CacheDir}).Collect(cmd.Context(), gc.Policy{MaxSize: limit, Superseded: true}); gerr != nil {
+			fmt.Fprintf(stderr, "warning: trimming kiln's directory to %s: %v\n", sizeString(limit), gerr)
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -453,6 +467,24 @@ func sourceDateEpoch(args map[string]string) (*time.Time, error) {
 	}
 	t := time.Unix(n, 0).UTC()
 	return &t, nil
+}
+
+// cacheBound is the size kiln's directory is trimmed to after the build:
+// --max-cache-size, else $KILN_MAX_CACHE_SIZE, else build.DefaultMaxSize.
+// 0 means no bound.
+func (f *buildFlags) cacheBound(root string) (int64, error) {
+	v, from := f.maxCacheSize, "--max-cache-size"
+	if v == "" {
+		v, from = os.Getenv("KILN_MAX_CACHE_SIZE"), "KILN_MAX_CACHE_SIZE"
+	}
+	if v == "" {
+		return build.DefaultMaxSize(root), nil
+	}
+	n, err := parseSize(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%s: %w", from, v, err)
+	}
+	return n, nil
 }
 
 // cacheDir is kiln's directory: $XDG_CACHE_HOME/kiln, else ~/.cache/kiln.

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -10,17 +11,19 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kiln-build/kiln/internal/build"
 	"github.com/kiln-build/kiln/internal/cache"
+	"github.com/kiln-build/kiln/internal/gc"
 )
 
-// newCmdCache returns `kiln cache` with ls and prune, which look after
-// kiln's local build cache.
+// newCmdCache returns `kiln cache` with ls, du and prune, which look after
+// everything kiln keeps in its directory.
 func newCmdCache() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cache",
-		Short: "Inspect and trim kiln's local build cache",
+		Short: "Inspect and trim what kiln keeps on disk",
 	}
-	cmd.AddCommand(newCmdCacheLs(), newCmdCachePrune())
+	cmd.AddCommand(newCmdCacheLs(), newCmdCacheDu(), newCmdCachePrune())
 	return cmd
 }
 
@@ -32,10 +35,24 @@ func openLocalCache() (*cache.Local, error) {
 	return cache.OpenLocal(filepath.Join(dir, "cache"))
 }
 
+func kilnDisk() (build.Disk, error) {
+	dir, err := cacheDir()
+	return build.Disk{Root: dir}, err
+}
+
+// usageLine says what kiln's directory holds, per kind.
+func usageLine(u gc.Usage) string {
+	parts := make([]string, 0, len(gc.Kinds))
+	for _, k := range gc.Kinds {
+		parts = append(parts, fmt.Sprintf("%s %s", k, sizeString(u.Kinds[k])))
+	}
+	return fmt.Sprintf("%s on disk (%s)", sizeString(u.Total), strings.Join(parts, ", "))
+}
+
 func newCmdCacheLs() *cobra.Command {
 	return &cobra.Command{
 		Use:   "ls",
-		Short: "List cache entries, most recently used first",
+		Short: "List cache entries, most recently used first, and what kiln's directory holds",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			local, err := openLocalCache()
@@ -46,11 +63,17 @@ func newCmdCacheLs() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			disk, err := kilnDisk()
+			if err != nil {
+				return err
+			}
+			u, err := disk.Usage(cmd.Context())
+			if err != nil {
+				return err
+			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "KEY\tSIZE\tLAST USED\tSTEP")
-			var total int64
 			for _, e := range entries {
-				total += e.Size
 				step := e.Record.StepID
 				if i := strings.LastIndex(step, "|"); i >= 0 {
 					step = step[i+1:]
@@ -58,38 +81,108 @@ func newCmdCacheLs() *cobra.Command {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", short(e.Record.Key.Encoded()), sizeString(e.Size),
 					e.Record.LastUsed.Local().Format(time.DateTime), step)
 			}
-			fmt.Fprintf(w, "total: %d entries, %s\n", len(entries), sizeString(total))
+			// The total is the whole directory, not the sum of the entries:
+			// images, extracted layers and cache mounts take disk too.
+			fmt.Fprintf(w, "total: %d entries, %s\n", len(entries), usageLine(u))
 			return w.Flush()
 		},
 	}
 }
 
-func newCmdCachePrune() *cobra.Command {
-	var keep time.Duration
-	var maxSize string
+func newCmdCacheDu() *cobra.Command {
+	var format string
 	cmd := &cobra.Command{
-		Use:   "prune",
-		Short: "Remove cache entries unused for a while, then the least recently used until the cache fits",
+		Use:   "du",
+		Short: "Show how much disk kiln's directory uses, per kind",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			limit, err := parseSize(maxSize)
-			if err != nil {
-				return fmt.Errorf("--max-size=%s: %w", maxSize, err)
-			}
-			local, err := openLocalCache()
+			disk, err := kilnDisk()
 			if err != nil {
 				return err
 			}
-			n, freed, err := local.Prune(cmd.Context(), keep, limit)
+			u, err := disk.Usage(cmd.Context())
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %d entries, freed %s\n", n, sizeString(freed))
+			out := cmd.OutOrStdout()
+			switch format {
+			case "json":
+				kinds := map[string]int64{}
+				for _, k := range gc.Kinds {
+					kinds[string(k)] = u.Kinds[k]
+				}
+				return json.NewEncoder(out).Encode(map[string]any{"root": disk.Root, "total": u.Total, "kinds": kinds})
+			case "", "text":
+				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "KIND\tSIZE")
+				for _, k := range gc.Kinds {
+					fmt.Fprintf(w, "%s\t%s\n", k, sizeString(u.Kinds[k]))
+				}
+				fmt.Fprintf(w, "total\t%s\t%s\n", sizeString(u.Total), disk.Root)
+				return w.Flush()
+			}
+			return fmt.Errorf("--format=%s: must be text or json", format)
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", "text", `Output format: "text" or "json" (bytes)`)
+	return cmd
+}
+
+func newCmdCachePrune() *cobra.Command {
+	var keep time.Duration
+	var maxSize, keepStorage string
+	var filters []string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove what builds no longer use: by age, then least recently used until kiln's directory fits",
+		Long: "Remove what kiln keeps (cache records and blobs, local images, extracted layers, cache mounts),\n" +
+			"least recently used first, never anything a running build uses. Without flags only\n" +
+			"superseded extracted layers and debris go.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p := gc.Policy{All: all, Until: keep, Superseded: true}
+			for _, f := range filters {
+				k, v, _ := strings.Cut(f, "=")
+				if k != "until" {
+					return fmt.Errorf("--filter %s: only until=DURATION is supported", f)
+				}
+				d, err := parseAge(v)
+				if err != nil {
+					return fmt.Errorf("--filter %s: %w", f, err)
+				}
+				p.Until = d
+			}
+			for _, s := range []struct{ flag, v string }{{"--max-size", maxSize}, {"--keep-storage", keepStorage}} {
+				limit, err := parseSize(s.v)
+				if err != nil {
+					return fmt.Errorf("%s=%s: %w", s.flag, s.v, err)
+				}
+				if limit > 0 && (p.MaxSize == 0 || limit < p.MaxSize) {
+					p.MaxSize = limit
+				}
+			}
+			disk, err := kilnDisk()
+			if err != nil {
+				return err
+			}
+			res, err := disk.Collect(cmd.Context(), p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d items, freed %s; %s left", res.Removed, sizeString(res.Freed), sizeString(res.After))
+			if res.InUse > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), " (%d in use by running builds kept)", res.InUse)
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
 			return nil
 		},
 	}
-	cmd.Flags().DurationVar(&keep, "keep-duration", 0, "Keep entries used within this long (e.g. 72h); 0 keeps all by age")
-	cmd.Flags().StringVar(&maxSize, "max-size", "", "Trim the least recently used entries until the cache is at most this big (e.g. 10GB, 512MB)")
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "Remove everything no running build uses")
+	cmd.Flags().StringArrayVar(&filters, "filter", nil, `Remove what was unused for longer than a duration ("until=24h")`)
+	cmd.Flags().DurationVar(&keep, "keep-duration", 0, "Keep what was used within this long (e.g. 72h); 0 keeps all by age")
+	cmd.Flags().StringVar(&keepStorage, "keep-storage", "", "Trim the least recently used until kiln's directory is at most this big (e.g. 10GB)")
+	cmd.Flags().StringVar(&maxSize, "max-size", "", "Same as --keep-storage")
 	return cmd
 }
 

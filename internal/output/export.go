@@ -28,6 +28,9 @@ type Env struct {
 	// StoreDir is kiln's local image store, an OCI layout, used by type
 	// "store" (the default when no output is given).
 	StoreDir string
+	// BlobDir, when set, is a directory of verified blobs named by hex
+	// digest (kiln's cache) that the store hard-links instead of copying.
+	BlobDir string
 	// DockerHost is the engine for type=docker without dest; "" means
 	// $DOCKER_HOST or unix:///var/run/docker.sock.
 	DockerHost string
@@ -91,7 +94,7 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 		if env.StoreDir == "" {
 			return Result{}, errors.New("export store: no store directory configured")
 		}
-		err = writeLayoutDir(ctx, env.StoreDir, img.Image, names, true)
+		err = writeLayoutDir(ctx, env.StoreDir, img.Image, names, true, env.BlobDir)
 	default:
 		return Result{}, fmt.Errorf("export: unknown output type %q", spec.Type)
 	}
@@ -110,10 +113,10 @@ func exportOCI(ctx context.Context, spec Spec, img v1.Image, names []string) err
 		})
 	}
 	if _, err := os.Stat(spec.Dest); err == nil {
-		return writeLayoutDir(ctx, spec.Dest, img, names, false)
+		return writeLayoutDir(ctx, spec.Dest, img, names, false, "")
 	}
 	return fillDir(filepath.Clean(spec.Dest), func(dir string) error {
-		return writeLayoutDir(ctx, dir, img, names, false)
+		return writeLayoutDir(ctx, dir, img, names, false, "")
 	})
 }
 

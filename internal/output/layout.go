@@ -149,11 +149,14 @@ func mergeIndex(idx *v1.IndexManifest, entries []v1.Descriptor) {
 
 // writeLayoutDir adds img to the OCI image layout at dir, creating it if
 // needed. Blobs are written atomically and verified; index.json is
-// rewritten atomically. With withLock, the index update happens under an
+// rewritten atomically. With withLock, the whole write happens under an
 // exclusive flock on dir/.kiln.lock, so concurrent builds sharing kiln's
-// store never lose each other's entries; user-named output directories
-// are not littered with the lock file.
-func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []string, withLock bool) error {
+// store never lose each other's entries and a collection (StoreGC) never
+// takes a blob whose index entry is not written yet; user-named output
+// directories are not littered with the lock file. A blob found in
+// linkFrom (a directory of blobs named by hex digest: kiln's cache) is
+// hard-linked instead of copied, so the store costs no second copy.
+func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []string, withLock bool, linkFrom string) error {
 	blobs, err := imageBlobs(img)
 	if err != nil {
 		return err
@@ -165,17 +168,25 @@ func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []strin
 	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755); err != nil {
 		return fmt.Errorf("creating layout: %w", err)
 	}
-	for _, b := range blobs {
-		if err := writeBlob(ctx, dir, b); err != nil {
-			return err
-		}
-	}
 	if withLock {
 		held, err := lock.Acquire(ctx, filepath.Join(dir, ".kiln.lock"), lock.Exclusive)
 		if err != nil {
 			return fmt.Errorf("writing layout %s: %w", dir, err)
 		}
 		defer held.Unlock()
+	}
+	for _, b := range blobs {
+		if linkBlob(dir, linkFrom, b) {
+			continue
+		}
+		if err := writeBlob(ctx, dir, b); err != nil {
+			return err
+		}
+	}
+	if len(blobs) > 0 {
+		// The manifest's mtime is the image's last use, for StoreGC.
+		now := time.Now()
+		_ = os.Chtimes(filepath.Join(dir, "blobs", "sha256", blobs[0].digest.Hex), now, now)
 	}
 
 	layoutPath := filepath.Join(dir, "oci-layout")
@@ -199,6 +210,24 @@ func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []strin
 		return fmt.Errorf("encoding index: %w", err)
 	}
 	return writeFileAtomic(indexPath, raw)
+}
+
+// linkBlob hard-links b from the blob directory src into dir's layout when
+// src holds a file of b's size under b's digest (its writer verified it).
+func linkBlob(dir, src string, b blob) bool {
+	if src == "" || b.digest.Algorithm != "sha256" {
+		return false
+	}
+	final := filepath.Join(dir, "blobs", "sha256", b.digest.Hex)
+	if st, err := os.Stat(final); err == nil && st.Size() == b.size {
+		return true
+	}
+	from := filepath.Join(src, b.digest.Hex)
+	if st, err := os.Stat(from); err != nil || st.Size() != b.size {
+		return false
+	}
+	err := os.Link(from, final)
+	return err == nil || errors.Is(err, fs.ErrExist)
 }
 
 // writeBlob stores b under dir/blobs/sha256 unless a file of the right

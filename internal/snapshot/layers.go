@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -69,6 +70,9 @@ func (s *layerStore) get(ctx context.Context, l v1.Layer) (string, error) {
 		}
 		if _, err := os.Lstat(final); err == nil {
 			s.mu.Unlock()
+			// The directory's mtime is its last use, for eviction.
+			now := time.Now()
+			_ = os.Chtimes(final, now, now)
 			return final, nil
 		}
 		c := &extraction{done: make(chan struct{})}

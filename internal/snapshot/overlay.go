@@ -23,9 +23,10 @@ type overlaySnapshotter struct {
 	root   string
 	layers *layerStore
 	extra  []string
+	pin    func(ctx context.Context, ids ...string) error
 }
 
-func newOverlay(root string) (*overlaySnapshotter, error) {
+func newOverlay(root string, pin func(ctx context.Context, ids ...string) error) (*overlaySnapshotter, error) {
 	if err := validRoot(root); err != nil {
 		return nil, err
 	}
@@ -33,6 +34,7 @@ func newOverlay(root string) (*overlaySnapshotter, error) {
 		root:   root,
 		layers: storeFor(filepath.Join(root, "l")),
 		extra:  overlayExtraOptions(root),
+		pin:    pin,
 	}, nil
 }
 
@@ -42,6 +44,21 @@ func (o *overlaySnapshotter) Name() string { return NameOverlay }
 const fetchLimit = 3
 
 func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Active, error) {
+	if o.pin != nil {
+		// Pinned before they are looked up: an eviction that runs
+		// meanwhile keeps them, one that ran before made them missing.
+		pins := make([]string, 0, len(layers))
+		for i, l := range layers {
+			h, err := l.DiffID()
+			if err != nil {
+				return nil, fmt.Errorf("prepare overlay snapshot: layer %d diffID: %w", i, err)
+			}
+			pins = append(pins, LayerPin(h))
+		}
+		if err := o.pin(ctx, pins...); err != nil {
+			return nil, fmt.Errorf("prepare overlay snapshot: %w", err)
+		}
+	}
 	lowers := make([]string, len(layers))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(fetchLimit)

@@ -79,10 +79,28 @@ var (
 	ErrCommitted = errors.New("snapshot already committed or released")
 )
 
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	pin func(ctx context.Context, ids ...string) error
+}
+
+// WithPin has Prepare call pin with each layer's LayerPin before looking
+// the extracted layer up, so a concurrent eviction (package gc) keeps it
+// while the caller's lease lives.
+func WithPin(pin func(ctx context.Context, ids ...string) error) Option {
+	return func(o *options) { o.pin = pin }
+}
+
 // New returns the snapshotter called name, keeping its state under root
 // (created if missing). "" or "auto" picks overlay when OverlaySupported
 // (root), else copy; Name() tells which was chosen.
-func New(name, root string) (Snapshotter, error) {
+func New(name, root string, opts ...Option) (Snapshotter, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if root == "" {
 		return nil, errors.New("snapshotter: empty root")
 	}
@@ -96,14 +114,14 @@ func New(name, root string) (Snapshotter, error) {
 	switch name {
 	case "", NameAuto:
 		if OverlaySupported(abs) {
-			return newOverlay(abs)
+			return newOverlay(abs, o.pin)
 		}
 		return newCopy(abs)
 	case NameOverlay:
 		if !OverlaySupported(abs) {
 			return nil, fmt.Errorf("snapshotter root %s: %w: %s", abs, ErrOverlayUnsupported, probeError(abs))
 		}
-		return newOverlay(abs)
+		return newOverlay(abs, o.pin)
 	case NameCopy:
 		return newCopy(abs)
 	}

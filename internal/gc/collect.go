@@ -1,0 +1,144 @@
+package gc
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/kiln-build/kiln/internal/lock"
+)
+
+// Item is one evictable thing a store keeps: a cache blob with the records
+// naming it, an image, an extracted layer, a cache mount.
+type Item struct {
+	Kind Kind
+	// Name identifies the item in prune output.
+	Name     string
+	LastUsed time.Time
+	// Pins are the lease pins that keep the item: a live lease holding any
+	// of them means a running kiln uses it.
+	Pins []string
+	// Lock, when set, is a lock file its users hold shared or exclusive;
+	// the item is in use unless Collect can take it exclusively.
+	Lock string
+	// Superseded marks an item a newer result replaced (the extracted form
+	// of a layer whose step has since produced another): removed even
+	// when the bound is not reached, since no build is expected to reuse it.
+	Superseded bool
+	// Remove deletes the item through f, which counts what is freed.
+	Remove func(f *Freer) error
+}
+
+// A Source lists a store's items. Sweep, run after eviction, removes what
+// the evictions left unreferenced (blobs no record names, debris).
+type Source interface {
+	Items(ctx context.Context) ([]Item, error)
+	Sweep(ctx context.Context, f *Freer, pins map[string]bool) error
+}
+
+// Policy says what Collect removes. Items in use are never removed.
+type Policy struct {
+	// All removes every item.
+	All bool
+	// Until removes items unused for longer than this (0: no age limit).
+	Until time.Duration
+	// MaxSize removes least recently used items until root holds at most
+	// this many bytes (0: no size limit).
+	MaxSize int64
+	// Superseded also removes items marked Superseded.
+	Superseded bool
+}
+
+// Result is what a collection did.
+type Result struct {
+	Removed int
+	Freed   int64
+	// InUse counts items kept because a running kiln uses them.
+	InUse int
+	// Before and After are root's total before and (as computed) after.
+	Before, After int64
+}
+
+// Collect removes items of sources from kiln's directory root as p says,
+// least recently used first, never an item a live lease pins or whose
+// lock is held. It holds root's gc lock exclusively while it runs, so
+// pins wait for it and it sees every pin made before it started.
+func Collect(ctx context.Context, root string, sources []Source, p Policy, now time.Time) (Result, error) {
+	var res Result
+	gl, err := lock.Acquire(ctx, gcLockPath(root), lock.Exclusive)
+	if err != nil {
+		return res, fmt.Errorf("collect: %w", err)
+	}
+	defer gl.Unlock()
+	pins, err := livePins(root)
+	if err != nil {
+		return res, fmt.Errorf("collect: %w", err)
+	}
+	u, err := Measure(ctx, root)
+	if err != nil {
+		return res, err
+	}
+	res.Before = u.Total
+	var items []Item
+	for _, s := range sources {
+		its, err := s.Items(ctx)
+		if err != nil {
+			return res, fmt.Errorf("collect: %w", err)
+		}
+		items = append(items, its...)
+	}
+	sort.SliceStable(items, func(i, j int) bool { return items[i].LastUsed.Before(items[j].LastUsed) })
+	f := &Freer{}
+	for _, it := range items {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		drop := p.All ||
+			(p.Until > 0 && now.Sub(it.LastUsed) > p.Until) ||
+			(p.MaxSize > 0 && u.Total-f.Freed() > p.MaxSize) ||
+			(p.Superseded && it.Superseded)
+		if !drop {
+			continue
+		}
+		if pinned(it, pins) {
+			res.InUse++
+			continue
+		}
+		var held *lock.Lock
+		if it.Lock != "" {
+			l, ok, err := lock.TryAcquire(it.Lock, lock.Exclusive)
+			if err != nil {
+				return res, fmt.Errorf("collect %s: %w", it.Name, err)
+			}
+			if !ok {
+				res.InUse++
+				continue
+			}
+			held = l
+		}
+		err := it.Remove(f)
+		held.Unlock()
+		if err != nil {
+			return res, fmt.Errorf("collect %s %s: %w", it.Kind, it.Name, err)
+		}
+		res.Removed++
+	}
+	for _, s := range sources {
+		if err := s.Sweep(ctx, f, pins); err != nil {
+			return res, fmt.Errorf("collect: %w", err)
+		}
+	}
+	res.Freed = f.Freed()
+	res.After = u.Total - res.Freed
+	return res, nil
+}
+
+func pinned(it Item, pins map[string]bool) bool {
+	for _, p := range it.Pins {
+		if pins[p] {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,89 @@
+package gc
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, p string, n int) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, make([]byte, n), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A file hard-linked from the image store into the cache counts once,
+// under cache.
+func TestMeasureCountsLinksOnce(t *testing.T) {
+	root := t.TempDir()
+	write(t, filepath.Join(root, "cache", "blobs", "a"), 1<<20)
+	if err := os.MkdirAll(filepath.Join(root, "images"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(root, "cache", "blobs", "a"), filepath.Join(root, "images", "a")); err != nil {
+		t.Fatal(err)
+	}
+	u, err := Measure(context.Background(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Kinds[KindCache] < 1<<20 || u.Kinds[KindImages] >= 1<<20 {
+		t.Errorf("linked file counted as %+v, want once under cache", u.Kinds)
+	}
+	if u.Total > 1<<20+64<<10 {
+		t.Errorf("total %d, want about 1 MiB", u.Total)
+	}
+}
+
+type fakeSource []Item
+
+func (f fakeSource) Items(context.Context) ([]Item, error)                { return f, nil }
+func (f fakeSource) Sweep(context.Context, *Freer, map[string]bool) error { return nil }
+
+// Collect removes the least recently used first down to MaxSize, and
+// never an item a live lease pinned; a closed lease pins nothing.
+func TestCollectLRUAndPins(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	now := time.Now()
+	var items fakeSource
+	for i, name := range []string{"old", "pinned", "mid", "new"} {
+		p := filepath.Join(root, "cache", name)
+		write(t, p, 1<<20)
+		items = append(items, Item{Kind: KindCache, Name: name, LastUsed: now.Add(time.Duration(i) * time.Minute),
+			Pins: []string{"x:" + name}, Remove: func(f *Freer) error { return f.RemoveAll(p) }})
+	}
+	lease, err := NewLease(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lease.Pin(ctx, "x:pinned"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Collect(ctx, root, []Source{items}, Policy{MaxSize: 2<<20 + 512<<10}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{"old": false, "pinned": true, "mid": false, "new": true} {
+		_, err := os.Stat(filepath.Join(root, "cache", name))
+		if got := err == nil; got != want {
+			t.Errorf("%s kept=%v, want %v (result %+v)", name, got, want, res)
+		}
+	}
+	if res.InUse != 1 || res.Removed != 2 {
+		t.Errorf("result %+v, want 2 removed and 1 in use", res)
+	}
+	lease.Close()
+	if _, err := Collect(ctx, root, []Source{items}, Policy{All: true}, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "cache", "pinned")); err == nil {
+		t.Error("a closed lease still kept its item")
+	}
+}

@@ -1,0 +1,179 @@
+package gc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kind says what a stored thing is, for reports and prune output.
+type Kind string
+
+// The kinds kiln stores, by the directory under its root that holds them.
+const (
+	KindCache     Kind = "cache"     // cache records and layer blobs (cache/)
+	KindImages    Kind = "images"    // the local image store (images/)
+	KindSnapshots Kind = "snapshots" // extracted layers and active snapshots (snapshots/)
+	KindMounts    Kind = "mounts"    // RUN --mount=type=cache contents (mounts/)
+	KindOther     Kind = "other"     // everything else: locks, leases, run state, leftovers
+)
+
+// Kinds lists every kind in report order.
+var Kinds = []Kind{KindCache, KindImages, KindSnapshots, KindMounts, KindOther}
+
+func kindOf(top string) Kind {
+	switch k := Kind(top); k {
+	case KindCache, KindImages, KindSnapshots, KindMounts:
+		return k
+	}
+	return KindOther
+}
+
+// Usage is what kiln's root holds on disk.
+type Usage struct {
+	// Total is allocated bytes, as `du -s` counts them: st_blocks, each
+	// inode once however many hard links name it.
+	Total int64
+	// Kinds splits Total. A file linked from two kinds (an image store
+	// blob shared with the cache) counts under the first in Kinds order.
+	Kinds map[Kind]int64
+}
+
+type inode struct{ dev, ino uint64 }
+
+// Measure walks root and counts what it holds. Mounts under root (an
+// overlay a build has mounted) are not descended into: their bytes are
+// already counted where they live.
+func Measure(ctx context.Context, root string) (Usage, error) {
+	u := Usage{Kinds: map[Kind]int64{}}
+	var rootSt unix.Stat_t
+	if err := unix.Lstat(root, &rootSt); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return u, nil
+		}
+		return u, fmt.Errorf("measure %s: %w", root, err)
+	}
+	seen := map[inode]bool{}
+	// Cache first, so a blob the image store shares is the cache's.
+	for _, k := range Kinds {
+		var tops []string
+		if k == KindOther {
+			des, err := os.ReadDir(root)
+			if err != nil {
+				return u, fmt.Errorf("measure %s: %w", root, err)
+			}
+			for _, de := range des {
+				if kindOf(de.Name()) == KindOther {
+					tops = append(tops, filepath.Join(root, de.Name()))
+				}
+			}
+			u.Kinds[k] += allocated(&rootSt)
+		} else {
+			tops = []string{filepath.Join(root, string(k))}
+		}
+		for _, top := range tops {
+			n, err := walkSize(ctx, top, uint64(rootSt.Dev), seen)
+			if err != nil {
+				return u, err
+			}
+			u.Kinds[k] += n
+		}
+	}
+	for _, n := range u.Kinds {
+		u.Total += n
+	}
+	return u, nil
+}
+
+// walkSize adds up the allocated bytes under p not yet seen, staying on
+// device dev. Entries that vanish during the walk (a concurrent build
+// renaming or removing) are skipped.
+func walkSize(ctx context.Context, p string, dev uint64, seen map[inode]bool) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			return nil
+		}
+		if uint64(st.Dev) != dev {
+			return filepath.SkipDir
+		}
+		id := inode{uint64(st.Dev), st.Ino}
+		if !seen[id] {
+			seen[id] = true
+			total += allocated(&st)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return total, fmt.Errorf("measure %s: %w", p, err)
+	}
+	return total, nil
+}
+
+func allocated(st *unix.Stat_t) int64 { return st.Blocks * 512 }
+
+// Freer removes files and counts the bytes that removal gives back to the
+// filesystem: a file's blocks are freed only with its last hard link, so
+// removing an image store blob still linked from the cache frees nothing.
+type Freer struct {
+	freed int64
+}
+
+// Freed is the bytes freed so far.
+func (f *Freer) Freed() int64 { return f.freed }
+
+// RemoveAll removes p and everything under it, counting what is freed. A
+// missing p is not an error. Mounts under p are never descended into: a
+// directory that is a mount point fails the removal instead.
+func (f *Freer) RemoveAll(p string) error {
+	var rootSt unix.Stat_t
+	if err := unix.Lstat(p, &rootSt); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	var freed int64
+	err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			return nil
+		}
+		if st.Dev != rootSt.Dev {
+			return fmt.Errorf("%s is a mount point", path)
+		}
+		if st.Nlink <= 1 || d.IsDir() {
+			freed += allocated(&st)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	if err := os.RemoveAll(p); err != nil {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	f.freed += freed
+	return nil
+}
