@@ -86,10 +86,9 @@ func trash(f *gc.Freer, dir, p string) error {
 	return f.RemoveAll(tmp)
 }
 
-// Sweep removes what interrupted extractions and evictions left: tmp-*
-// directories under root/l whose owner is gone. Only a collection with
-// no build running may call it with idle set; otherwise it does nothing,
-// since an extraction in flight also lives in a tmp- directory.
+// Sweep does nothing: the temporary directories under root (an
+// extraction in flight, an active snapshot) may belong to a running build,
+// so only SweepIdle removes them.
 func (s Store) Sweep(ctx context.Context, f *gc.Freer, _ map[string]bool) error { return nil }
 
 // SweepIdle removes every leftover temporary directory; call it only when
