@@ -243,6 +243,7 @@ func (b *builder) plan(ctx context.Context) error {
 			}
 		}
 		b.stages = append(b.stages, s)
+		b.graph.Label(i, fmt.Sprintf("stage %s (%s:%d)", s.name, df.Name, dockerfile.StartLine(def.Location)))
 		if j, ok := b.parentStage(i, base); ok {
 			b.graph.Need(i, j)
 		}

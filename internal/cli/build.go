@@ -172,6 +172,9 @@ func (f *buildFlags) options(stdin io.Reader, contextDir string) (build.Options,
 		DockerHost:  os.Getenv("DOCKER_HOST"),
 		Registry:    registry.Options{Insecure: f.insecure},
 	}
+	if f.parallelism < 1 {
+		return o, fmt.Errorf("--parallelism=%d: must be at least 1 (the number of stages built at once)", f.parallelism)
+	}
 	if st, err := os.Stat(contextDir); err != nil || !st.IsDir() {
 		return o, fmt.Errorf("build context %q: not a directory", contextDir)
 	}

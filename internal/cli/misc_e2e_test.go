@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,5 +112,73 @@ func TestContextHoldingKilnStateIsNotCopied(t *testing.T) {
 	_, stderr, code := runBounded(t, 60*time.Second, ctxDir, env, "build", "--progress=plain", ".")
 	if code == 0 || !strings.Contains(stderr, "not found") {
 		t.Fatalf("COPY of kiln's state dir: exit %d, want a not-found error; stderr: %s", code, lastBytes(stderr, 1000))
+	}
+}
+
+// corruptRegistry serves one repository whose manifest names a layer by a
+// malformed digest (as a registry with damaged storage does), and an index
+// naming its child by one.
+func corruptRegistry(t *testing.T) string {
+	good := strings.Repeat("a", 64)
+	manifest := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + good + `","size":10},` +
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:` + good[:60] + `zzzz","size":10}]}`
+	index := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` +
+		`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:xyz","size":10,"platform":{"architecture":"amd64","os":"linux"}}]}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/":
+			w.WriteHeader(http.StatusOK)
+		case "/v2/bad/manifests/latest":
+			w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+			io.WriteString(w, manifest)
+		case "/v2/badindex/manifests/latest":
+			w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+			io.WriteString(w, index)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// A corrupt base manifest names the image, its manifest and the bad
+// digest, at the FROM line: before, the error was go-containerregistry's
+// bare "found non-hex character in hash".
+func TestCorruptBaseManifestNamed(t *testing.T) {
+	host := corruptRegistry(t)
+	for _, tc := range []struct{ repo, want string }{
+		{"bad", `layer 1 digest "sha256:aaaa`},
+		{"badindex", `manifest 1 of the index digest "sha256:xyz"`},
+	} {
+		dir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch AS a\nFROM " + host + "/" + tc.repo + "\nCOPY --from=a / /\n"})
+		res := testenv.Run(t, dir, nil, "build", "--progress=plain", "--insecure-registry", host, ".")
+		for _, want := range []string{"Dockerfile:2", host + "/" + tc.repo, "corrupt manifest", tc.want} {
+			if res.ExitCode == 0 || !strings.Contains(res.Stderr, want) {
+				t.Errorf("FROM %s: exit %d, stderr lacks %q:\n%s", tc.repo, res.ExitCode, want, res.Stderr)
+			}
+		}
+	}
+}
+
+// Messages a user can act on: a stage cycle names the stages and their
+// lines (was "dependency cycle: [1 0 1]"); --parallelism below 1 is refused
+// (was accepted and silently treated as 1).
+func TestMessages(t *testing.T) {
+	dir := writeContext(t, map[string]string{
+		"Dockerfile": "FROM scratch AS a\nCOPY --from=b /x /x\n\nFROM scratch AS b\nCOPY --from=a /y /y\n",
+	})
+	res := testenv.Run(t, dir, nil, "build", "--progress=plain", ".")
+	want := "dependency cycle: stage b (Dockerfile:4) needs stage a (Dockerfile:1) needs stage b (Dockerfile:4)"
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, want) {
+		t.Errorf("cycle: exit %d, stderr lacks %q:\n%s", res.ExitCode, want, res.Stderr)
+	}
+	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM scratch\nLABEL a=b\n"), 0o644)
+	for _, p := range []string{"0", "-5"} {
+		res := testenv.Run(t, dir, nil, "build", "--progress=plain", "--parallelism", p, ".")
+		if want := "--parallelism=" + p + ": must be at least 1"; res.ExitCode == 0 || !strings.Contains(res.Stderr, want) {
+			t.Errorf("--parallelism %s: exit %d, stderr lacks %q:\n%s", p, res.ExitCode, want, res.Stderr)
+		}
 	}
 }

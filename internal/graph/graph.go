@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -15,14 +17,39 @@ import (
 // ErrCycle is returned when stages depend on each other in a loop.
 var ErrCycle = errors.New("dependency cycle")
 
+// CycleError is the ErrCycle Needed returns: the nodes on the loop, first
+// node repeated at the end, with their labels.
+type CycleError struct {
+	Path   []int
+	Labels []string // Path's labels (see Label); a node without one is its number
+}
+
+func (e *CycleError) Error() string {
+	return fmt.Sprintf("%v: %s", ErrCycle, strings.Join(e.Labels, " needs "))
+}
+
+// Is makes errors.Is(err, ErrCycle) hold.
+func (e *CycleError) Is(target error) bool { return target == ErrCycle }
+
 // Graph is a directed graph over nodes 0..n-1; an edge says a node needs
 // another to be built first.
 type Graph struct {
-	deps [][]int
+	deps   [][]int
+	labels []string
 }
 
 // New returns a graph of n nodes and no edges.
-func New(n int) *Graph { return &Graph{deps: make([][]int, n)} }
+func New(n int) *Graph { return &Graph{deps: make([][]int, n), labels: make([]string, n)} }
+
+// Label names node in errors (a stage's name and Dockerfile line).
+func (g *Graph) Label(node int, label string) { g.labels[node] = label }
+
+func (g *Graph) label(n int) string {
+	if g.labels[n] != "" {
+		return g.labels[n]
+	}
+	return strconv.Itoa(n)
+}
 
 // Need records that node needs dep.
 func (g *Graph) Need(node, dep int) {
@@ -49,7 +76,13 @@ func (g *Graph) Needed(target int) ([]int, error) {
 	visit = func(n int, path []int) error {
 		switch state[n] {
 		case active:
-			return fmt.Errorf("%w: %v", ErrCycle, append(path, n))
+			// The loop is the part of the path from n's first visit.
+			loop := append(slices.Clone(path[slices.Index(path, n):]), n)
+			e := &CycleError{Path: loop}
+			for _, m := range loop {
+				e.Labels = append(e.Labels, g.label(m))
+			}
+			return e
 		case done:
 			return nil
 		}

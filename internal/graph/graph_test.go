@@ -39,6 +39,26 @@ func TestNeededCycle(t *testing.T) {
 	}
 }
 
+// A cycle names the nodes on the loop by their labels, not as [1 0 1].
+func TestNeededCycleNamesLoop(t *testing.T) {
+	g := New(4)
+	g.Label(1, "b")
+	g.Label(2, "c")
+	g.Label(3, "d")
+	g.Need(0, 1)
+	g.Need(1, 2)
+	g.Need(2, 3)
+	g.Need(3, 1)
+	_, err := g.Needed(0)
+	var ce *CycleError
+	if !errors.As(err, &ce) || !slices.Equal(ce.Path, []int{1, 2, 3, 1}) {
+		t.Fatalf("err = %#v, want the loop 1 2 3 1 (without the node leading into it)", err)
+	}
+	if want := "dependency cycle: b needs c needs d needs b"; err.Error() != want {
+		t.Fatalf("message %q, want %q", err.Error(), want)
+	}
+}
+
 func TestRunOrderAndParallelism(t *testing.T) {
 	// 0 feeds 1, 2, 3 which feed 4: 1..3 must overlap, 4 must come last.
 	g := New(5)

@@ -185,4 +185,7 @@ var (
 	ErrUnreachable = errors.New("registry unreachable")
 	// ErrNotFound: the repository, tag, digest or platform does not exist.
 	ErrNotFound = errors.New("image not found")
+	// ErrCorrupt: a manifest or index the registry served is not valid
+	// (a malformed digest, a negative size).
+	ErrCorrupt = errors.New("corrupt manifest")
 )

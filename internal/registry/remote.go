@@ -32,6 +32,9 @@ func Image(ctx context.Context, ref string, platform v1.Platform, o Options) (v1
 	if err != nil {
 		return nil, classify(r, err)
 	}
+	if err := validateManifest(fmt.Sprintf("%s: manifest %s", r, desc.Digest), desc.Manifest); err != nil {
+		return nil, err
+	}
 	if !desc.MediaType.IsIndex() {
 		img, err := desc.Image()
 		if err != nil {
@@ -56,6 +59,13 @@ func Image(ctx context.Context, ref string, platform v1.Platform, o Options) (v1
 			img, err := idx.Image(m.Digest)
 			if err != nil {
 				return nil, classify(r, err)
+			}
+			raw, err := img.RawManifest()
+			if err != nil {
+				return nil, classify(r, err)
+			}
+			if err := validateManifest(fmt.Sprintf("%s: manifest %s (%s)", r, m.Digest, m.Platform), raw); err != nil {
+				return nil, err
 			}
 			return img, nil
 		}
