@@ -40,6 +40,26 @@
 // the step index is last-writer-wins, and Prune waits for the shared locks
 // builds hold.
 //
+// # Bounded, in kiln's directory
+//
+// kiln's own cache (ROOT/cache) is trimmed with the rest of kiln's
+// directory by package gc, not by Prune, so that a running build is never
+// waited for: GC lists one item per blob together with every record naming
+// it (last used = the newest record's mtime), and one per record without a
+// layer. A build's Local has a lease (SetLease): Get pins a hit's blob
+// (BlobPin) before checking it is there, Put pins the blob before writing
+// it, so a collection either sees the pin and keeps the blob or ran first
+// and the lookup misses. Removing an item removes its records, the step
+// index entries naming them, then the blob; the sweep after a collection
+// removes records whose blob is gone, blobs no record names (unless
+// pinned: a Put in flight), step index entries naming no record, and,
+// when no build holds DIR/lock, temporary files. Superseded lists the
+// diffIDs whose every record was replaced by a newer result of the same
+// step (the step index names another key): their extracted forms are
+// what a rebuild of a changed COPY would otherwise pile up. The image
+// store hard-links blobs from BlobDir, so an image costs no second copy
+// of a layer the cache holds.
+//
 // # Registry format, version 1
 //
 // The cache at REF is one OCI image manifest

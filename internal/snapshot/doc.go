@@ -29,6 +29,15 @@
 // extraction goes to a temporary directory renamed into place, so a crash
 // never leaves a half layer.
 //
+// Extracted layers and committed trees are caches of layer blobs, not
+// state: [Store] lists them for package gc, last used = the directory's
+// mtime (touched by every Prepare that finds the layer), and gc evicts
+// them least recently used first. [WithPin] has Prepare pin each layer
+// ([LayerPin]) in the build's lease before looking it up, so nothing a
+// running build mounts is evicted; an evicted layer is extracted again
+// from its blob by the next Prepare. Eviction renames a directory out of
+// its name before deleting it, so a half-deleted layer is never a lower.
+//
 // [Apply] extracts one uncompressed layer tar into a directory with OCI
 // whiteout semantics, and [Materialize] stacks a whole image's layers into
 // one merged tree.
