@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"sort"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -23,13 +24,14 @@ const maxLinks = 255
 type Root struct {
 	fd    int
 	chain []level // open directories for the last resolved logical path
+	cur   string  // that path, chain[i].end bytes long at level i
 	// Mkdir says how missing directories are created.
 	Mkdir MkdirOptions
 }
 
 // level is one resolved logical component.
 type level struct {
-	name string // the logical component
+	end  int // the logical path up to this component is cur[:end]
 	fd   int
 	phys string // resolved root-relative path ("" for the root)
 	link bool   // reached through a symlink (here or above)
@@ -76,6 +78,7 @@ func (r *Root) Forget(depth int) {
 		_ = unix.Close(r.chain[len(r.chain)-1].fd)
 		r.chain = r.chain[:len(r.chain)-1]
 	}
+	r.cur = r.cur[:r.top().end]
 }
 
 // Invalidate is called after changing or removing the existing entry base
@@ -96,23 +99,41 @@ func (r *Root) Invalidate(dir string) {
 // With create, missing directories are made (see MkdirOptions). The
 // descriptor belongs to the Root and stays valid until the next call.
 func (r *Root) Dir(p string, create bool) (fd int, phys string, err error) {
-	comps := split(p)
-	k := 0
-	for k < len(r.chain) && k < len(comps) && r.chain[k].name == comps[k] {
-		k++
+	if p == "." {
+		p = ""
 	}
-	r.Forget(k)
+	r.Forget(r.shared(p))
+	rest := strings.TrimPrefix(p[len(r.cur):], "/")
 	links := 0
-	for _, c := range comps[k:] {
+	for _, c := range split(rest) {
 		parent := r.top()
 		fd, phys, viaLink, err := r.step(parent.fd, parent.phys, c, create, &links)
 		if err != nil {
 			return -1, "", fmt.Errorf("resolve /%s: %w", p, err)
 		}
-		r.chain = append(r.chain, level{name: c, fd: fd, phys: phys, link: viaLink || parent.link})
+		if r.cur != "" {
+			r.cur += "/"
+		}
+		r.cur += c
+		r.chain = append(r.chain, level{end: len(r.cur), fd: fd, phys: phys, link: viaLink || parent.link})
 	}
 	t := r.top()
 	return t.fd, t.phys, nil
+}
+
+// shared is how many cached levels p starts with: one comparison of the
+// two paths, then a binary search of the levels' ends, so an entry deep in
+// a tree costs its name's length, not its depth squared.
+func (r *Root) shared(p string) int {
+	n := 0
+	for n < len(p) && n < len(r.cur) && p[n] == r.cur[n] {
+		n++
+	}
+	// Levels ending at or before n whose end is a component boundary of p.
+	return sort.Search(len(r.chain), func(i int) bool {
+		e := r.chain[i].end
+		return e > n || (e < len(p) && p[e] != '/')
+	})
 }
 
 func (r *Root) top() level {
@@ -125,7 +146,10 @@ func (r *Root) top() level {
 // step opens directory name in parent (root-relative path pphys), following
 // it inside the root if it is a symlink. The returned descriptor is new.
 func (r *Root) step(parent int, pphys, name string, create bool, links *int) (int, string, bool, error) {
-	phys := path.Join(pphys, name)
+	phys := name // a clean component: no path.Join (and Clean) needed
+	if pphys != "" {
+		phys = pphys + "/" + name
+	}
 	for attempt := 0; ; attempt++ {
 		fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err == nil {

@@ -15,11 +15,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
 
 // LayerOptions say how a layer blob is encoded and where it is written.
@@ -116,7 +117,12 @@ func WriteLayer(ctx context.Context, root string, ch Changes, opts LayerOptions)
 	differ := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(differ, comp))
 
-	lw := &layerWriter{root: root, tw: tw, epoch: opts.Epoch, links: map[fileID]string{}, dirs: map[string]bool{}}
+	fsRoot, err := archive.OpenRoot(root)
+	if err != nil {
+		return nil, fmt.Errorf("write layer: %w", err)
+	}
+	defer fsRoot.Close()
+	lw := &layerWriter{root: fsRoot, tw: tw, epoch: opts.Epoch, links: map[fileID]string{}, dirs: map[string]bool{}}
 	for _, e := range plan {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("write layer: %w", err)
@@ -232,7 +238,10 @@ func cleanRel(p string) (string, error) {
 type fileID struct{ dev, ino uint64 }
 
 type layerWriter struct {
-	root  string
+	// root is read through descriptors, each entry relative to its open
+	// parent (sorted entries share them): a tree nested thousands deep
+	// costs linear time and is not limited by PATH_MAX.
+	root  *archive.Root
 	tw    *tar.Writer
 	epoch *time.Time
 	links map[fileID]string // first name written for a multiply-linked inode
@@ -269,32 +278,32 @@ func (w *layerWriter) write(e planned) error {
 		}
 		return nil
 	}
-	full := filepath.Join(w.root, filepath.FromSlash(e.name))
-	fi, err := os.Lstat(full)
+	dirfd, _, err := w.root.Dir(path.Dir(e.name), false)
 	if err != nil {
 		return fmt.Errorf("layer entry %s: %w", e.name, err)
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("layer entry %s: no stat data", e.name)
+	base := path.Base(e.name)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("layer entry %s: %w", e.name, err)
 	}
 	hdr := &tar.Header{
 		Name:    e.name,
-		Mode:    tarMode(fi.Mode()),
+		Mode:    tarMode(archive.StatMode(&st)),
 		Uid:     int(st.Uid),
 		Gid:     int(st.Gid),
-		ModTime: w.clamp(fi.ModTime()),
+		ModTime: w.clamp(time.Unix(st.Mtim.Unix())),
 		Format:  tar.FormatPAX,
 	}
-	var content string
-	switch m := fi.Mode(); {
+	content := false
+	switch m := archive.StatMode(&st); {
 	case m.IsDir():
 		hdr.Typeflag = tar.TypeDir
 		hdr.Name += "/"
 		w.dirs[e.name] = true
 	case m.IsRegular():
 		hdr.Typeflag = tar.TypeReg
-		hdr.Size = fi.Size()
+		hdr.Size = st.Size
 		if st.Nlink > 1 {
 			id := fileID{uint64(st.Dev), st.Ino}
 			if first, seen := w.links[id]; seen {
@@ -305,9 +314,9 @@ func (w *layerWriter) write(e planned) error {
 			}
 			w.links[id] = e.name
 		}
-		content = full
+		content = true
 	case m&os.ModeSymlink != 0:
-		target, err := os.Readlink(full)
+		target, err := archive.Readlink(dirfd, base)
 		if err != nil {
 			return fmt.Errorf("layer entry %s: %w", e.name, err)
 		}
@@ -329,17 +338,18 @@ func (w *layerWriter) write(e planned) error {
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("write layer entry %s: %w", e.name, err)
 	}
-	if content == "" {
+	if !content {
 		return nil
 	}
-	return copyContent(w.tw, content, hdr.Size)
+	return copyContent(w.tw, dirfd, base, e.name, hdr.Size)
 }
 
-func copyContent(w io.Writer, name string, size int64) error {
-	f, err := os.Open(name)
+func copyContent(w io.Writer, dirfd int, base, name string, size int64) error {
+	fd, err := unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("open layer file: %w", err)
+		return fmt.Errorf("open layer file %s: %w", name, err)
 	}
+	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
 	n, err := io.Copy(w, io.LimitReader(f, size))
 	if err != nil {

@@ -3,11 +3,10 @@ package snapshot
 import (
 	"context"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
 
 // fileState is what the copy snapshotter remembers of one path to tell
@@ -29,38 +28,28 @@ func (s fileState) isDir() bool { return s.mode&unix.S_IFMT == unix.S_IFDIR }
 // relative, and the newest ctime seen.
 func index(ctx context.Context, root string) (map[string]fileState, int64, error) {
 	out := map[string]fileState{}
-	var newest int64
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return &fs.PathError{Op: "lstat", Path: p, Err: err}
-		}
+	var st unix.Stat_t
+	if err := unix.Lstat(root, &st); err != nil {
+		return nil, 0, fmt.Errorf("index %s: %w", root, err)
+	}
+	newest := st.Ctim.Nano()
+	// Through descriptors: a tree nested thousands deep costs linear time.
+	err := archive.Walk(ctx, root, func(e *archive.Entry) error {
+		st := &e.Stat
 		if c := st.Ctim.Nano(); c > newest {
 			newest = c
-		}
-		if p == root {
-			return nil
-		}
-		rel, err := filepath.Rel(root, p)
-		if err != nil {
-			return err
 		}
 		s := fileState{
 			mode: st.Mode, uid: st.Uid, gid: st.Gid, size: st.Size,
 			mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(), ino: st.Ino, rdev: uint64(st.Rdev),
 		}
-		if d.Type()&fs.ModeSymlink != 0 {
-			if s.link, err = os.Readlink(p); err != nil {
-				return err
+		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			var err error
+			if s.link, err = archive.Readlink(e.Dir, e.Name); err != nil {
+				return fmt.Errorf("readlink /%s: %w", e.Rel, err)
 			}
 		}
-		out[filepath.ToSlash(rel)] = s
+		out[e.Rel] = s
 		return nil
 	})
 	if err != nil {

@@ -3,7 +3,6 @@ package snapshot
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/internal/archive"
 	"github.com/kiln-build/kiln/internal/mount"
 )
 
@@ -171,35 +171,22 @@ func (a *overlayActive) Diff(ctx context.Context) (Changes, string, error) {
 		return Changes{}, "", err
 	}
 	var ch Changes
-	err := filepath.WalkDir(a.upper, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if p == a.upper {
-			return nil
-		}
-		rel, err := filepath.Rel(a.upper, p)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
-		switch t := d.Type(); {
-		case t&fs.ModeCharDevice != 0 && isWhiteout(p):
-			ch.Deleted = append(ch.Deleted, rel)
-		case t.IsDir():
-			opaque, err := isOpaque(p)
+	// Through descriptors: a tree nested thousands deep costs linear time.
+	err := archive.Walk(ctx, a.upper, func(e *archive.Entry) error {
+		switch {
+		case e.Stat.Mode&unix.S_IFMT == unix.S_IFCHR && e.Stat.Rdev == 0:
+			ch.Deleted = append(ch.Deleted, e.Rel)
+		case e.IsDir():
+			opaque, err := isOpaqueFD(e.FD)
 			if err != nil {
-				return err
+				return fmt.Errorf("/%s: %w", e.Rel, err)
 			}
 			if opaque {
-				ch.Opaque = append(ch.Opaque, rel)
+				ch.Opaque = append(ch.Opaque, e.Rel)
 			}
-			ch.Paths = append(ch.Paths, rel)
+			ch.Paths = append(ch.Paths, e.Rel)
 		default:
-			ch.Paths = append(ch.Paths, rel)
+			ch.Paths = append(ch.Paths, e.Rel)
 		}
 		return nil
 	})

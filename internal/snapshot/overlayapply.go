@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
 
 const (
@@ -31,7 +31,7 @@ const (
 // followed by a later layer's entries beneath it (like Docker's overlay2).
 // Parents that the tar omits are created 0755 root-owned.
 func ApplyOverlay(ctx context.Context, dir string, r io.Reader) error {
-	if err := apply(ctx, &applier{dir: dir, added: map[string]bool{}, overlay: true}, r); err != nil {
+	if err := apply(ctx, &applier{added: map[string]bool{}, overlay: true}, dir, r); err != nil {
 		return fmt.Errorf("overlay form: %w", err)
 	}
 	return nil
@@ -44,44 +44,52 @@ func (a *applier) overlayMarkers(keep map[string]bool) error {
 		if keep[w] {
 			// Deleted and re-created in this layer: a directory must
 			// hide what lower layers had in it; a file hides it anyway.
-			p, err := a.resolve(w)
+			dir, base, ok, err := a.at(w)
 			if err != nil {
 				return fmt.Errorf("whiteout %s: %w", w, err)
 			}
-			if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
-				if err := setOpaque(p); err != nil {
+			var st unix.Stat_t
+			if ok && unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				if err := setOpaque(archive.ProcPath(dir, base)); err != nil {
 					return fmt.Errorf("whiteout %s: %w", w, err)
 				}
 			}
 			continue
 		}
-		parent, err := a.resolveParent(w)
+		parent, err := a.parent(w)
 		if err != nil {
 			return fmt.Errorf("whiteout %s: %w", w, err)
 		}
-		if err := mkWhiteout(filepath.Join(parent, path.Base(w))); err != nil {
+		if err := mkWhiteoutAt(parent, path.Base(w)); err != nil {
 			return fmt.Errorf("whiteout %s: %w", w, err)
 		}
 	}
 	for _, o := range a.opaques {
-		p, err := a.resolve(o)
+		if o != "." {
+			parent, err := a.parent(o)
+			if err != nil {
+				return fmt.Errorf("opaque directory %s: %w", o, err)
+			}
+			var st unix.Stat_t
+			err = unix.Fstatat(parent, path.Base(o), &st, unix.AT_SYMLINK_NOFOLLOW)
+			switch {
+			case errors.Is(err, unix.ENOENT):
+				if err := unix.Mkdirat(parent, path.Base(o), 0o755); err != nil {
+					return fmt.Errorf("opaque directory %s: %w", o, err)
+				}
+			case err != nil:
+				return fmt.Errorf("opaque directory %s: %w", o, err)
+			case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+				// The layer replaced the directory by a file: nothing to hide.
+				continue
+			}
+		}
+		fd, _, err := a.root.Dir(o, false)
 		if err != nil {
 			return fmt.Errorf("opaque directory %s: %w", o, err)
 		}
-		fi, err := os.Lstat(p)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			if _, err := a.resolveParent(path.Join(o, "x")); err != nil {
-				return fmt.Errorf("opaque directory %s: %w", o, err)
-			}
-		case err != nil:
-			return fmt.Errorf("opaque directory %s: %w", o, err)
-		case !fi.IsDir():
-			// The layer replaced the directory by a file: nothing to hide.
-			continue
-		}
-		if err := setOpaque(p); err != nil {
-			return fmt.Errorf("opaque directory %s: %w", o, err)
+		if err := unix.Fsetxattr(fd, overlayOpaqueXattr, []byte("y"), 0); err != nil {
+			return fmt.Errorf("opaque directory %s: set %s: %w", o, overlayOpaqueXattr, err)
 		}
 	}
 	return nil
@@ -107,12 +115,29 @@ func isOpaque(dir string) (bool, error) {
 	return string(b[:n]) == "y", nil
 }
 
-// mkWhiteout creates overlayfs' whiteout, a 0/0 character device. A
-// repeated whiteout of the same name is harmless.
-func mkWhiteout(p string) error {
-	err := unix.Mknod(p, unix.S_IFCHR, 0)
-	if errors.Is(err, unix.EEXIST) && isWhiteout(p) {
-		return nil
+// isOpaqueFD is isOpaque for an open directory.
+func isOpaqueFD(fd int) (bool, error) {
+	b := make([]byte, 8)
+	n, err := unix.Fgetxattr(fd, overlayOpaqueXattr, b)
+	switch {
+	case errors.Is(err, unix.ENODATA), errors.Is(err, unix.ENOTSUP):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("read %s: %w", overlayOpaqueXattr, err)
+	}
+	return string(b[:n]) == "y", nil
+}
+
+// mkWhiteoutAt creates overlayfs' whiteout, a 0/0 character device, as
+// base in the directory dir. A repeated whiteout of the same name is
+// harmless.
+func mkWhiteoutAt(dir int, base string) error {
+	err := unix.Mknodat(dir, base, unix.S_IFCHR, 0)
+	if errors.Is(err, unix.EEXIST) {
+		var st unix.Stat_t
+		if unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0 {
+			return nil
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("create whiteout device: %w", err)

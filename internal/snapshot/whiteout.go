@@ -5,31 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"path/filepath"
-	"strings"
+	"slices"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
-
-// whiteout records a whiteout entry. Removal waits until the whole layer is
-// read, because the tar may list the layer's own additions after it and
-// those must survive.
-func (a *applier) whiteout(name, base string) error {
-	switch {
-	case base == whiteoutOpaque:
-		a.opaques = append(a.opaques, path.Dir(name))
-	case strings.HasPrefix(base, whiteoutMeta):
-		// Other ".wh..wh." names are AUFS bookkeeping (hardlink
-		// directories), not content; Docker skips them as well.
-	default:
-		hidden := strings.TrimPrefix(base, whiteoutPrefix)
-		if hidden == "" || hidden == "." || hidden == ".." {
-			return fmt.Errorf("whiteout %q names no file: %w", name, ErrUnsafePath)
-		}
-		a.whiteouts = append(a.whiteouts, path.Join(path.Dir(name), hidden))
-	}
-	return nil
-}
 
 // finish applies the deferred whiteouts, then directory times, whose
 // mtimes removals would otherwise bump.
@@ -50,89 +31,100 @@ func (a *applier) finish() error {
 		return a.setDirTimes()
 	}
 	for _, w := range a.whiteouts {
-		p, err := a.resolve(w)
-		if err != nil {
-			return fmt.Errorf("whiteout %s: %w", w, err)
-		}
 		if !keep[w] {
-			if err := os.RemoveAll(p); err != nil {
+			if err := a.removeAll(w); err != nil {
 				return fmt.Errorf("whiteout %s: %w", w, err)
 			}
 			continue
 		}
 		// Deleted and re-created in this layer: the new one replaces the
 		// old one entirely, so lower contents of a directory go too.
-		if err := a.hideLower(w, p, keep); err != nil {
+		if err := a.hideLower(w, keep); err != nil {
 			return err
 		}
 	}
 	for _, o := range a.opaques {
-		p, err := a.resolve(o)
-		if err != nil {
-			return fmt.Errorf("opaque directory %s: %w", o, err)
-		}
-		if err := a.hideLower(o, p, keep); err != nil {
+		if err := a.hideLower(o, keep); err != nil {
 			return err
 		}
 	}
 	return a.setDirTimes()
 }
 
+// at resolves name's parent without creating it; ok is false when the
+// parent does not exist (so neither does name).
+func (a *applier) at(name string) (dir int, base string, ok bool, err error) {
+	fd, _, err := a.root.Dir(path.Dir(name), false)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		return -1, "", false, nil
+	}
+	if err != nil {
+		return -1, "", false, err
+	}
+	return fd, path.Base(name), true, nil
+}
+
+// removeAll removes name (not following it) and everything below it.
+func (a *applier) removeAll(name string) error {
+	dir, base, ok, err := a.at(name)
+	if err != nil || !ok {
+		return err
+	}
+	if err := os.RemoveAll(archive.ProcPath(dir, base)); err != nil {
+		return err
+	}
+	a.root.Invalidate(path.Dir(name))
+	return nil
+}
+
 // setDirTimes restores directory times, innermost last-written first.
 func (a *applier) setDirTimes() error {
 	for i := len(a.dirTimes) - 1; i >= 0; i-- {
 		d := a.dirTimes[i]
-		if err := setTimes(d.path, d.atime, d.mtime); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("directory %s: %w", d.path, err)
+		dir, base, ok, err := a.at(d.name)
+		if err == nil && ok {
+			err = setTimes(dir, base, d.atime, d.mtime)
+		}
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("directory %s: %w", d.name, err)
 		}
 	}
 	return nil
 }
 
-// resolve maps a cleaned layer name to its host path: parents resolved
-// inside a.dir, the last component not followed.
-func (a *applier) resolve(name string) (string, error) {
-	if name == "." {
-		return a.dir, nil
+// hideLower removes everything under directory name that this layer did
+// not write, recursing into directories that hold additions. A name that
+// is not a directory (or a symlink to one) is left alone.
+func (a *applier) hideLower(name string, keep map[string]bool) error {
+	dir, base, ok, err := a.at(name)
+	if err != nil || !ok {
+		return err
 	}
-	parent, err := securejoin.SecureJoin(a.dir, path.Dir(name))
-	if err != nil {
-		return "", fmt.Errorf("resolve: %w", err)
-	}
-	p := filepath.Join(parent, path.Base(name))
-	if !within(a.dir, p) {
-		return "", fmt.Errorf("%s resolves outside the root: %w", name, ErrUnsafePath)
-	}
-	return p, nil
-}
-
-// hideLower removes everything under directory name (host path p) that this
-// layer did not write, recursing into directories that hold additions.
-func (a *applier) hideLower(name, p string, keep map[string]bool) error {
-	fi, err := os.Lstat(p)
-	if errors.Is(err, os.ErrNotExist) || (err == nil && !fi.IsDir()) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) || (err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR) {
 		return nil
+	} else if err != nil {
+		return fmt.Errorf("opaque %s: %w", name, err)
 	}
+	fd, _, err := a.root.Dir(name, false)
 	if err != nil {
 		return fmt.Errorf("opaque %s: %w", name, err)
 	}
-	entries, err := os.ReadDir(p)
+	names, err := archive.ReadNames(fd)
 	if err != nil {
 		return fmt.Errorf("opaque %s: %w", name, err)
 	}
-	for _, e := range entries {
-		child := path.Join(name, e.Name())
-		cp := filepath.Join(p, e.Name())
+	slices.Sort(names)
+	for _, n := range names {
+		child := path.Join(name, n)
 		if !keep[child] {
-			if err := os.RemoveAll(cp); err != nil {
+			if err := a.removeAll(child); err != nil {
 				return fmt.Errorf("opaque %s: %w", name, err)
 			}
 			continue
 		}
-		if e.IsDir() {
-			if err := a.hideLower(child, cp, keep); err != nil {
-				return err
-			}
+		if err := a.hideLower(child, keep); err != nil {
+			return err
 		}
 	}
 	return nil
