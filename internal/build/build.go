@@ -102,8 +102,21 @@ func (b *builder) executor() (executor.Executor, error) {
 }
 
 // Build runs one build and writes its outputs.
+//
+// A build that fails returns its error and a Result with Failed and Error
+// set and the steps that ran (for --report); every step it announced has
+// ended, as failed if nothing else ended it.
 func Build(ctx context.Context, o Options) (*Result, error) {
-	return build(ctx, &builder{opts: o, sink: o.Progress, images: map[string]*stage{}})
+	tr := progress.Track(o.Progress)
+	b := &builder{opts: o, sink: tr, images: map[string]*stage{}}
+	res, err := build(ctx, b)
+	if err != nil {
+		tr.EndOpen()
+		res = &Result{Failed: true, Error: err.Error()}
+		b.fillSteps(res)
+		return res, err
+	}
+	return res, nil
 }
 
 func build(ctx context.Context, b *builder) (*Result, error) {
@@ -406,6 +419,7 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 	s.baseHist = len(cfg.History)
 	layers, err := img.Layers()
 	if err != nil {
+		b.fail(id, start, err)
 		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
 	}
 	if len(layers) > 0 {
@@ -424,6 +438,7 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 	s.cfg = cfg
 	s.vars = dockerfile.NewVars(cfg.Config.Env)
 	if err := b.onBuild(s, triggers); err != nil {
+		b.fail(id, start, err)
 		return err
 	}
 	b.done(id, start)

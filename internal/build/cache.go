@@ -48,6 +48,8 @@ type StepReport struct {
 	// Reason says why a step missed when an earlier build of the same step
 	// is known: the input that changed.
 	Reason string `json:"missReason,omitempty"`
+	// Error is why the step failed; a failed build's report ends with it.
+	Error string `json:"error,omitempty"`
 }
 
 // stepStat is a StepReport while the build runs: uploads happen later, at
@@ -73,6 +75,14 @@ type caches struct {
 	steps []*stepStat
 	// mounts are the cache mounts (id -> directory) steps that ran used.
 	mounts map[string]string
+}
+
+// failed adds a step that failed to the build summary.
+func (c *caches) failed(rep *stepStat, err error) {
+	rep.Error = err.Error()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.steps = append(c.steps, rep)
 }
 
 func (c *caches) remember(r usedRecord, rep *stepStat) {
@@ -142,11 +152,13 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	rep.Duration = time.Since(start)
 	if err != nil {
 		b.fail(id, start, err)
+		b.caches.failed(rep, err)
 		return err
 	}
 	diffID, err := l.DiffID()
 	if err != nil {
 		b.fail(id, start, err)
+		b.caches.failed(rep, err)
 		return fmt.Errorf("%s: layer diffID: %w", st.name, err)
 	}
 	if st.keyAfter {
@@ -157,6 +169,7 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	rec, err := record(key, b.stepID(s, st), st.inputs, l, b.created)
 	if err != nil {
 		b.fail(id, start, err)
+		b.caches.failed(rep, err)
 		return err
 	}
 	if err := b.caches.local.Put(ctx, rec, l); err != nil {

@@ -32,6 +32,10 @@ type Result struct {
 	// built, with durations and bytes moved; Totals adds them up.
 	Steps  []StepReport
 	Totals Totals
+	// Failed and Error are set on the Result a failed build returns with
+	// its error: the steps that ran are in Steps, the rest is empty.
+	Failed bool
+	Error  string
 }
 
 // Totals sums the build summary.
@@ -163,6 +167,20 @@ func fillCreated(hist []v1.History, fallback time.Time) time.Time {
 
 // summarize fills the build summary and prints its closing line.
 func (b *builder) summarize(res *Result) {
+	b.fillSteps(res)
+	b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf(
+		"summary: %d steps, %d cached, %d built; %s downloaded, %s uploaded",
+		res.Totals.Steps, res.Totals.Cached, res.Totals.Steps-res.Totals.Cached,
+		humanBytes(res.Totals.Downloaded), humanBytes(res.Totals.Uploaded))})
+	for _, st := range res.Steps {
+		if !st.Cached && st.Reason != "" {
+			b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("  #%d %s: rebuilt because %s", st.ID, st.Name, st.Reason)})
+		}
+	}
+}
+
+// fillSteps fills the steps and totals of the build summary.
+func (b *builder) fillSteps(res *Result) {
 	b.caches.mu.Lock()
 	steps := append([]*stepStat(nil), b.caches.steps...)
 	b.caches.mu.Unlock()
@@ -178,15 +196,6 @@ func (b *builder) summarize(res *Result) {
 		res.Totals.Uploaded += rep.Uploaded
 	}
 	res.Totals.Downloaded = b.downloaded.Load()
-	b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf(
-		"summary: %d steps, %d cached, %d built; %s downloaded, %s uploaded",
-		res.Totals.Steps, res.Totals.Cached, res.Totals.Steps-res.Totals.Cached,
-		humanBytes(res.Totals.Downloaded), humanBytes(res.Totals.Uploaded))})
-	for _, st := range res.Steps {
-		if !st.Cached && st.Reason != "" {
-			b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("  #%d %s: rebuilt because %s", st.ID, st.Name, st.Reason)})
-		}
-	}
 }
 
 func humanBytes(n int64) string {

@@ -130,6 +130,12 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 		}
 	}
 	if err != nil {
+		// A CI user wants the report most when the build failed.
+		if f.report != "" && res != nil {
+			if werr := writeJSON(f.report, report(res)); werr != nil {
+				return fmt.Errorf("%w (and --report: %v)", err, werr)
+			}
+		}
 		return err
 	}
 	if f.metadataFile != "" {
@@ -528,7 +534,11 @@ func report(res *build.Result) map[string]any {
 	if steps == nil {
 		steps = []build.StepReport{}
 	}
-	return map[string]any{"steps": steps, "totals": res.Totals}
+	r := map[string]any{"steps": steps, "totals": res.Totals, "failed": res.Failed}
+	if res.Failed {
+		r["error"] = res.Error
+	}
+	return r
 }
 
 func writeJSON(path string, v any) error {

@@ -3,9 +3,11 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -180,5 +182,82 @@ func TestMessages(t *testing.T) {
 		if want := "--parallelism=" + p + ": must be at least 1"; res.ExitCode == 0 || !strings.Contains(res.Stderr, want) {
 			t.Errorf("--parallelism %s: exit %d, stderr lacks %q:\n%s", p, res.ExitCode, want, res.Stderr)
 		}
+	}
+}
+
+// unendedSteps lists the progress ids a plain log announced and never
+// ended (DONE, CACHED or ERROR).
+func unendedSteps(log string) []string {
+	seen, ended := map[string]bool{}, map[string]bool{}
+	var order []string
+	for _, line := range strings.Split(log, "\n") {
+		id, rest, ok := strings.Cut(line, " ")
+		if !ok || !strings.HasPrefix(id, "#") {
+			continue
+		}
+		if !seen[id] {
+			seen[id] = true
+			order = append(order, id)
+		}
+		if rest == "CACHED" || strings.HasPrefix(rest, "DONE ") || strings.HasPrefix(rest, "ERROR ") {
+			ended[id] = true
+		}
+	}
+	var open []string
+	for _, id := range order {
+		if !ended[id] {
+			open = append(open, id)
+		}
+	}
+	return open
+}
+
+// A failed build ends every step it showed and still writes --report, with
+// the failure in it: before, a base image whose ONBUILD trigger was bad
+// left "FROM" running forever, and no report was written at all.
+func TestFailedBuildEndsStepsAndWritesReport(t *testing.T) {
+	host := testenv.Registry(t)
+	bad, _ := testenv.BusyboxImage(t, host, "onbuild", testenv.WithOnBuild("FROBNICATE now"))
+	for _, tc := range []struct {
+		name, dockerfile, stepErr, buildErr string
+		files                               map[string]string
+	}{
+		{name: "bad ONBUILD", dockerfile: "FROM " + bad + "\nLABEL a=b\n", buildErr: "FROBNICATE"},
+		{name: "missing COPY source", dockerfile: "FROM scratch\nCOPY a /a\nCOPY missing /m\n",
+			files: map[string]string{"a": "a"}, stepErr: "not found", buildErr: "Dockerfile:3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := map[string]string{"Dockerfile": tc.dockerfile}
+			maps.Copy(files, tc.files)
+			dir := writeContext(t, files)
+			rep := filepath.Join(t.TempDir(), "report.json")
+			res := testenv.Run(t, dir, nil, "build", "--progress=plain", "--report", rep, ".")
+			if res.ExitCode == 0 {
+				t.Fatal("build succeeded")
+			}
+			if open := unendedSteps(res.Stderr); len(open) > 0 {
+				t.Errorf("steps %v never ended:\n%s", open, res.Stderr)
+			}
+			raw, err := os.ReadFile(rep)
+			if err != nil {
+				t.Fatalf("--report of a failed build: %v", err)
+			}
+			var r struct {
+				Failed bool
+				Error  string
+				Steps  []struct{ Name, Error string }
+			}
+			if err := json.Unmarshal(raw, &r); err != nil {
+				t.Fatal(err)
+			}
+			if !r.Failed || !strings.Contains(r.Error, tc.buildErr) {
+				t.Errorf("report failed=%v error=%q, want failed and %q", r.Failed, r.Error, tc.buildErr)
+			}
+			if tc.stepErr != "" {
+				if n := len(r.Steps); n != 2 || r.Steps[0].Error != "" || !strings.Contains(r.Steps[1].Error, tc.stepErr) {
+					t.Errorf("report steps %+v, want COPY a built and COPY missing failed with %q", r.Steps, tc.stepErr)
+				}
+			}
+		})
 	}
 }

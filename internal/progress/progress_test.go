@@ -35,3 +35,18 @@ func TestTTYRedrawsInPlace(t *testing.T) {
 		t.Errorf("output lacks the step or its duration: %q", out)
 	}
 }
+
+func TestTrackerEndsOpenSteps(t *testing.T) {
+	var b bytes.Buffer
+	tr := Track(Plain(&b))
+	tr.Emit(Event{ID: 1, Name: "a", Status: Started})
+	tr.Emit(Event{ID: 2, Name: "b", Status: Started})
+	tr.Emit(Event{ID: 3, Name: "c", Status: Started})
+	tr.Emit(Event{ID: 2, Status: Cached})
+	tr.EndOpen()
+	tr.EndOpen() // nothing left
+	want := "#1 a\n#2 b\n#3 c\n#2 CACHED\n#1 ERROR 0.0s: " + ErrUnfinished.Error() + "\n#3 ERROR 0.0s: " + ErrUnfinished.Error() + "\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+}
