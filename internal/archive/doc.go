@@ -43,8 +43,11 @@
 //
 // # Device nodes
 //
-// Character and block devices and FIFOs are created with mknod, as
-// containerd's archive.Apply and BuildKit's ADD do when running as root;
-// where mknod of a device is not permitted (a user namespace) the device
-// is skipped, as both do in rootless mode. FIFOs are always created.
+// Character and block devices and FIFOs are created with mknod, with their
+// major/minor numbers, mode and owner, as containerd's archive.Apply (image
+// layers) and BuildKit's ADD (moby's archive.Untar) do when running as
+// root; a failure is an error. In a user namespace, or when kiln is not
+// root, devices are skipped, as both do in rootless mode ([SkipDevice]).
+// FIFOs are always created. Layers kiln writes keep devices as tar
+// entries, as BuildKit's differ does.
 package archive

@@ -291,3 +291,61 @@ func TestAddArchiveEscape(t *testing.T) {
 		})
 	})
 }
+
+// Device nodes and FIFOs in an ADD archive are created as BuildKit does as
+// root (containerd's archive.Apply likewise for layers): with their
+// numbers, mode and owner; they travel in the layer, and a fresh runner
+// extracting that layer creates them again.
+func TestAddArchiveDevices(t *testing.T) {
+	host := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, host, "busybox")
+	dir := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\nADD devs.tar /devs/\n" +
+		"RUN stat -c '%n %F %t:%T %a %u:%g' /devs/null /devs/loop0 /devs/pipe > /stat1.txt\n"})
+	tarOf(t, dir, "devs.tar", []*tar.Header{
+		{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666, Uid: 5, Gid: 6},
+		{Name: "loop0", Typeflag: tar.TypeBlock, Devmajor: 7, Devminor: 0, Mode: 0o660},
+		{Name: "pipe", Typeflag: tar.TypeFifo, Mode: 0o640},
+	}, nil)
+	ref := host + "/devs:1"
+	kiln(t, dir, nil, "build", "--progress=plain", "--push", "-t", ref, ".")
+	want := "/devs/null character special file 1:3 666 5:6\n" +
+		"/devs/loop0 block special file 7:0 660 0:0\n" +
+		"/devs/pipe fifo 0:0 640 0:0\n"
+	img := testenv.Pull(t, ref)
+	if got := string(testenv.Tree(t, img)["stat1.txt"].Content); got != want {
+		t.Errorf("RUN after ADD saw\n%s\nwant\n%s", got, want)
+	}
+	layers, _ := img.Layers()
+	found := map[string]string{}
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(rc)
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				break
+			}
+			if strings.HasPrefix(h.Name, "devs/") && h.Typeflag != tar.TypeDir {
+				found[h.Name] = fmt.Sprintf("%c %d:%d %o", h.Typeflag, h.Devmajor, h.Devminor, h.Mode)
+			}
+		}
+		rc.Close()
+	}
+	for name, w := range map[string]string{"devs/null": "3 1:3 666", "devs/loop0": "4 7:0 660", "devs/pipe": "6 0:0 640"} {
+		if found[name] != w {
+			t.Errorf("layer entry %s = %q, want %q", name, found[name], w)
+		}
+	}
+
+	// A fresh runner extracts the layer again.
+	next := writeContext(t, map[string]string{"Dockerfile": "FROM " + ref + "\n" +
+		"RUN stat -c '%n %F %t:%T %a %u:%g' /devs/null /devs/loop0 /devs/pipe > /stat2.txt\n"})
+	oci := filepath.Join(t.TempDir(), "oci")
+	kilnCPU(t, next, "build", "--progress=plain", "-o", "type=oci,tar=false,dest="+oci, ".")
+	if got := string(treeFromLayout(t, oci)["stat2.txt"].Content); got != want {
+		t.Errorf("a fresh runner saw\n%s\nwant\n%s", got, want)
+	}
+}

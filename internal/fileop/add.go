@@ -265,10 +265,10 @@ func (x *extractor) entry(h *tar.Header, body io.Reader, lp, dest string) error 
 		x.c.w.changed[phys] = true
 		return nil
 	default:
-		err = mknodAt(parent, base, h)
-		if errors.Is(err, errSkipped) {
+		if archive.SkipDevice(h) {
 			return nil
 		}
+		err = archive.Mknodat(parent, base, h, 0o600)
 	}
 	if err != nil {
 		return err
@@ -373,28 +373,6 @@ func writeFileAt(dir int, base string, r io.Reader, sparse bool) error {
 	}
 	if err != nil {
 		return fmt.Errorf("write: %w", err)
-	}
-	return nil
-}
-
-// errSkipped says a device node was not created where mknod is not
-// permitted (a user namespace), as BuildKit and containerd skip it.
-var errSkipped = errors.New("skipped")
-
-func mknodAt(dir int, base string, h *tar.Header) error {
-	typ := uint32(unix.S_IFIFO)
-	switch h.Typeflag {
-	case tar.TypeChar:
-		typ = unix.S_IFCHR
-	case tar.TypeBlock:
-		typ = unix.S_IFBLK
-	}
-	dev := unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))
-	if err := unix.Mknodat(dir, base, typ|0o600, int(dev)); err != nil {
-		if errors.Is(err, unix.EPERM) && typ != unix.S_IFIFO {
-			return errSkipped
-		}
-		return fmt.Errorf("mknod: %w", err)
 	}
 	return nil
 }

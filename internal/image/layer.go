@@ -12,6 +12,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
 
 // Layer is a compressed layer blob in a file, with its digest, diffID, size
@@ -76,30 +78,26 @@ func (l *Layer) Uncompressed() (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open layer blob: %w", err)
 	}
-	switch l.compression {
-	case Uncompressed:
+	if l.compression == Uncompressed {
 		return f, nil
-	case Zstd:
-		d, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			_ = f.Close()
-			return nil, fmt.Errorf("open zstd layer %s: %w", l.digest, err)
-		}
-		return &readCloser{Reader: d, close: func() error { d.Close(); return f.Close() }}, nil
-	default:
-		z, err := gzip.NewReader(f)
-		if err != nil {
-			_ = f.Close()
-			return nil, fmt.Errorf("open gzip layer %s: %w", l.digest, err)
-		}
-		return &readCloser{Reader: z, close: func() error {
-			zerr := z.Close()
-			if err := f.Close(); err != nil {
-				return err
-			}
-			return zerr
-		}}, nil
 	}
+	kind := archive.Gzip
+	if l.compression == Zstd {
+		kind = archive.Zstd
+	}
+	// One home for decompressing tars: internal/archive.
+	d, err := archive.NewReader(f, kind)
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("open %s layer %s: %w", l.compression, l.digest, err)
+	}
+	return &readCloser{Reader: d, close: func() error {
+		derr := d.Close()
+		if err := f.Close(); err != nil {
+			return err
+		}
+		return derr
+	}}, nil
 }
 
 type readCloser struct {

@@ -28,9 +28,9 @@ var ErrUnsafePath = errors.New("unsafe path in layer")
 //
 // Modes (with setuid, setgid, sticky), numeric owners, mtimes (of symlinks
 // too) and "SCHILY.xattr." extended attributes are restored; a directory's
-// mtime is set after its children are written. Device nodes that cannot be
-// created (EPERM, e.g. in a user namespace) are skipped silently, as Docker
-// does in rootless mode. Directories are resolved through an archive.Root,
+// mtime is set after its children are written. Device nodes are created
+// as containerd does, and skipped in a user namespace, where the kernel
+// refuses them, as Docker does in rootless mode. Directories are resolved through an archive.Root,
 // so a tree nested thousands deep extracts in linear time.
 func Apply(ctx context.Context, dir string, r io.Reader) error {
 	return apply(ctx, &applier{added: map[string]bool{}}, dir, r)
@@ -195,19 +195,12 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 		}
 		return nil
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		kind := uint32(unix.S_IFIFO)
-		if hdr.Typeflag == tar.TypeChar {
-			kind = unix.S_IFCHR
-		} else if hdr.Typeflag == tar.TypeBlock {
-			kind = unix.S_IFBLK
+		if archive.SkipDevice(hdr) {
+			delete(a.added, name)
+			return nil
 		}
-		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-		if err := unix.Mknodat(parent, base, kind|mode, int(dev)); err != nil {
-			if errors.Is(err, unix.EPERM) && hdr.Typeflag != tar.TypeFifo {
-				delete(a.added, name)
-				return nil
-			}
-			return fmt.Errorf("mknod: %w", err)
+		if err := archive.Mknodat(parent, base, hdr, mode); err != nil {
+			return err
 		}
 	}
 	return a.metadata(hdr, parent, base, name)

@@ -44,9 +44,15 @@
 //
 // Extraction is hostile-input safe: no entry may create, change or link to
 // anything outside the target directory. Names are made relative, ".."
-// above the root is refused with [ErrUnsafePath], symlinks in the parents of
-// an entry are resolved inside the target (as if it were chrooted, like
-// containerd's RootPath and Docker's chroot extraction), and the last path
-// component is never followed: an existing symlink there is replaced, not
-// written through. Layers cannot set trusted.overlay.* xattrs.
+// above the root is refused with [ErrUnsafePath] (wrapping
+// archive.ErrEscapes), symlinks in the parents of an entry are resolved
+// inside the target (as if it were chrooted, like containerd's RootPath and
+// Docker's chroot extraction), and the last path component is never
+// followed: an existing symlink there is replaced, not written through.
+// Layers cannot set trusted.overlay.* xattrs. Parents are resolved through
+// an archive.Root (open directory descriptors kept across entries), and
+// Diff and the copy snapshotter's index walk with archive.Walk, so a tree
+// nested thousands deep costs linear time and PATH_MAX does not apply.
+// Device nodes follow archive's rule (created as root, skipped in a user
+// namespace).
 package snapshot
