@@ -13,6 +13,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/image"
+	"github.com/kiln-build/kiln/internal/lock"
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/snapshot"
 )
@@ -86,9 +87,12 @@ func (b *builder) exportMounts(ctx context.Context, w cache.Writer) error {
 	b.caches.mu.Unlock()
 	sort.Strings(ids)
 	for _, id := range ids {
-		l, err := archiveDir(ctx, dirs[id], b.layer)
+		l, ok, err := b.archiveMount(ctx, id, dirs[id])
 		if err != nil {
 			return fmt.Errorf("archive cache mount %s: %w", id, err)
+		}
+		if !ok {
+			continue
 		}
 		d, err := descriptor(l)
 		if err != nil {
@@ -104,6 +108,30 @@ func (b *builder) exportMounts(ctx context.Context, w cache.Writer) error {
 		}
 	}
 	return nil
+}
+
+// mountArchiveWait bounds how long exporting a cache mount waits for
+// other users of it (a RUN of a concurrent build) to finish.
+var mountArchiveWait = 30 * time.Second
+
+// archiveMount archives cache mount id while holding its lock exclusively,
+// so no step of this or another kiln writes it meanwhile (a torn archive
+// would be restored on every fresh runner). When the lock is not free
+// within mountArchiveWait, the mount is skipped with a warning: ok is false.
+func (b *builder) archiveMount(ctx context.Context, id, dir string) (*image.Layer, bool, error) {
+	wctx, cancel := context.WithTimeout(ctx, mountArchiveWait)
+	defer cancel()
+	held, err := lock.Acquire(wctx, dir+".lock", lock.Exclusive)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, false, ctx.Err()
+		}
+		b.warn(fmt.Sprintf("cache mount %s not exported: still in use by another build after %s (%v)", id, mountArchiveWait, err))
+		return nil, false, nil
+	}
+	defer held.Unlock()
+	l, err := archiveDir(ctx, dir, b.layer)
+	return l, err == nil, err
 }
 
 // archiveDir writes a directory's whole tree as a deterministic layer.

@@ -233,7 +233,7 @@ func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, id, dir 
 			return err
 		}
 		if restored {
-			return os.Rename(tmp, dir)
+			return commitDir(tmp, dir)
 		}
 	}
 	if m.From != "" {
@@ -249,10 +249,22 @@ func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, id, dir 
 	if err := setOwnerMode(tmp, m, 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, dir); err != nil && !errors.Is(err, fs.ErrExist) {
+	return commitDir(tmp, dir)
+}
+
+// commitDir moves a seeded directory into place. Two stages (or two kiln
+// processes) seeding one cache id under a shared lock race here: when dir
+// appeared meanwhile (rename fails with EEXIST or ENOTEMPTY), the other
+// seed won and its directory is used; tmp is discarded by the caller.
+func commitDir(tmp, dir string) error {
+	err := os.Rename(tmp, dir)
+	if err == nil || !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	return nil
+	if fi, serr := os.Stat(dir); serr == nil && fi.IsDir() {
+		return nil
+	}
+	return err
 }
 
 // setOwnerMode applies a mount's uid, gid and mode (default 0:0 and mode).
