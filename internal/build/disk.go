@@ -53,7 +53,13 @@ func DefaultMaxSize(root string) int64 {
 }
 
 // Usage measures what kiln's directory holds.
-func (d Disk) Usage(ctx context.Context) (gc.Usage, error) { return gc.Measure(ctx, d.Root) }
+func (d Disk) Usage(ctx context.Context) (gc.Usage, error) {
+	return gc.Measure(ctx, d.Root, d.snapshots().Immutable)
+}
+
+func (d Disk) snapshots() snapshot.Store {
+	return snapshot.Store{Root: filepath.Join(d.Root, "snapshots")}
+}
 
 // Collect removes what p says from every kind of stored thing, least
 // recently used first, never what a running build has pinned or locked.
@@ -67,7 +73,7 @@ func (d Disk) Collect(ctx context.Context, p gc.Policy) (gc.Result, error) {
 	if err != nil {
 		return gc.Result{}, fmt.Errorf("kiln's local cache: %w", err)
 	}
-	snaps := snapshot.Store{Root: filepath.Join(d.Root, "snapshots")}
+	snaps := d.snapshots()
 	if p.Superseded {
 		sup, err := local.Superseded(ctx)
 		if err != nil {

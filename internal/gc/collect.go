@@ -37,6 +37,33 @@ type Source interface {
 	Sweep(ctx context.Context, f *Freer, pins map[string]bool) error
 }
 
+// An ImmutableSource also says which of its directories never change
+// once named (see Measure), so they are walked once.
+type ImmutableSource interface {
+	Immutable(path string) bool
+}
+
+// Immutable combines what sources say about immutable directories.
+func Immutable(sources []Source) func(path string) bool {
+	var fs []func(string) bool
+	for _, s := range sources {
+		if im, ok := s.(ImmutableSource); ok {
+			fs = append(fs, im.Immutable)
+		}
+	}
+	if len(fs) == 0 {
+		return nil
+	}
+	return func(p string) bool {
+		for _, f := range fs {
+			if f(p) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
 // Policy says what Collect removes. Items in use are never removed.
 type Policy struct {
 	// All removes every item.
@@ -75,7 +102,7 @@ func Collect(ctx context.Context, root string, sources []Source, p Policy, now t
 	if err != nil {
 		return res, fmt.Errorf("collect: %w", err)
 	}
-	u, err := Measure(ctx, root)
+	u, err := Measure(ctx, root, Immutable(sources))
 	if err != nil {
 		return res, err
 	}

@@ -8,7 +8,11 @@
 // (records and layer blobs), images (the local image store, whose layer
 // blobs are hard links to cache blobs and count under cache), snapshots
 // (extracted layers, committed trees, active snapshots), mounts (RUN
-// --mount=type=cache) and other (locks, leases, run state).
+// --mount=type=cache) and other (locks, leases, run state). Directories a
+// source declares immutable (extracted layers, committed trees) are walked
+// once and remembered by name and inode in root/du-cache.json, so the
+// measurement after every build walks what changed, not every extracted
+// file.
 //
 // # What is removed
 //

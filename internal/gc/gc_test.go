@@ -29,7 +29,7 @@ func TestMeasureCountsLinksOnce(t *testing.T) {
 	if err := os.Link(filepath.Join(root, "cache", "blobs", "a"), filepath.Join(root, "images", "a")); err != nil {
 		t.Fatal(err)
 	}
-	u, err := Measure(context.Background(), root)
+	u, err := Measure(context.Background(), root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,5 +85,48 @@ func TestCollectLRUAndPins(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "cache", "pinned")); err == nil {
 		t.Error("a closed lease still kept its item")
+	}
+}
+
+// An immutable directory is walked once: its size is remembered by name
+// and inode, and a directory recreated under the same name is walked
+// again.
+func TestMeasureRemembersImmutableDirs(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	layer := filepath.Join(root, "snapshots", "l", "abc")
+	write(t, filepath.Join(layer, "f"), 1<<20)
+	imm := func(p string) bool { return filepath.Dir(p) == filepath.Join(root, "snapshots", "l") }
+	first, err := Measure(ctx, root, imm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Behind the cache's back (an immutable dir never changes; this
+	// shows the walk was skipped).
+	write(t, filepath.Join(layer, "g"), 1<<20)
+	again, err := Measure(ctx, root, imm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Kinds[KindSnapshots] != first.Kinds[KindSnapshots] {
+		t.Errorf("immutable dir walked again: %d then %d", first.Kinds[KindSnapshots], again.Kinds[KindSnapshots])
+	}
+	// Replaced (removed and extracted again): a new inode, a new walk.
+	if err := os.Rename(layer, layer+".old"); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(layer, "h"), 2<<20)
+	if err := os.RemoveAll(layer + ".old"); err != nil {
+		t.Fatal(err)
+	}
+	third, err := Measure(ctx, root, imm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if third.Kinds[KindSnapshots] < 2<<20 {
+		t.Errorf("recreated dir not walked: %d bytes", third.Kinds[KindSnapshots])
+	}
+	if real, _ := Measure(ctx, root, nil); real.Total != third.Total {
+		t.Errorf("remembered total %d, walked total %d", third.Total, real.Total)
 	}
 }

@@ -66,6 +66,18 @@ func (s Store) Items(ctx context.Context) ([]gc.Item, error) {
 	return items, nil
 }
 
+// Immutable reports whether p is an extracted layer or a committed tree:
+// its content never changes while it has its name (gc.Measure walks it
+// once).
+func (s Store) Immutable(p string) bool {
+	dir, name := filepath.Split(p)
+	dir = filepath.Clean(dir)
+	if name == "" || strings.HasPrefix(name, "tmp-") {
+		return false
+	}
+	return dir == filepath.Join(s.Root, "l") || dir == filepath.Join(s.Root, "c")
+}
+
 // trash renames p out of its name before removing it, so a half-removed
 // directory (a crash mid-way) is never taken for a whole one, and a
 // committed tree a build takes over by rename is either taken whole or
