@@ -81,9 +81,10 @@ func (r *Root) Forget(depth int) {
 	r.cur = r.cur[:r.top().end]
 }
 
-// Invalidate is called after changing or removing the existing entry base
-// in the directory at logical path dir: cached descriptors below it may now
-// be stale, and so may any reached through a symlink.
+// Invalidate is called after replacing or removing an existing entry in
+// the directory at logical path dir: cached descriptors below it may now be
+// stale, and so may any reached through a symlink. Descriptors returned
+// before may be closed: resolve again.
 func (r *Root) Invalidate(dir string) {
 	for _, l := range r.chain {
 		if l.link {
@@ -95,7 +96,8 @@ func (r *Root) Invalidate(dir string) {
 }
 
 // Dir returns a descriptor for the directory at the cleaned relative
-// logical path p ("." for the root) and its resolved root-relative path.
+// logical path p ("." or "" for the root; no ".." components, as Clean
+// returns) and its resolved root-relative path.
 // With create, missing directories are made (see MkdirOptions). The
 // descriptor belongs to the Root and stays valid until the next call.
 func (r *Root) Dir(p string, create bool) (fd int, phys string, err error) {

@@ -248,8 +248,13 @@ func (x *extractor) entry(h *tar.Header, body io.Reader, lp, dest string) error 
 	}
 	base := path.Base(lp)
 	phys := path.Join(pphys, base)
-	if err := x.clear(parent, base, path.Dir(lp)); err != nil {
+	if cleared, err := x.clear(parent, base, path.Dir(lp)); err != nil {
 		return err
+	} else if cleared {
+		// The removal dropped cached descriptors, perhaps parent's.
+		if parent, _, err = x.root.Dir(path.Dir(lp), true); err != nil {
+			return err
+		}
 	}
 	switch h.Typeflag {
 	case tar.TypeReg, tar.TypeGNUSparse:
@@ -313,23 +318,23 @@ func (x *extractor) dir(lp string, m meta, mtime time.Time) error {
 }
 
 // clear makes way for a new non-directory base in parent: a non-directory
-// there is removed, a directory refused, as BuildKit does.
-func (x *extractor) clear(parent int, base, dir string) error {
+// there is removed (cleared), a directory refused, as BuildKit does.
+func (x *extractor) clear(parent int, base, dir string) (cleared bool, err error) {
 	var st unix.Stat_t
-	err := unix.Fstatat(parent, base, &st, unix.AT_SYMLINK_NOFOLLOW)
+	err = unix.Fstatat(parent, base, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case errors.Is(err, unix.ENOENT):
-		return nil
+		return false, nil
 	case err != nil:
-		return err
+		return false, err
 	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-		return errors.New("cannot overwrite a directory with a non-directory")
+		return false, errors.New("cannot overwrite a directory with a non-directory")
 	}
 	if err := unix.Unlinkat(parent, base, 0); err != nil {
-		return fmt.Errorf("replace: %w", err)
+		return false, fmt.Errorf("replace: %w", err)
 	}
 	x.root.Invalidate(dir)
-	return nil
+	return true, nil
 }
 
 type linkSource struct {

@@ -175,6 +175,19 @@ func TestAddArchiveHostile(t *testing.T) {
 			absent: []string{"/tmp/kiln-tar-rel"},
 			inside: map[string]*got{"tmp/kiln-tar-rel": {data: "x", mode: 0o644}},
 		},
+		{
+			// Replacing a file reached through a symlinked directory drops
+			// the cached descriptors, the parent's among them.
+			name: "file replaced under a symlinked directory",
+			entries: []tarEntry{
+				{name: "sub/", typ: tar.TypeDir, mode: 0o755},
+				{name: "l", typ: tar.TypeSymlink, link: "sub"},
+				{name: "l/a", data: "first"},
+				{name: "l/a", data: "second"},
+				{name: "l/b", data: "b"},
+			},
+			inside: map[string]*got{"sub/a": {data: "second", mode: 0o644}, "sub/b": {data: "b", mode: 0o644}},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
