@@ -218,6 +218,18 @@ func TestPruneReachesEverything(t *testing.T) {
 	root := kilnRoot(t)
 	t.Logf("before prune: %d MiB: %s", duBytes(t, root)/mib, duPerDir(t, root))
 
+	// By age: everything was used just now, so nothing goes.
+	full := duBytes(t, root)
+	kiln(t, dir, nil, "cache", "prune", "--filter", "until=24h")
+	if got := duBytes(t, root); got < full*9/10 {
+		t.Errorf("prune --filter until=24h removed recently used things: %d MiB of %d MiB left", got/mib, full/mib)
+	}
+	// By size: least recently used first, until it fits.
+	kiln(t, dir, nil, "cache", "prune", "--keep-storage", "10MiB")
+	if got := duBytes(t, root); got > 10*mib {
+		t.Errorf("prune --keep-storage 10MiB left %.1f MiB", float64(got)/mib)
+	}
+
 	res := kiln(t, dir, nil, "cache", "prune", "--all")
 	t.Logf("prune: %s", res.Stdout)
 	left := duBytes(t, root)
