@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"slices"
 
 	"golang.org/x/sys/unix"
@@ -25,7 +24,8 @@ type Entry struct {
 // IsDir reports whether the entry is a directory.
 func (e *Entry) IsDir() bool { return e.Stat.Mode&unix.S_IFMT == unix.S_IFDIR }
 
-// ErrSkipDir, returned by a WalkFunc for a directory, skips its contents.
+// ErrSkipDir, returned by a WalkFunc for a directory, skips its contents
+// (for any other entry it is the same as nil).
 var ErrSkipDir = errors.New("skip this directory")
 
 // WalkFunc is called for every entry below the walked directory, parents
@@ -36,7 +36,7 @@ type WalkFunc func(e *Entry) error
 // Walk visits the tree below dir (not dir itself) through descriptors:
 // each entry is stat'ed relative to its open parent, so a tree of any
 // depth costs one step per entry and PATH_MAX never applies. Symlinks are
-// not followed.
+// not followed; entries removed while the walk runs are skipped.
 func Walk(ctx context.Context, dir string, fn WalkFunc) error {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -56,17 +56,24 @@ func walk(ctx context.Context, fd int, rel string, fn WalkFunc) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		e := Entry{Rel: path.Join(rel, name), Dir: fd, Name: name, FD: -1}
-		if err := unix.Fstatat(fd, name, &e.Stat, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		e := Entry{Rel: name, Dir: fd, Name: name, FD: -1}
+		if rel != "" {
+			e.Rel = rel + "/" + name
+		}
+		if err := unix.Fstatat(fd, name, &e.Stat, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+			continue // removed since the listing, by a concurrent writer
+		} else if err != nil {
 			return fmt.Errorf("stat /%s: %w", e.Rel, err)
 		}
 		if !e.IsDir() {
-			if err := fn(&e); err != nil {
+			if err := fn(&e); err != nil && !errors.Is(err, ErrSkipDir) {
 				return err
 			}
 			continue
 		}
-		if e.FD, err = unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+		if e.FD, err = unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); errors.Is(err, unix.ENOENT) {
+			continue
+		} else if err != nil {
 			return fmt.Errorf("open /%s: %w", e.Rel, err)
 		}
 		err := fn(&e)

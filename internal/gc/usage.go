@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
 
 // Kind says what a stored thing is, for reports and prune output.
@@ -149,48 +150,57 @@ func (w *walker) isImmutable(p string) bool { return w.immutable != nil && w.imm
 
 // walk adds up the allocated bytes under p not yet seen, staying on
 // device dev. Entries that vanish during the walk (a concurrent build
-// renaming or removing) are skipped.
+// renaming or removing) are skipped. It walks through descriptors
+// (archive.Walk): an extracted layer nested thousands deep, past PATH_MAX,
+// is measured in linear time instead of failing.
 func (w *walker) walk(ctx context.Context, p string) (int64, error) {
+	var rootSt unix.Stat_t
+	if err := unix.Lstat(p, &rootSt); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("measure %s: %w", p, err)
+	}
+	if uint64(rootSt.Dev) != w.dev {
+		return 0, nil
+	}
 	var total int64
-	err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(path, &st); err != nil {
-			return nil
-		}
-		if uint64(st.Dev) != w.dev {
-			return filepath.SkipDir
-		}
-		if d.IsDir() && path != p && w.isImmutable(path) {
-			if c, ok := w.old[path]; ok && c.Ino == st.Ino {
-				w.now[path] = c
-				total += c.Bytes
-				return filepath.SkipDir
-			}
-			n, err := w.walk(ctx, path)
-			if err != nil {
-				return err
-			}
-			w.now[path] = dirSize{Ino: st.Ino, Bytes: n}
-			total += n
-			return filepath.SkipDir
-		}
+	add := func(st *unix.Stat_t) {
 		id := inode{uint64(st.Dev), st.Ino}
 		if !w.seen[id] {
 			w.seen[id] = true
-			total += allocated(&st)
+			total += allocated(st)
 		}
+	}
+	add(&rootSt)
+	if rootSt.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return total, nil
+	}
+	err := archive.Walk(ctx, p, func(e *archive.Entry) error {
+		st := &e.Stat
+		if uint64(st.Dev) != w.dev {
+			return archive.ErrSkipDir
+		}
+		if e.IsDir() {
+			if path := filepath.Join(p, filepath.FromSlash(e.Rel)); w.isImmutable(path) {
+				if c, ok := w.old[path]; ok && c.Ino == st.Ino {
+					w.now[path] = c
+					total += c.Bytes
+					return archive.ErrSkipDir
+				}
+				n, err := w.walk(ctx, path)
+				if err != nil {
+					return err
+				}
+				w.now[path] = dirSize{Ino: st.Ino, Bytes: n}
+				total += n
+				return archive.ErrSkipDir
+			}
+		}
+		add(st)
 		return nil
 	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return total, fmt.Errorf("measure %s: %w", p, err)
 	}
 	return total, nil
@@ -220,25 +230,24 @@ func (f *Freer) RemoveAll(p string) error {
 		return fmt.Errorf("remove %s: %w", p, err)
 	}
 	var freed int64
-	err := filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
+	isDir := rootSt.Mode&unix.S_IFMT == unix.S_IFDIR
+	if rootSt.Nlink <= 1 || isDir {
+		freed = allocated(&rootSt)
+	}
+	var err error
+	if isDir {
+		// Through descriptors, like walker.walk: any depth, linear time.
+		err = archive.Walk(context.Background(), p, func(e *archive.Entry) error {
+			st := &e.Stat
+			if st.Dev != rootSt.Dev {
+				return fmt.Errorf("%s is a mount point", filepath.Join(p, filepath.FromSlash(e.Rel)))
 			}
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(path, &st); err != nil {
+			if st.Nlink <= 1 || e.IsDir() {
+				freed += allocated(st)
+			}
 			return nil
-		}
-		if st.Dev != rootSt.Dev {
-			return fmt.Errorf("%s is a mount point", path)
-		}
-		if st.Nlink <= 1 || d.IsDir() {
-			freed += allocated(&st)
-		}
-		return nil
-	})
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", p, err)
 	}
