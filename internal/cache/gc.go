@@ -110,6 +110,7 @@ func (s localGC) Items(ctx context.Context) ([]gc.Item, error) {
 	}
 	for d, it := range byBlob {
 		rs := recs[d]
+		it.Frees = func() bool { return gc.SoleLink(l.blobPath(d)) }
 		it.Remove = func(f *gc.Freer) error {
 			if err := l.removeRecords(f, rs); err != nil {
 				return err

@@ -28,6 +28,10 @@ type Item struct {
 	Superseded bool
 	// Remove deletes the item through f, which counts what is freed.
 	Remove func(f *Freer) error
+	// Frees, when set, says whether removing the item now would free any
+	// bytes: a cache blob whose image store link remains frees nothing,
+	// and is removed for size only after what holds its bytes is gone.
+	Frees func() bool
 }
 
 // A Source lists a store's items. Sweep, run after eviction, removes what
@@ -117,39 +121,60 @@ func Collect(ctx context.Context, root string, sources []Source, p Policy, now t
 	}
 	sort.SliceStable(items, func(i, j int) bool { return items[i].LastUsed.Before(items[j].LastUsed) })
 	f := &Freer{}
-	for _, it := range items {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		drop := p.All ||
-			(p.Until > 0 && now.Sub(it.LastUsed) > p.Until) ||
-			(p.MaxSize > 0 && u.Total-f.Freed() > p.MaxSize) ||
-			(p.Superseded && it.Superseded)
-		if !drop {
-			continue
-		}
+	over := func() bool { return p.MaxSize > 0 && u.Total-f.Freed() > p.MaxSize }
+	var deferred []Item
+	remove := func(it Item) error {
 		if pinned(it, pins) {
 			res.InUse++
-			continue
+			return nil
 		}
 		var held *lock.Lock
 		if it.Lock != "" {
 			l, ok, err := lock.TryAcquire(it.Lock, lock.Exclusive)
 			if err != nil {
-				return res, fmt.Errorf("collect %s: %w", it.Name, err)
+				return fmt.Errorf("collect %s: %w", it.Name, err)
 			}
 			if !ok {
 				res.InUse++
-				continue
+				return nil
 			}
 			held = l
 		}
 		err := it.Remove(f)
 		held.Unlock()
 		if err != nil {
-			return res, fmt.Errorf("collect %s %s: %w", it.Kind, it.Name, err)
+			return fmt.Errorf("collect %s %s: %w", it.Kind, it.Name, err)
 		}
 		res.Removed++
+		return nil
+	}
+	for _, it := range items {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		forced := p.All || (p.Until > 0 && now.Sub(it.LastUsed) > p.Until) || (p.Superseded && it.Superseded)
+		switch {
+		case forced:
+		case over() && it.Frees != nil && !it.Frees():
+			// Its bytes are held elsewhere: removing it would lose it
+			// and free nothing. Retried below if still over.
+			deferred = append(deferred, it)
+			continue
+		case over():
+		default:
+			continue
+		}
+		if err := remove(it); err != nil {
+			return res, err
+		}
+	}
+	for _, it := range deferred {
+		if !over() {
+			break
+		}
+		if err := remove(it); err != nil {
+			return res, err
+		}
 	}
 	for _, s := range sources {
 		if err := s.Sweep(ctx, f, pins); err != nil {

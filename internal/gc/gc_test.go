@@ -130,3 +130,40 @@ func TestMeasureRemembersImmutableDirs(t *testing.T) {
 		t.Errorf("remembered total %d, walked total %d", third.Total, real.Total)
 	}
 }
+
+// Removing an item whose bytes another link holds frees nothing: for
+// size it goes last, so a cache record is not lost while an image still
+// holds its blob and other items can free the space.
+func TestCollectDefersItemsThatFreeNothing(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	now := time.Now()
+	a, c := filepath.Join(root, "cache", "a"), filepath.Join(root, "cache", "c")
+	write(t, a, 1<<20)
+	write(t, c, 1<<20)
+	if err := os.MkdirAll(filepath.Join(root, "images"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(a, filepath.Join(root, "images", "a")); err != nil {
+		t.Fatal(err)
+	}
+	items := fakeSource{
+		{Kind: KindCache, Name: "a", LastUsed: now.Add(-time.Hour), Frees: func() bool { return SoleLink(a) },
+			Remove: func(f *Freer) error { return f.RemoveAll(a) }},
+		{Kind: KindCache, Name: "c", LastUsed: now, Remove: func(f *Freer) error { return f.RemoveAll(c) }},
+	}
+	u, err := Measure(ctx, root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Collect(ctx, root, []Source{items}, Policy{MaxSize: u.Total - 512<<10}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(a); err != nil {
+		t.Errorf("the item whose bytes the image holds was removed (result %+v)", res)
+	}
+	if _, err := os.Stat(c); err == nil {
+		t.Errorf("the item that frees space was kept (result %+v)", res)
+	}
+}

@@ -208,6 +208,16 @@ func (w *walker) walk(ctx context.Context, p string) (int64, error) {
 
 func allocated(st *unix.Stat_t) int64 { return st.Blocks * 512 }
 
+// SoleLink reports whether p is a file whose removal frees its blocks (no
+// other hard link names it), or missing.
+func SoleLink(p string) bool {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return true
+	}
+	return st.Nlink <= 1
+}
+
 // Freer removes files and counts the bytes that removal gives back to the
 // filesystem: a file's blocks are freed only with its last hard link, so
 // removing an image store blob still linked from the cache frees nothing.
