@@ -67,8 +67,9 @@ func layerOptions(o Options) (image.LayerOptions, error) {
 	return lo, nil
 }
 
-// export assembles the target stage's image and writes every output. It
-// runs only after every stage succeeded, so a failed build exports nothing.
+// export writes the caches, then assembles the target stage's image and
+// writes every output. It runs only after every stage succeeded, so a
+// failed build exports nothing.
 func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	cfg := s.cfg.DeepCopy()
 	cfg.Created = v1.Time{Time: fillCreated(cfg.History[s.baseHist:], b.created)}
@@ -91,6 +92,12 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 			return err
 		}
 		return snapshot.Materialize(ctx, dir, ls)
+	}
+	// Caches first: a --cache-to that fails (without ignore-error) fails
+	// the build before any output is written, so a failed build never
+	// leaves a pushed image behind.
+	if err := b.exportCaches(ctx, s); err != nil {
+		return nil, err
 	}
 	res := &Result{}
 	for i, spec := range specs {
@@ -129,9 +136,6 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 				res.ManifestSize = int64(len(raw))
 			}
 		}
-	}
-	if err := b.exportCaches(ctx, s); err != nil {
-		return nil, err
 	}
 	b.summarize(res)
 	return res, nil

@@ -33,9 +33,15 @@
 //
 // where "layer" is absent for a step that made no layer, and "lastUsed" is
 // the time of the Put (the file's mtime, refreshed by Get hits, is what
-// counts). A record whose blob is missing or of the wrong size is treated
-// as absent (Get misses, List skips it, Prune deletes it), so neither a
-// crash nor a hand-edited directory can make a hit that fails later.
+// counts). What is checked, and when: Get (a lookup) stats the blob, and a
+// record whose blob is missing or of the wrong size is treated as absent
+// (Get misses, List skips it, Prune deletes it), so a crash cannot make a
+// hit. Get does not hash the blob: a hit costs a lookup. Every read of a
+// blob hashes it (compressed bytes against the digest, uncompressed against
+// the DiffID) and fails on a mismatch; when a read fails and the file no
+// longer matches its digest (a bit flip on disk, a hand edit), the blob is
+// removed and the error says so, so the next build misses those steps
+// instead of failing on them again.
 // Several processes may use one directory at once: renames are atomic,
 // the step index is last-writer-wins, and Prune waits for the shared locks
 // builds hold.
@@ -94,12 +100,20 @@
 //     the staged ones (a staged record wins for its own key; keys cover
 //     results, so another writer's record for the same key is as good),
 //     within MaxAge and MaxEntries;
-//  3. writes the index blob, then the manifest;
-//  4. waits a jittered settle time (150-300 ms), longer than another
-//     writer's window in step 2-3, and reads the index back;
+//  3. writes the index blob, then HEADs the manifest: if it changed since
+//     step 2 read it, merges again (up to 5 times, then the round counts
+//     as lost) rather than overwrite a newer index; otherwise PUTs the
+//     manifest. No CAS makes HEAD-then-PUT
+//     atomic, but it shrinks the window in which an update can be lost to
+//     two requests;
+//  4. waits a jittered settle time, longer than another writer's window
+//     in steps 2-3 (150-300 ms, or twice as long as its own steps 2-3
+//     took plus jitter, when the registry is slower), and reads the index
+//     back;
 //  5. is done when every staged record the bounds kept is in what it read
 //     back; otherwise another writer replaced the index in between, and it
-//     repeats from step 2, up to 8 rounds, after which Flush fails.
+//     waits a random, growing backoff (up to 0.3 s, 0.6 s, 1.2 s, …, 5 s)
+//     and repeats from step 2, up to 8 rounds, after which Flush fails.
 //
 // A writer whose records another writer overwrote therefore sees it and
 // writes them again, merged with the other's. The scheme converges because

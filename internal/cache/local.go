@@ -188,13 +188,16 @@ func (l *Local) Previous(ctx context.Context, stepID string) (Record, error) {
 }
 
 // Layer returns rec's blob as a lazy layer; the file is opened when read
-// and its bytes are verified against rec.Layer.Digest.
+// and its bytes are verified against rec.Layer.Digest (and, uncompressed,
+// DiffID). A read that fails on a blob whose file no longer matches its
+// digest removes the blob and says so: the records naming it are then
+// misses, so the next build rebuilds the step instead of failing again.
 func (l *Local) Layer(ctx context.Context, rec Record) (v1.Layer, error) {
 	if rec.Layer.IsZero() {
 		return nil, fmt.Errorf("%s: %s: %w", l, rec.Key, ErrNoLayer)
 	}
 	desc := rec.Layer
-	return newLazyLayer(desc, func() (io.ReadCloser, error) {
+	lazy, err := newLazyLayer(desc, func() (io.ReadCloser, error) {
 		f, err := os.Open(l.blobPath(desc.Digest))
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%s: blob %s: %w", l, desc.Digest, ErrNotFound)
@@ -204,6 +207,87 @@ func (l *Local) Layer(ctx context.Context, rec Record) (v1.Layer, error) {
 		}
 		return newVerifyReader(f, desc.Digest, desc.Size)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return &localLayer{Layer: lazy, store: l, desc: desc}, nil
+}
+
+// localLayer drops its blob from the store when a read of it fails and the
+// file turns out corrupt. The check hashes the file only after a failed
+// read, so a good blob costs nothing extra. A corrupt gzip stream fails in
+// the decompressor before the digest check sees the end, which is why
+// every read error is checked, not only ErrDigestMismatch.
+type localLayer struct {
+	v1.Layer
+	store *Local
+	desc  Descriptor
+}
+
+func (l *localLayer) Compressed() (io.ReadCloser, error) {
+	rc, err := l.Layer.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	return &checkedReader{ReadCloser: rc, onErr: l.dropIfCorrupt}, nil
+}
+
+func (l *localLayer) Uncompressed() (io.ReadCloser, error) {
+	rc, err := l.Layer.Uncompressed()
+	if err != nil {
+		return nil, l.dropIfCorrupt(err)
+	}
+	return &checkedReader{ReadCloser: rc, onErr: l.dropIfCorrupt}, nil
+}
+
+// dropIfCorrupt checks the blob file after a read failed with err: when
+// its size or digest is wrong it is removed, and the error says so.
+func (l *localLayer) dropIfCorrupt(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrNotFound) {
+		return err
+	}
+	p := l.store.blobPath(l.desc.Digest)
+	if ok, cerr := fileMatches(p, l.desc); cerr != nil || ok {
+		return err // unreadable, or intact: the failure was elsewhere
+	}
+	if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		return fmt.Errorf("%w (the blob is corrupt and could not be removed: %v)", err, rerr)
+	}
+	return fmt.Errorf("%w: %s: blob %s is corrupt on disk (%v) and was removed; the next build rebuilds the steps that used it", ErrDigestMismatch, l.store, l.desc.Digest, err)
+}
+
+// fileMatches reports whether the file at p has d's size and digest.
+func fileMatches(p string, d Descriptor) (bool, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	vr, err := newVerifyReader(f, d.Digest, d.Size)
+	if err != nil {
+		return false, err
+	}
+	_, err = io.Copy(io.Discard, vr)
+	if errors.Is(err, ErrDigestMismatch) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// checkedReader passes a read error (not EOF) through onErr once.
+type checkedReader struct {
+	io.ReadCloser
+	onErr func(error) error
+	done  bool
+}
+
+func (r *checkedReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && !r.done {
+		r.done = true
+		err = r.onErr(err)
+	}
+	return n, err
 }
 
 // Put stores the blob (unless present), then the record, then points the

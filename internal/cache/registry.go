@@ -92,6 +92,8 @@ type remoteIndex struct {
 	blobs map[v1.Hash]bool
 	// inline: the ref holds an image read through its inline cache.
 	inline bool
+	// manifest is the digest of the manifest read, "" when there was none.
+	manifest string
 }
 
 // read fetches the cache manifest at c.ref and its index: one manifest
@@ -109,6 +111,9 @@ func (c *Registry) read(ctx context.Context) (remoteIndex, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return idx, fmt.Errorf("registry cache %s: manifest: %w", c.ref, err)
+	}
+	if d, err := img.Digest(); err == nil {
+		idx.manifest = d.String()
 	}
 	raw, err := img.RawConfigFile()
 	if err != nil {

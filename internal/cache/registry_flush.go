@@ -3,13 +3,16 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"sort"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
@@ -44,11 +47,16 @@ func (c *Registry) Put(ctx context.Context, rec Record, l v1.Layer) error {
 
 // flushRounds bounds how often Flush rewrites the index when concurrent
 // writers keep replacing it; settleMin and settleJitter are how long it
-// waits before reading its write back (see doc.go, "Concurrent writers").
+// waits before reading its write back, maxBackoff the longest random wait
+// before a retry (see doc.go, "Concurrent writers").
 const (
 	flushRounds  = 8
 	settleMin    = 150 * time.Millisecond
 	settleJitter = 150 * time.Millisecond
+	maxBackoff   = 5 * time.Second
+	// mergeAttempts bounds how often one round merges again because the
+	// manifest changed between its read and its write.
+	mergeAttempts = 5
 )
 
 // Flush publishes the staged records (see doc.go, "Concurrent writers"):
@@ -94,18 +102,21 @@ func (c *Registry) Flush(ctx context.Context) error {
 
 	var lost int
 	for round := 1; round <= flushRounds; round++ {
-		remoteIdx, err := c.read(ctx)
-		if err != nil {
-			return fmt.Errorf("%s: flush: re-reading the index: %w", c, err)
+		mine, window, err := c.mergeAndWrite(ctx, flushed, uploaded, wo)
+		if errors.Is(err, errBusy) {
+			lost = len(flushed)
+			if err := sleepCtx(ctx, rand.N(min(settleMin<<round, maxBackoff))); err != nil {
+				return fmt.Errorf("%s: flush: %w", c, err)
+			}
+			continue
 		}
-		if remoteIdx.inline {
-			return fmt.Errorf("%s: flush: the ref now holds an image: %w", c, ErrReadOnly)
-		}
-		mine, err := c.writeIndex(ctx, remoteIdx, flushed, uploaded, wo)
 		if err != nil {
 			return err
 		}
-		if err := sleepCtx(ctx, settleMin+rand.N(settleJitter)); err != nil {
+		// Another writer's window is about as long as ours was (same
+		// registry, same load): settle for at least twice that.
+		settle := max(settleMin, 2*window) + rand.N(settleJitter)
+		if err := sleepCtx(ctx, settle); err != nil {
 			return fmt.Errorf("%s: flush: %w", c, err)
 		}
 		back, err := c.read(ctx)
@@ -119,7 +130,14 @@ func (c *Registry) Flush(ctx context.Context) error {
 			}
 		}
 		if lost > 0 {
-			continue // a concurrent writer replaced our index: merge again
+			// A concurrent writer replaced our index: back off a random,
+			// growing while (so writers that collided spread out), then
+			// merge again.
+			backoff := min(settleMin<<round, maxBackoff)
+			if err := sleepCtx(ctx, rand.N(backoff)); err != nil {
+				return fmt.Errorf("%s: flush: %w", c, err)
+			}
+			continue
 		}
 		c.mu.Lock()
 		c.records, c.blobs = back.records, back.blobs
@@ -132,6 +150,67 @@ func (c *Registry) Flush(ctx context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("%s: flush: %d records were still missing after %d rounds of concurrent writers replacing the index", c, lost, flushRounds)
+}
+
+// errBusy: the manifest kept changing between mergeAndWrite's read and its
+// write; the round is retried after a backoff.
+var errBusy = errors.New("the cache index kept changing under concurrent writers")
+
+// mergeAndWrite re-reads the index, merges the staged records into it,
+// uploads the new index blob and, unless the manifest changed meanwhile
+// (then it merges again, a few times, and else gives up with errBusy),
+// PUTs the manifest. So the window in
+// which another writer's update can be lost is one HEAD and one PUT long.
+// It returns the staged keys the bounds kept (those the read-back must
+// find) and how long the last read-merge-write took.
+func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]*stagedRecord, uploaded map[v1.Hash]bool, wo RegistryWriteOptions) ([]digest.Digest, time.Duration, error) {
+	for attempt := 1; ; attempt++ {
+		began := time.Now()
+		base, err := c.read(ctx)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: flush: re-reading the index: %w", c, err)
+		}
+		if base.inline {
+			return nil, 0, fmt.Errorf("%s: flush: the ref now holds an image: %w", c, ErrReadOnly)
+		}
+		mine, manifest, err := c.writeIndex(ctx, base, flushed, uploaded, wo)
+		if err != nil {
+			return nil, 0, err
+		}
+		now, err := c.manifestDigest(ctx)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: flush: %w", c, err)
+		}
+		if now != base.manifest {
+			// Changed under us: never overwrite a newer index (its writer
+			// may have checked it already); merge with it first.
+			if attempt == mergeAttempts {
+				return nil, 0, errBusy
+			}
+			if err := sleepCtx(ctx, rand.N(settleJitter)); err != nil {
+				return nil, 0, fmt.Errorf("%s: flush: %w", c, err)
+			}
+			continue
+		}
+		if err := remote.Put(c.ref, manifest, c.opts.RemoteOptions(ctx)...); err != nil {
+			return nil, 0, fmt.Errorf("%s: writing cache manifest: %w", c, err)
+		}
+		return mine, time.Since(began), nil
+	}
+}
+
+// manifestDigest is the digest of the manifest the ref names now (a HEAD),
+// or "" when there is none.
+func (c *Registry) manifestDigest(ctx context.Context) (string, error) {
+	desc, err := remote.Head(c.ref, c.opts.RemoteOptions(ctx)...)
+	var terr *transport.Error
+	if errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("checking the cache manifest: %w", err)
+	}
+	return desc.Digest.String(), nil
 }
 
 // uploadBlobs uploads the staged records' blobs that the loaded manifest
@@ -174,10 +253,9 @@ func (c *Registry) uploadBlobs(ctx context.Context, flushed map[digest.Digest]*s
 }
 
 // writeIndex merges the staged records into the index read from the
-// registry, applies the bounds, and writes the index blob, then the
-// manifest. It returns the keys of the staged records the bounds kept:
-// those the read-back must find.
-func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, uploaded map[v1.Hash]bool, wo RegistryWriteOptions) ([]digest.Digest, error) {
+// registry, applies the bounds, uploads the index blob and returns the
+// manifest to PUT, with the keys of the staged records the bounds kept.
+func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, uploaded map[v1.Hash]bool, wo RegistryWriteOptions) ([]digest.Digest, rawTaggable, error) {
 	merged := make(map[digest.Digest]Record, len(base.records)+len(flushed))
 	for k, r := range base.records {
 		merged[k] = r
@@ -203,7 +281,7 @@ func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map
 			continue
 		}
 		if !base.blobs[r.Layer.Digest] && !uploaded[r.Layer.Digest] {
-			return nil, fmt.Errorf("%s: flush: record %s names blob %s, which is not in the repository", c, r.Key, r.Layer.Digest)
+			return nil, rawTaggable{}, fmt.Errorf("%s: flush: record %s names blob %s, which is not in the repository", c, r.Key, r.Layer.Digest)
 		}
 		descs[r.Layer.Digest] = r.Layer
 	}
@@ -220,11 +298,11 @@ func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map
 	sort.Slice(idx.Records, func(i, j int) bool { return idx.Records[i].Key < idx.Records[j].Key })
 	rawIndex, err := json.Marshal(idx)
 	if err != nil {
-		return nil, fmt.Errorf("%s: encoding index: %w", c, err)
+		return nil, rawTaggable{}, fmt.Errorf("%s: encoding index: %w", c, err)
 	}
 	config := static.NewLayer(rawIndex, IndexMediaType)
 	if err := remote.WriteLayer(c.ref.Context(), config, c.opts.RemoteOptions(ctx)...); err != nil {
-		return nil, fmt.Errorf("%s: uploading index: %w", c, err)
+		return nil, rawTaggable{}, fmt.Errorf("%s: uploading index: %w", c, err)
 	}
 	cd, _ := config.Digest()
 	m := v1.Manifest{
@@ -239,12 +317,9 @@ func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map
 	}
 	rawManifest, err := json.Marshal(m)
 	if err != nil {
-		return nil, fmt.Errorf("%s: encoding manifest: %w", c, err)
+		return nil, rawTaggable{}, fmt.Errorf("%s: encoding manifest: %w", c, err)
 	}
-	if err := remote.Put(c.ref, rawTaggable{raw: rawManifest, mt: types.OCIManifestSchema1}, c.opts.RemoteOptions(ctx)...); err != nil {
-		return nil, fmt.Errorf("%s: writing cache manifest: %w", c, err)
-	}
-	return mine, nil
+	return mine, rawTaggable{raw: rawManifest, mt: types.OCIManifestSchema1}, nil
 }
 
 // sleepCtx waits d or until ctx ends.

@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,6 +22,29 @@ RUN head -c 8 /dev/urandom | od -An -tx1 > /a; sleep 0.5
 RUN sleep 0.$(head -c1 /dev/urandom | od -An -tu1 | awk '{print $1 %% 10}'); cat /a > /b
 RUN cp /b /c
 `
+
+// cacheIndex returns the keys of the records in the registry cache at
+// ref, read from its manifest's config blob (kiln's index, doc.go).
+func cacheIndex(t *testing.T, ref string) []string {
+	t.Helper()
+	raw, err := testenv.Pull(t, ref).RawConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx struct {
+		Records []struct {
+			Key string `json:"key"`
+		} `json:"records"`
+	}
+	if err := json.Unmarshal(raw, &idx); err != nil {
+		t.Fatalf("cache index at %s: %v", ref, err)
+	}
+	var keys []string
+	for _, r := range idx.Records {
+		keys = append(keys, r.Key)
+	}
+	return keys
+}
 
 // chainFiles reads /a, /b and /c of a type=local output and says whether
 // they agree.
@@ -85,6 +109,13 @@ func TestConcurrentBuildsNeverMixChains(t *testing.T) {
 	t.Logf("%d concurrent builds: %d inconsistent, %d failed, %d distinct /a", builds, inconsistent, failed, len(distinct))
 	if inconsistent > 0 {
 		t.Errorf("%d of %d concurrent builds stacked layers never built together", inconsistent, builds)
+	}
+
+	// Every build's records are in the shared ref: the first step's key is
+	// common to all (same base, same instruction), the two after it are
+	// unique to each build's chain.
+	if n := len(cacheIndex(t, cacheRef)); n != 1+2*(builds-failed) {
+		t.Errorf("the shared --cache-to ref holds %d records, want %d (1 shared + 2 per build)", n, 1+2*(builds-failed))
 	}
 
 	// Warm rebuild on the same store: every step a hit, still consistent.
