@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kiln-build/kiln/internal/buildctx"
+	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/executor"
@@ -27,6 +28,7 @@ import (
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/registry"
 	"github.com/kiln-build/kiln/internal/snapshot"
+	"github.com/kiln-build/kiln/internal/state"
 )
 
 // ErrUnsupported marks Dockerfile features kiln does not implement yet.
@@ -41,12 +43,14 @@ type builder struct {
 	graph    *graph.Graph
 	target   int
 	bctx     *buildctx.Context
-	tmp      string
+	state    *state.Build // this build's own locked directory
+	tmp      string       // state.TempDir()
 	created  time.Time
 	platform v1.Platform
 	layer    image.LayerOptions
 	sink     progress.Sink
 	ids      atomic.Int32
+	ownRoot  string // a temporary state root made for this build alone
 
 	imagesMu sync.Mutex
 	images   map[string]*stage // COPY --from=<image>: pulled once per build
@@ -83,7 +87,7 @@ func (b *builder) snapshotter() (snapshot.Snapshotter, error) {
 		if b.opts.CacheDir != "" {
 			root = filepath.Join(b.opts.CacheDir, "snapshots")
 		}
-		b.snap, b.snapErr = snapshot.New(b.opts.Snapshotter, root, snapshot.WithPin(b.lease.Pin))
+		b.snap, b.snapErr = snapshot.New(b.opts.Snapshotter, root, snapshot.WithPin(b.lease.Pin), snapshot.WithActiveDir(b.state.SnapshotDir()))
 		if b.snapErr != nil {
 			b.snapErr = fmt.Errorf("--snapshotter=%s: %w", b.opts.Snapshotter, b.snapErr)
 		}
@@ -93,7 +97,14 @@ func (b *builder) snapshotter() (snapshot.Snapshotter, error) {
 
 func (b *builder) executor() (executor.Executor, error) {
 	b.execOnce.Do(func() {
-		b.exec, b.execErr = executor.New(b.opts.Isolation)
+		// The executor's bundles (runc's config.json holds the environment,
+		// env= secrets included) live on the build's tmpfs only.
+		mem, err := b.state.Mem()
+		if err != nil {
+			b.execErr = fmt.Errorf("RUN: %w", err)
+			return
+		}
+		b.exec, b.execErr = executor.New(b.opts.Isolation, executor.Config{Dir: mem, RuncRoot: state.RuncRoot(mem)})
 		if b.execErr != nil {
 			b.execErr = fmt.Errorf("--isolation=%s: %w", b.opts.Isolation, b.execErr)
 		}
@@ -159,26 +170,29 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	if err := b.plan(ctx); err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp(o.TempDir, "kiln-build-")
-	if err != nil {
-		return nil, fmt.Errorf("create build directory: %w", err)
+	if err := b.beginState(); err != nil {
+		return nil, err
 	}
-	b.tmp = tmp
-	b.bctx.Hide(o.ownPaths(tmp)...)
+	// The whole state root when the build made its own, else its tmp.
+	own := b.tmp
+	if b.ownRoot != "" {
+		own = b.ownRoot
+	}
+	b.bctx.Hide(o.ownPaths(own)...)
 	// Opened before, closed after the views: nothing a view mounts is
 	// collected while it is mounted.
 	if err := b.openLease(ctx); err != nil {
-		os.RemoveAll(tmp)
+		b.endState()
 		return nil, err
 	}
 	defer b.lease.Close()
 	defer func() {
 		// Views first: nothing may stay mounted under tmp.
 		b.dropRoots()
-		os.RemoveAll(tmp)
+		b.endState()
 	}()
-	b.layer.Dir = tmp
-	b.mountsDir = filepath.Join(tmp, "mounts")
+	b.layer.Dir = b.tmp
+	b.mountsDir = filepath.Join(b.tmp, "mounts")
 	if o.CacheDir != "" {
 		b.mountsDir = filepath.Join(o.CacheDir, "mounts")
 	}
@@ -203,6 +217,54 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		return &Result{}, nil
 	}
 	return b.export(ctx, b.stages[b.target])
+}
+
+// beginState takes this build's own directory under kiln's root (CacheDir;
+// without one, a temporary root removed afterwards), locked for the
+// build's whole life: everything transient the build makes lives in it or
+// is recorded in it, so the next kiln command can clean up after a crash.
+func (b *builder) beginState() error {
+	root := b.opts.CacheDir
+	if root == "" {
+		tmp, err := os.MkdirTemp(b.opts.TempDir, "kiln-build-")
+		if err != nil {
+			return fmt.Errorf("create build directory: %w", err)
+		}
+		root, b.ownRoot = tmp, tmp
+	}
+	st, err := state.Begin(root)
+	if err != nil {
+		if b.ownRoot != "" {
+			os.RemoveAll(b.ownRoot)
+		}
+		return err
+	}
+	b.state, b.tmp = st, st.TempDir()
+	// Partial blobs a kill leaves in type=local cache dests (and kiln's
+	// own cache) are removed by the next sweep once no writer is active.
+	dirs := []string{filepath.Join(root, "cache")}
+	for _, spec := range b.opts.CacheTo {
+		if spec.Type == "local" {
+			dirs = append(dirs, spec.Dir)
+		}
+	}
+	for _, d := range dirs {
+		lockPath, tmpDir := cache.PartialFiles(d)
+		if err := st.RecordPartial(lockPath, tmpDir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// endState removes the build's directory (and a root made for it alone).
+func (b *builder) endState() {
+	if err := b.state.Close(); err != nil {
+		b.warn(fmt.Sprintf("cleaning up the build directory: %v", err))
+	}
+	if b.ownRoot != "" {
+		os.RemoveAll(b.ownRoot)
+	}
 }
 
 func (b *builder) setPlatform() error {

@@ -328,7 +328,11 @@ func (b *builder) secretMount(m *instructions.Mount, target string) (executor.Mo
 	if target == "" {
 		target = "/run/secrets/" + path.Base(id)
 	}
-	f, err := os.CreateTemp(b.secretsDir(), "secret-")
+	dir, err := b.secretsDir()
+	if err != nil {
+		return executor.Mount{}, nil, false, fmt.Errorf("secret %q: %w", id, err)
+	}
+	f, err := os.CreateTemp(dir, "secret-")
 	if err != nil {
 		return executor.Mount{}, nil, false, err
 	}
@@ -346,12 +350,19 @@ func (b *builder) secretMount(m *instructions.Mount, target string) (executor.Mo
 	return executor.Mount{Destination: target, Type: "bind", Source: name, Options: []string{"rbind", "ro"}}, env, true, nil
 }
 
-// secretsDir holds secret files while the build runs; it is private to
-// root and removed with the build's temporary directory.
-func (b *builder) secretsDir() string {
-	dir := filepath.Join(b.tmp, "secrets")
-	_ = os.MkdirAll(dir, 0o700)
-	return dir
+// secretsDir holds secret files while the build runs: on the build's
+// tmpfs, private to root, so a secret never reaches a persistent disk and
+// is gone when the build ends, or, after a crash, with the next sweep.
+func (b *builder) secretsDir() (string, error) {
+	mem, err := b.state.Mem()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(mem, "secrets")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return dir, nil
 }
 
 // scriptMount mounts a "#!" RUN heredoc read-only at /dev/pipes/<name>.

@@ -24,8 +24,17 @@ func (l *Local) Lock(ctx context.Context) (unlock func(), err error) {
 	return l.lock(ctx, lock.Shared)
 }
 
+// PartialFiles names, for a local cache at dir, its lock and the
+// directory of its partial files. Writers hold the lock shared while they
+// write there, so whoever takes it exclusively may remove every partial
+// file (how a sweep cleans up after a killed writer).
+func PartialFiles(dir string) (lockPath, tmpDir string) {
+	return filepath.Join(dir, "lock"), filepath.Join(dir, "tmp")
+}
+
 func (l *Local) lock(ctx context.Context, mode lock.Mode) (func(), error) {
-	held, err := lock.Acquire(ctx, filepath.Join(l.dir, "lock"), mode)
+	lockPath, _ := PartialFiles(l.dir)
+	held, err := lock.Acquire(ctx, lockPath, mode)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", l, err)
 	}

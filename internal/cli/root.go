@@ -4,7 +4,11 @@
 package cli
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
+
+	"github.com/kiln-build/kiln/internal/state"
 )
 
 // Version is set at link time (-ldflags "-X ...cli.Version=v1.2.3").
@@ -19,6 +23,9 @@ func NewRoot() *cobra.Command {
 			"follows `docker buildx build`: the same flags with the same meanings.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Every command first cleans up after kiln commands that died
+		// (kill -9, OOM, power loss): see internal/state.
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) { sweep(cmd) },
 	}
 	root.AddCommand(NewCmdBuild(), newCmdCache(), newCmdVersion())
 	return root
@@ -32,5 +39,18 @@ func newCmdVersion() *cobra.Command {
 		Run: func(cmd *cobra.Command, _ []string) {
 			cmd.Println("kiln " + Version)
 		},
+	}
+}
+
+// sweep removes what dead kiln commands left in kiln's directory. It never
+// fails a command: a leftover it cannot remove is a warning, and the next
+// command tries again.
+func sweep(cmd *cobra.Command) {
+	dir, err := cacheDir()
+	if err != nil {
+		return // the commands that need the directory report it
+	}
+	if _, err := state.Sweep(cmd.Context(), dir); err != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: cleaning up after an earlier kiln: %v\n", err)
 	}
 }

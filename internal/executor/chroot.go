@@ -47,7 +47,7 @@ type childConfig struct {
 	Sgids      []uint32 `json:"sgids"`
 }
 
-type chrootExecutor struct{}
+type chrootExecutor struct{ cfg Config }
 
 func (chrootExecutor) Name() string { return "chroot" }
 
@@ -55,11 +55,11 @@ func (chrootExecutor) Name() string { return "chroot" }
 // namespaces (it inherits a copy of that mount, mounts the rest privately,
 // pivot_roots and execs), waits, and removes stubs through the parent's
 // mount. All mounts the child made die with its mount namespace.
-func (chrootExecutor) Run(ctx context.Context, spec Spec) (err error) {
+func (e chrootExecutor) Run(ctx context.Context, spec Spec) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("chroot executor: %w", err)
 	}
-	r, err := prepare(spec)
+	r, err := prepare(e.cfg.Dir, spec)
 	if err != nil {
 		return fmt.Errorf("chroot executor: %w", err)
 	}

@@ -86,23 +86,36 @@ var killGrace = time.Second
 // context detached from the caller's cancellation.
 const cleanupTimeout = 30 * time.Second
 
+// Config says where an executor keeps its state.
+type Config struct {
+	// Dir holds each run's work directory (the root's mount point, hosts
+	// file, runc bundle with its config.json). "" is the system temp dir.
+	// kiln puts it on a private tmpfs: config.json holds the process's
+	// environment, secrets included.
+	Dir string
+	// RuncRoot is runc's state root ("" keeps one per run, in its work
+	// directory). kiln gives each build its own, so that after a crash the
+	// next kiln finds exactly that build's containers (RemoveContainers).
+	RuncRoot string
+}
+
 // New returns the executor called name: "chroot", "runc", or "auto" (or
 // ""), which is runc when it is on PATH and chroot otherwise.
-func New(name string) (Executor, error) {
+func New(name string, cfg Config) (Executor, error) {
 	switch name {
 	case "", "auto":
 		if p, err := exec.LookPath("runc"); err == nil {
-			return &runcExecutor{runc: p}, nil
+			return &runcExecutor{runc: p, cfg: cfg}, nil
 		}
-		return chrootExecutor{}, nil
+		return chrootExecutor{cfg: cfg}, nil
 	case "chroot":
-		return chrootExecutor{}, nil
+		return chrootExecutor{cfg: cfg}, nil
 	case "runc":
 		p, err := exec.LookPath("runc")
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrRuncNotFound, err)
 		}
-		return &runcExecutor{runc: p}, nil
+		return &runcExecutor{runc: p, cfg: cfg}, nil
 	}
 	return nil, fmt.Errorf("%w %q (want auto, chroot or runc)", ErrUnknownExecutor, name)
 }

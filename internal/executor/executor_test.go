@@ -36,7 +36,7 @@ func newExecutor(t *testing.T, name string) Executor {
 	if name == "runc" {
 		testenv.Need(t, "runc")
 	}
-	ex, err := New(name)
+	ex, err := New(name, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,11 +69,11 @@ func validate(spec Spec) error {
 // prepare mounts the root in a new work directory, records the mount stubs
 // the run will need, resolves the user, creates the working directory and
 // completes the environment. On error it has already cleaned up.
-func prepare(spec Spec) (_ *run, err error) {
+func prepare(workDir string, spec Spec) (_ *run, err error) {
 	if err := validate(spec); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "kiln-run-")
+	dir, err := os.MkdirTemp(workDir, "kiln-run-")
 	if err != nil {
 		return nil, fmt.Errorf("create run directory: %w", err)
 	}

@@ -139,18 +139,18 @@ func TestValidate(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	if _, err := New("docker"); !errors.Is(err, ErrUnknownExecutor) {
+	if _, err := New("docker", Config{}); !errors.Is(err, ErrUnknownExecutor) {
 		t.Errorf("New(docker) = %v, want ErrUnknownExecutor", err)
 	}
-	ex, err := New("chroot")
+	ex, err := New("chroot", Config{})
 	if err != nil || ex.Name() != "chroot" {
 		t.Fatalf("New(chroot) = %v, %v", ex, err)
 	}
 	t.Setenv("PATH", t.TempDir())
-	if _, err := New("runc"); !errors.Is(err, ErrRuncNotFound) {
+	if _, err := New("runc", Config{}); !errors.Is(err, ErrRuncNotFound) {
 		t.Errorf("New(runc) without runc = %v, want ErrRuncNotFound", err)
 	}
-	if ex, err := New("auto"); err != nil || ex.Name() != "chroot" {
+	if ex, err := New("auto", Config{}); err != nil || ex.Name() != "chroot" {
 		t.Errorf("New(auto) without runc = %v, %v; want chroot", ex, err)
 	}
 }

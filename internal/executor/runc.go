@@ -20,6 +20,7 @@ import (
 
 type runcExecutor struct {
 	runc string // path of the runc binary
+	cfg  Config
 }
 
 func (*runcExecutor) Name() string { return "runc" }
@@ -31,7 +32,7 @@ func (e *runcExecutor) Run(ctx context.Context, spec Spec) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("runc executor: %w", err)
 	}
-	r, err := prepare(spec)
+	r, err := prepare(e.cfg.Dir, spec)
 	if err != nil {
 		return fmt.Errorf("runc executor: %w", err)
 	}
@@ -51,9 +52,12 @@ func (e *runcExecutor) Run(ctx context.Context, spec Spec) (err error) {
 	_, _ = rand.Read(idb[:])
 	c := runcContainer{
 		runc:  e.runc,
-		state: filepath.Join(r.dir, "state"),
+		state: e.cfg.RuncRoot,
 		log:   filepath.Join(r.dir, "runc.log"),
 		id:    "kiln-" + hex.EncodeToString(idb[:]),
+	}
+	if c.state == "" {
+		c.state = filepath.Join(r.dir, "state")
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
@@ -190,4 +194,37 @@ func ociSpec(r *run, spec Spec) *specs.Spec {
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: m.Type, Source: mm.Source, Options: mm.Options})
 	}
 	return s
+}
+
+// RemoveContainers deletes every container under the runc state root
+// root (a dead kiln's, found by a sweep), killing its processes: runc
+// delete --force sends SIGKILL to the container's init, and the pid
+// namespace takes every other process with it. A missing root is nothing
+// to do.
+func RemoveContainers(ctx context.Context, root string) error {
+	des, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list runc containers: %w", err)
+	}
+	if len(des) == 0 {
+		return nil
+	}
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		return fmt.Errorf("%d runc containers left under %s: %w", len(des), root, ErrRuncNotFound)
+	}
+	var errs []error
+	for _, de := range des {
+		if !de.IsDir() {
+			continue
+		}
+		c := runcContainer{runc: runc, state: root, log: os.DevNull, id: de.Name()}
+		if err := c.delete(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -50,6 +50,22 @@ type Lock struct {
 // Path is the lock file's name.
 func (l *Lock) Path() string { return l.path }
 
+// Stale reports whether the lock file was removed or replaced since it
+// was opened: the lock then guards nothing another process can find. A
+// holder that creates a lock inside a directory which others may remove
+// checks this after locking.
+func (l *Lock) Stale() bool {
+	if l == nil || l.f == nil {
+		return true
+	}
+	held, err := l.f.Stat()
+	if err != nil {
+		return true
+	}
+	now, err := os.Stat(l.path)
+	return err != nil || !os.SameFile(held, now)
+}
+
 // Unlock releases the lock (by closing its file). It is safe to call more
 // than once.
 func (l *Lock) Unlock() {

@@ -148,3 +148,28 @@ func TestKilledHolderReleases(t *testing.T) {
 	}
 	l.Unlock()
 }
+
+func TestStale(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "lock")
+	l, err := Acquire(context.Background(), p, Exclusive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Stale() {
+		t.Fatal("fresh lock reported stale")
+	}
+	os.Remove(p)
+	if !l.Stale() {
+		t.Fatal("removed lock file not reported stale")
+	}
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !l.Stale() {
+		t.Fatal("replaced lock file not reported stale")
+	}
+	l.Unlock()
+	if !l.Stale() {
+		t.Fatal("unlocked lock not reported stale")
+	}
+}

@@ -20,7 +20,8 @@ import (
 // committed tree is kept under its layer chain so the next step of the
 // same stage takes it over by a rename instead of copying again.
 type copySnapshotter struct {
-	root string
+	root   string
+	active string // parent of active snapshots
 }
 
 // keepCommitted bounds the committed trees kept for reuse: each is a whole
@@ -30,8 +31,8 @@ const keepCommitted = 4
 // materialize is Materialize, replaceable by tests that count full copies.
 var materialize = Materialize
 
-func newCopy(root string) (*copySnapshotter, error) {
-	return &copySnapshotter{root: root}, nil
+func newCopy(root, active string) (*copySnapshotter, error) {
+	return &copySnapshotter{root: root, active: active}, nil
 }
 
 func (c *copySnapshotter) Name() string { return NameCopy }
@@ -43,7 +44,7 @@ func (c *copySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Activ
 	if err != nil {
 		return nil, fmt.Errorf("prepare copy snapshot: %w", err)
 	}
-	dir, err := activeDir(c.root)
+	dir, err := activeDir(c.active)
 	if err != nil {
 		return nil, err
 	}

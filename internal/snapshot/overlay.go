@@ -21,19 +21,24 @@ import (
 // directory, never the whole tree (the anti-pattern of rescanning).
 type overlaySnapshotter struct {
 	root   string
+	active string // parent of active snapshots
 	layers *layerStore
 	extra  []string
 	pin    func(ctx context.Context, ids ...string) error
 }
 
-func newOverlay(root string, pin func(ctx context.Context, ids ...string) error) (*overlaySnapshotter, error) {
+func newOverlay(root, active string, pin func(ctx context.Context, ids ...string) error) (*overlaySnapshotter, error) {
 	if err := validRoot(root); err != nil {
+		return nil, err
+	}
+	if err := validRoot(active); err != nil {
 		return nil, err
 	}
 	return &overlaySnapshotter{
 		root:   root,
+		active: active,
 		layers: storeFor(filepath.Join(root, "l")),
-		extra:  overlayExtraOptions(root),
+		extra:  overlayExtraOptions(active),
 		pin:    pin,
 	}, nil
 }
@@ -84,7 +89,7 @@ func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Ac
 		}
 		lowers = []string{empty}
 	}
-	dir, err := activeDir(o.root)
+	dir, err := activeDir(o.active)
 	if err != nil {
 		return nil, err
 	}

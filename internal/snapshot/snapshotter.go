@@ -83,7 +83,8 @@ var (
 type Option func(*options)
 
 type options struct {
-	pin func(ctx context.Context, ids ...string) error
+	pin    func(ctx context.Context, ids ...string) error
+	active string
 }
 
 // WithPin has Prepare call pin with each layer's LayerPin before looking
@@ -92,6 +93,13 @@ type options struct {
 func WithPin(pin func(ctx context.Context, ids ...string) error) Option {
 	return func(o *options) { o.pin = pin }
 }
+
+// WithActiveDir puts active snapshots (the writable state of steps being
+// run) under dir instead of root/a. kiln gives each build its own, so the
+// snapshots of a build that was killed are found, and removed, with the
+// rest of its state. dir must be on root's filesystem: Commit renames into
+// root.
+func WithActiveDir(dir string) Option { return func(o *options) { o.active = dir } }
 
 // New returns the snapshotter called name, keeping its state under root
 // (created if missing). "" or "auto" picks overlay when OverlaySupported
@@ -111,19 +119,27 @@ func New(name, root string, opts ...Option) (Snapshotter, error) {
 	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return nil, fmt.Errorf("snapshotter root: %w", err)
 	}
+	if o.active == "" {
+		o.active = filepath.Join(abs, "a")
+	}
+	if o.active, err = filepath.Abs(o.active); err != nil {
+		return nil, fmt.Errorf("snapshotter active dir: %w", err)
+	}
+	// The probe mounts under the active dir, so a kill during it leaves
+	// its mount where the owner of that dir cleans up.
 	switch name {
 	case "", NameAuto:
-		if OverlaySupported(abs) {
-			return newOverlay(abs, o.pin)
+		if OverlaySupported(o.active) {
+			return newOverlay(abs, o.active, o.pin)
 		}
-		return newCopy(abs)
+		return newCopy(abs, o.active)
 	case NameOverlay:
-		if !OverlaySupported(abs) {
-			return nil, fmt.Errorf("snapshotter root %s: %w: %s", abs, ErrOverlayUnsupported, probeError(abs))
+		if !OverlaySupported(o.active) {
+			return nil, fmt.Errorf("snapshotter root %s: %w: %s", abs, ErrOverlayUnsupported, probeError(o.active))
 		}
-		return newOverlay(abs, o.pin)
+		return newOverlay(abs, o.active, o.pin)
 	case NameCopy:
-		return newCopy(abs)
+		return newCopy(abs, o.active)
 	}
 	return nil, fmt.Errorf("%q (want overlay, copy or auto): %w", name, ErrUnknownSnapshotter)
 }
@@ -151,9 +167,9 @@ func chainKey(ids []v1.Hash) string {
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 
-// activeDir makes a fresh, short-named directory for one active snapshot.
-func activeDir(root string) (string, error) {
-	parent := filepath.Join(root, "a")
+// activeDir makes a fresh, short-named directory for one active snapshot
+// under parent.
+func activeDir(parent string) (string, error) {
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return "", fmt.Errorf("create active snapshot: %w", err)
 	}
