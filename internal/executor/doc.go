@@ -8,7 +8,15 @@
 //     process. Programs that use it must call Init first thing in main (and
 //     tests in TestMain).
 //   - "runc": writes an OCI bundle (runtime-spec config.json) and runs
-//     `runc run` with a private state directory.
+//     `runc run` with a private state root (Config.RuncRoot: kiln gives
+//     each build its own, and RemoveContainers clears a dead build's).
+//
+// Work directories (the root's mount point, hosts file, runc bundle) go in
+// Config.Dir; kiln puts it on the build's tmpfs, because config.json holds
+// the process environment, env= secrets included. The chroot child runs
+// with PR_SET_PDEATHSIG=SIGKILL in its own pid namespace, so it and every
+// process it started die with kiln; a runc container outlives a killed
+// kiln until the next kiln command's sweep (internal/state) deletes it.
 //
 // What every Executor promises (the conformance suite in executor_test.go
 // checks each line for both):
@@ -35,7 +43,7 @@
 //     before the process starts and removed by the parent kiln process through
 //     its own mount of the root, so a cancelled run (process SIGKILLed) also
 //     leaves none; only a kiln process that is itself killed can leave them
-//     (and its temp directory) behind.
+//     (and its work directory) behind, for internal/state's sweep.
 //   - A non-zero exit is *ExitError; cancelling ctx kills the process (SIGTERM,
 //     then SIGKILL after a short grace), cleans up and returns an error
 //     wrapping ctx.Err(). Cleanup never runs on the cancelled context, and

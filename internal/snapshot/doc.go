@@ -11,7 +11,9 @@
 //   - overlay: each layer is extracted once per root into root/l/<short
 //     diffID> in overlayfs form ([ApplyOverlay]: whiteouts as 0/0 character
 //     devices, opaque directories as trusted.overlay.opaque=y), and a step
-//     gets an overlay mount over them with a fresh upper dir under root/a.
+//     gets an overlay mount over them with a fresh upper dir under root/a
+//     (or the dir given by WithActiveDir: kiln gives each build its own, so
+//     a killed build's snapshots are removed with its other state).
 //     A layer that appears more than once (every "RUN true" gives the same
 //     empty layer) is a lower dir once, at its topmost place: overlayfs
 //     refuses a repeated lowerdir, and the view is the same.
