@@ -44,7 +44,7 @@ type builder struct {
 	target   int
 	bctx     *buildctx.Context
 	state    *state.Build // this build's own locked directory
-	tmp      string       // state.TempDir()
+	tmp      string       // state.TempDir(): TMPDIR/kiln-build-ID
 	created  time.Time
 	platform v1.Platform
 	layer    image.LayerOptions
@@ -232,7 +232,7 @@ func (b *builder) beginState() error {
 		}
 		root, b.ownRoot = tmp, tmp
 	}
-	st, err := state.Begin(root)
+	st, err := state.Begin(root, b.opts.TempDir)
 	if err != nil {
 		if b.ownRoot != "" {
 			os.RemoveAll(b.ownRoot)

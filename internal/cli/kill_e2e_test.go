@@ -100,9 +100,21 @@ func TestKillNine(t *testing.T) {
 	phases := []string{phaseRun, phaseLayer, phasePush, phaseCache, phaseRun, phaseLayer, phasePush, phaseCache, phaseRandom}
 	landed := map[string]int{}
 	kills := 0
-	for i := 1; kills < 20 && i <= 40; i++ {
+	missing := func() []string {
+		var m []string
+		for _, p := range []string{phaseRun, phaseLayer, phasePush, phaseCache} {
+			if landed[p] == 0 {
+				m = append(m, p)
+			}
+		}
+		return m
+	}
+	for i := 1; (kills < 20 || len(missing()) > 0) && i <= 44; i++ {
 		iso := []string{"chroot", "runc"}[i%2]
 		want := phases[i%len(phases)]
+		if m := missing(); kills >= 16 && len(m) > 0 {
+			want = m[i%len(m)] // aim at what the kills so far missed
+		}
 		a := args(i, iso)
 		if want == phaseRun {
 			a = append(a[:len(a)-1], "--build-arg", "SLEEP=120", ".")
@@ -209,7 +221,13 @@ func killDuring(t *testing.T, dir string, env, args []string, marker string, n i
 	if want == phaseRandom {
 		delay = time.Duration(rng.Int64N(int64(full)))
 	} else {
-		delay = time.Duration(rng.Int64N(int64(150 * time.Millisecond)))
+		// Within the phase: pushes and cache exports of a few MB to a
+		// loopback registry take tens of milliseconds.
+		jitter := map[string]time.Duration{phaseRun: 150 * time.Millisecond, phaseLayer: 40 * time.Millisecond}[want]
+		if jitter == 0 {
+			jitter = 10 * time.Millisecond
+		}
+		delay = time.Duration(rng.Int64N(int64(jitter)))
 		select {
 		case <-trigger:
 		case err := <-exited:

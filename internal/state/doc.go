@@ -12,10 +12,13 @@
 //
 //	ROOT/run/<id>/lock        flock, held exclusively by the owner until it exits
 //	ROOT/run/<id>/owner       the owner's pid (for people; never trusted)
-//	ROOT/run/<id>/tmp/        root filesystem mount points, layer blobs being written, bind sources
-//	ROOT/run/<id>/snapshots/  active (writable) snapshots: overlay upper and work dirs, copy trees
-//	ROOT/run/<id>/mem/        a tmpfs: secrets, the executor's bundles (runc's config.json
-//	                          holds env= secrets), runc's state root for this build's containers
+//	ROOT/run/<id>/a/          active (writable) snapshots: overlay upper and work dirs, copy trees
+//	ROOT/run/<id>/temp        the path of the build's temp dir, TMPDIR/kiln-build-<id>/:
+//	  .../kiln-build-<id>/         root filesystem mount points, layer blobs being written, bind
+//	                               sources: large, short-lived files kept out of kiln's bounded
+//	                               directory, and every mount (so `du -s ROOT` never counts a view)
+//	  .../kiln-build-<id>/mem/     a tmpfs: secrets, the executor's bundles (runc's config.json
+//	                               holds env= secrets), runc's state root for this build's containers
 //	ROOT/run/<id>/partial     "LOCK\tDIR" lines: directories elsewhere (type=local cache dests,
 //	                          kiln's own cache) where this build may leave partial files
 //
@@ -27,7 +30,8 @@
 // init, whose pid namespace takes every other process along), empties the
 // recorded partial-file directories whose own lock it can take exclusively
 // (no writer is active there), unmounts everything mounted under the
-// directory (deepest first, lazily when busy), and removes it. A build
+// build's temp dir and its directory (deepest first, lazily when busy),
+// and removes both. A build
 // directory whose lock is held is never touched, and a tree is never
 // removed through a mount that could not be unmounted.
 //

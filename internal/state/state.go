@@ -25,10 +25,14 @@ const (
 	lockName    = "lock"    // flock: exclusive for the owner's whole life
 	ownerName   = "owner"   // the owner's pid, for people reading the directory
 	partialName = "partial" // lines "LOCK\tDIR": partial files this build may leave elsewhere
-	tmpName     = "tmp"     // on disk: root filesystems, layer blobs being written
-	snapName    = "snapshots"
-	memName     = "mem" // tmpfs: secrets, executor bundles, runc's state
+	tempName    = "temp"    // the path of the build's temp dir (TempDir)
+	snapName    = "a"       // active snapshots; short: deep layer paths must stay under PATH_MAX
+	memName     = "mem"     // in the temp dir, a tmpfs: secrets, executor bundles, runc's state
 )
+
+// TempPrefix starts the name of every build's temp dir (in the system's
+// temp dir, or Begin's tempParent).
+const TempPrefix = "kiln-build-"
 
 // memOptions size the build's tmpfs. It holds small files only (secrets,
 // config.json, hosts, runc state); pages are used only when written.
@@ -42,6 +46,7 @@ const cleanupTimeout = 30 * time.Second
 // exclusively until Close.
 type Build struct {
 	id, dir string
+	temp    string
 	held    *lock.Lock
 
 	mu     sync.Mutex
@@ -49,11 +54,12 @@ type Build struct {
 	closed bool
 }
 
-// Begin creates and locks a new build directory under root. It never
+// Begin creates and locks a new build directory under root, and the
+// build's temp dir under tempParent ("" is the system's temp dir). It never
 // returns a directory a concurrent Sweep may take: the lock is taken before
 // anything is put in it, and checked to still name the directory's lock
 // file afterwards.
-func Begin(root string) (*Build, error) {
+func Begin(root, tempParent string) (*Build, error) {
 	root, err := canonical(root)
 	if err != nil {
 		return nil, err
@@ -62,8 +68,11 @@ func Begin(root string) (*Build, error) {
 	if err := os.MkdirAll(run, 0o700); err != nil {
 		return nil, fmt.Errorf("create build directory: %w", err)
 	}
+	if tempParent == "" {
+		tempParent = os.TempDir()
+	}
 	for range 10 {
-		var idb [8]byte
+		var idb [4]byte
 		_, _ = rand.Read(idb[:])
 		id := hex.EncodeToString(idb[:])
 		dir := filepath.Join(run, id)
@@ -89,12 +98,24 @@ func Begin(root string) (*Build, error) {
 			b.Close()
 			return nil, fmt.Errorf("create build directory: %w", err)
 		}
-		for _, d := range []string{tmpName, snapName} {
-			if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
-				b.Close()
-				return nil, fmt.Errorf("create build directory: %w", err)
-			}
+		if err := os.Mkdir(filepath.Join(dir, snapName), 0o700); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("create build directory: %w", err)
 		}
+		// The temp dir is recorded before it exists, so a sweep finds it
+		// whenever it does.
+		temp, err := filepath.Abs(filepath.Join(tempParent, TempPrefix+id))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, tempName), []byte(temp), 0o600)
+		}
+		if err == nil {
+			err = os.Mkdir(temp, 0o700)
+		}
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("create build temp directory: %w", err)
+		}
+		b.temp = temp
 		return b, nil
 	}
 	return nil, errors.New("create build directory: no free name after 10 tries")
@@ -107,8 +128,10 @@ func (b *Build) ID() string { return b.id }
 func (b *Build) Dir() string { return b.dir }
 
 // TempDir is for large transient files on disk: root filesystem mount
-// points, layer blobs being written, private cache mounts.
-func (b *Build) TempDir() string { return filepath.Join(b.dir, tmpName) }
+// points, layer blobs being written, private cache mounts. It lives in the
+// system's temp dir (kiln-build-ID), recorded in the build directory: what
+// a build holds while it runs is not part of kiln's stored, bounded state.
+func (b *Build) TempDir() string { return b.temp }
 
 // SnapshotDir is for the build's active (writable) snapshots. It is on the
 // same filesystem as root, so a committed snapshot can be renamed into
@@ -128,7 +151,7 @@ func (b *Build) Mem() (string, error) {
 	if b.mem != "" {
 		return b.mem, nil
 	}
-	dir := filepath.Join(b.dir, memName)
+	dir := filepath.Join(b.temp, memName)
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return "", fmt.Errorf("build tmpfs: %w", err)
 	}
@@ -245,6 +268,10 @@ func Sweep(ctx context.Context, root string) (Swept, error) {
 			continue
 		}
 		mps, _ := mount.MountPointsUnder(dir)
+		if temp := recordedTemp(dir); temp != "" {
+			more, _ := mount.MountPointsUnder(temp)
+			mps = append(mps, more...)
+		}
 		cctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
 		err = clean(cctx, dir)
 		cancel()
@@ -266,12 +293,33 @@ func Sweep(ctx context.Context, root string) (Swept, error) {
 // a mount that could not be removed.
 func clean(ctx context.Context, dir string) error {
 	var errs []error
-	if err := executor.RemoveContainers(ctx, RuncRoot(filepath.Join(dir, memName))); err != nil {
-		errs = append(errs, err)
+	temp := recordedTemp(dir)
+	if temp != "" {
+		if err := executor.RemoveContainers(ctx, RuncRoot(filepath.Join(temp, memName))); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := cleanPartial(filepath.Join(dir, partialName)); err != nil {
 		errs = append(errs, err)
 	}
+	// The temp dir first: the build directory records where it is.
+	if temp != "" {
+		if err := removeTree(temp); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		if err := removeTree(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeTree unmounts everything under dir, deepest first, and removes
+// it, never through a mount that stayed.
+func removeTree(dir string) error {
+	var errs []error
 	if err := mount.UnmountAll(dir); err != nil {
 		errs = append(errs, err)
 	}
@@ -279,11 +327,25 @@ func clean(ctx context.Context, dir string) error {
 	if err != nil {
 		errs = append(errs, err)
 	} else if len(left) > 0 {
-		errs = append(errs, fmt.Errorf("%d mounts could not be removed (first: %s); keeping the directory", len(left), left[0]))
+		errs = append(errs, fmt.Errorf("%d mounts could not be removed (first: %s); keeping %s", len(left), left[0], dir))
 	} else if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
 	}
 	return errors.Join(errs...)
+}
+
+// recordedTemp reads the temp dir a build directory names, if it is one
+// kiln made for that build (named after its id), else "".
+func recordedTemp(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, tempName))
+	if err != nil {
+		return ""
+	}
+	temp := string(b)
+	if !filepath.IsAbs(temp) || filepath.Base(temp) != TempPrefix+filepath.Base(dir) {
+		return ""
+	}
+	return temp
 }
 
 // canonical makes root absolute with symlinks resolved, as mountinfo names

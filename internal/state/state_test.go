@@ -26,7 +26,7 @@ func needRoot(t *testing.T) {
 func TestBeginCloseLeavesNothing(t *testing.T) {
 	needRoot(t)
 	root := t.TempDir()
-	b, err := Begin(root)
+	b, err := Begin(root, tmpParent(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +56,9 @@ func TestBeginCloseLeavesNothing(t *testing.T) {
 	if left, _ := os.ReadDir(filepath.Join(root, "run")); len(left) != 0 {
 		t.Fatalf("left after Close: %v", left)
 	}
+	if _, err := os.Stat(b.TempDir()); !os.IsNotExist(err) {
+		t.Fatalf("temp dir left after Close: %v", err)
+	}
 	if mps, _ := mount.MountPointsUnder(root); len(mps) != 0 {
 		t.Fatalf("mounts left after Close: %v", mps)
 	}
@@ -72,6 +75,7 @@ func TestSweepAfterKill(t *testing.T) {
 	}
 	needRoot(t)
 	root := t.TempDir()
+	temp := t.TempDir()
 	dest := t.TempDir()
 	busy := t.TempDir()
 	for _, d := range []string{dest, busy} {
@@ -90,7 +94,7 @@ func TestSweepAfterKill(t *testing.T) {
 	defer writer.Unlock()
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSweepAfterKill$")
-	cmd.Env = append(os.Environ(), "KILN_STATE_CHILD="+root, "KILN_STATE_DESTS="+dest+":"+busy)
+	cmd.Env = append(os.Environ(), "KILN_STATE_CHILD="+root, "KILN_STATE_TMP="+temp, "KILN_STATE_DESTS="+dest+":"+busy)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -108,8 +112,9 @@ func TestSweepAfterKill(t *testing.T) {
 	_ = cmd.Wait()
 
 	mps, _ := mount.MountPointsUnder(root)
-	if len(mps) != 2 {
-		t.Fatalf("the dead build left %d mounts, want 2 (the test is wrong): %v", len(mps), mps)
+	tmps, _ := mount.MountPointsUnder(temp)
+	if len(mps) != 0 || len(tmps) != 2 {
+		t.Fatalf("the dead build left mounts %v under its dir and %v under its temp dir, want 0 and 2 (the test is wrong)", mps, tmps)
 	}
 	sw, err := Sweep(context.Background(), root)
 	if err != nil {
@@ -118,8 +123,13 @@ func TestSweepAfterKill(t *testing.T) {
 	if sw.Builds != 1 || sw.Mounts != 2 {
 		t.Errorf("swept %+v, want 1 build and 2 mounts", sw)
 	}
-	if mps, _ := mount.MountPointsUnder(root); len(mps) != 0 {
-		t.Errorf("mounts left after the sweep: %v", mps)
+	for _, d := range []string{root, temp} {
+		if mps, _ := mount.MountPointsUnder(d); len(mps) != 0 {
+			t.Errorf("mounts left after the sweep: %v", mps)
+		}
+	}
+	if left, _ := os.ReadDir(temp); len(left) != 0 {
+		t.Errorf("temp dirs left after the sweep: %v", left)
 	}
 	if left, _ := os.ReadDir(filepath.Join(root, "run")); len(left) != 0 {
 		t.Errorf("build dirs left after the sweep: %v", left)
@@ -135,7 +145,7 @@ func TestSweepAfterKill(t *testing.T) {
 // child begins a build, fills it like a RUN in progress, and waits to be
 // killed.
 func child(root string) {
-	b, err := Begin(root)
+	b, err := Begin(root, os.Getenv("KILN_STATE_TMP"))
 	if err != nil {
 		panic(err)
 	}
@@ -162,12 +172,20 @@ func child(root string) {
 	select {}
 }
 
+// tmpParent is the temp parent tests give Begin.
+func tmpParent(t *testing.T) string {
+	if p := os.Getenv("KILN_STATE_TMP"); p != "" {
+		return p
+	}
+	return t.TempDir()
+}
+
 func TestBeginNamesAreUnique(t *testing.T) {
 	root := t.TempDir()
 	seen := map[string]bool{}
 	var all []*Build
 	for range 20 {
-		b, err := Begin(root)
+		b, err := Begin(root, tmpParent(t))
 		if err != nil {
 			t.Fatal(err)
 		}
