@@ -68,9 +68,11 @@ type builder struct {
 	// lease pins what this build uses in kiln's directory (disk.go).
 	lease *gc.Lease
 
-	caches     caches
-	downloaded atomic.Int64 // blob bytes fetched from registries
-	uploading  atomic.Bool  // a registry push is running: count layer reads as uploads
+	caches caches
+	// recompressed holds layers re-encoded for force-compression outputs.
+	recompressed recompressed
+	downloaded   atomic.Int64 // blob bytes fetched from registries
+	uploading    atomic.Bool  // a registry push is running: count layer reads as uploads
 
 	// keysOnly, set by tests, makes every layer step only record its key.
 	keysOnly *[]string
@@ -612,6 +614,10 @@ func (b *builder) fail(id int, start time.Time, err error) {
 // belong in every cache key.
 func (b *builder) keyOptions() map[string]string {
 	opts := map[string]string{"compression": string(b.layer.Compression)}
+	if b.layer.Level != nil {
+		// Only when set, so keys of builds that never asked stay as they were.
+		opts["compression-level"] = fmt.Sprint(*b.layer.Level)
+	}
 	if b.opts.Epoch != nil {
 		opts["source-date-epoch"] = fmt.Sprint(b.opts.Epoch.Unix())
 	}

@@ -58,6 +58,7 @@ func layerOptions(o Options) (image.LayerOptions, error) {
 				return lo, fmt.Errorf("output type=%s: %w", spec.Type, err)
 			}
 			lo.Compression = c
+			lo.Level = specLevel(spec)
 			break
 		}
 	}
@@ -101,7 +102,14 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	}
 	res := &Result{}
 	for i, spec := range specs {
-		img, err := image.Assemble(s.base, cfg, s.added, spec.OCIMediaTypes)
+		base, added := s.base, s.added
+		if spec.ForceCompression {
+			var err error
+			if base, added, err = b.forceCompression(ctx, s, spec); err != nil {
+				return nil, fmt.Errorf("output type=%s: force-compression: %w", spec.Type, err)
+			}
+		}
+		img, err := image.Assemble(base, cfg, added, spec.OCIMediaTypes)
 		if err != nil {
 			return nil, fmt.Errorf("assemble image: %w", err)
 		}

@@ -1,10 +1,14 @@
 package image
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -55,4 +59,44 @@ func (c Compression) mediaType(oci bool) (types.MediaType, error) {
 	default:
 		return "", fmt.Errorf("%w %q", ErrUnknownCompression, string(c))
 	}
+}
+
+// Recompress writes l's uncompressed tar again with opts' compression and
+// level (buildx's force-compression), into a blob file in opts.Dir. The
+// tar's bytes, and so its diffID, are unchanged; that is checked.
+func Recompress(ctx context.Context, l v1.Layer, opts LayerOptions) (*Layer, error) {
+	want, err := l.DiffID()
+	if err != nil {
+		return nil, fmt.Errorf("recompress layer: %w", err)
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return nil, fmt.Errorf("recompress layer %s: %w", want, err)
+	}
+	defer rc.Close()
+	out, err := writeBlob(opts, func(w io.Writer) error {
+		_, err := io.Copy(w, ctxReader{ctx: ctx, r: rc})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("recompress layer %s: %w", want, err)
+	}
+	if out.diffID != want {
+		_ = os.Remove(out.path)
+		return nil, fmt.Errorf("recompress layer %s: its content has diffID %s", want, out.diffID)
+	}
+	return out, nil
+}
+
+// ctxReader stops a long copy when ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }

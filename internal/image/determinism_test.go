@@ -42,7 +42,10 @@ func TestWriteLayerDeterministic(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			touch(later.Add(time.Hour)) // start above the epoch
-			opts := LayerOptions{Compression: tt.c, Level: tt.level, OCI: tt.oci}
+			opts := LayerOptions{Compression: tt.c, OCI: tt.oci}
+			if tt.level != 0 {
+				opts.Level = &tt.level
+			}
 			if tt.withEpoch {
 				e := epoch
 				opts.Epoch = &e

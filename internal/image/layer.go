@@ -110,14 +110,14 @@ func (r *readCloser) Close() error { return r.close() }
 // newCompressor wraps w in the compressor for c. Both compressors are set up
 // for reproducible output: the gzip header has no name and a zero mtime, and
 // zstd encodes on one goroutine so block boundaries never depend on timing.
-func newCompressor(w io.Writer, c Compression, level int) (io.WriteCloser, error) {
+func newCompressor(w io.Writer, c Compression, level *int) (io.WriteCloser, error) {
 	switch c {
 	case Uncompressed:
 		return nopWriteCloser{w}, nil
 	case Zstd:
 		opts := []zstd.EOption{zstd.WithEncoderConcurrency(1)}
-		if level != 0 {
-			opts = append(opts, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)))
+		if level != nil {
+			opts = append(opts, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(*level)))
 		}
 		z, err := zstd.NewWriter(w, opts...)
 		if err != nil {
@@ -125,14 +125,15 @@ func newCompressor(w io.Writer, c Compression, level int) (io.WriteCloser, error
 		}
 		return z, nil
 	case Gzip, "":
-		if level == 0 {
-			level = gzip.DefaultCompression
+		lv := gzip.DefaultCompression
+		if level != nil {
+			lv = *level
 		}
 		// Parallel gzip: 1 MiB blocks compressed on every core. The bytes
 		// depend only on the input and the block size, never on timing.
-		z, err := pgzip.NewWriterLevel(w, level)
+		z, err := pgzip.NewWriterLevel(w, lv)
 		if err != nil {
-			return nil, fmt.Errorf("gzip writer level %d: %w", level, err)
+			return nil, fmt.Errorf("gzip writer level %d: %w", lv, err)
 		}
 		if err := z.SetConcurrency(1<<20, 2*runtime.GOMAXPROCS(0)); err != nil {
 			return nil, fmt.Errorf("gzip writer: %w", err)

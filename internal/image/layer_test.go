@@ -242,7 +242,7 @@ func TestLayerFormats(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(string(tt.c)+map[bool]string{true: "-oci", false: "-docker"}[tt.oci], func(t *testing.T) {
 			dir := t.TempDir()
-			l, err := WriteLayer(context.Background(), root, ch, LayerOptions{Compression: tt.c, OCI: tt.oci, Dir: dir, Level: 0})
+			l, err := WriteLayer(context.Background(), root, ch, LayerOptions{Compression: tt.c, OCI: tt.oci, Dir: dir})
 			if err != nil {
 				t.Fatal(err)
 			}

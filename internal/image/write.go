@@ -26,7 +26,10 @@ import (
 // LayerOptions say how a layer blob is encoded and where it is written.
 type LayerOptions struct {
 	Compression Compression // "" means gzip
-	Level       int         // 0 = library default
+	// Level is buildx's compression-level: gzip 0-9 (0 stores), zstd
+	// 0-22 (mapped to the encoder's four speeds, as BuildKit does); nil is
+	// the library default.
+	Level *int
 	// OCI selects OCI layer media types; otherwise Docker schema2 ones
 	// (zstd is always the OCI type, as in BuildKit).
 	OCI bool
@@ -78,14 +81,46 @@ const (
 // with several names inside the layer is written once and then as hardlinks.
 // Extended attributes are not written.
 func WriteLayer(ctx context.Context, root string, ch Changes, opts LayerOptions) (*Layer, error) {
+	plan, err := planEntries(ch)
+	if err != nil {
+		return nil, err
+	}
+	fsRoot, err := archive.OpenRoot(root)
+	if err != nil {
+		return nil, fmt.Errorf("write layer: %w", err)
+	}
+	defer fsRoot.Close()
+	l, err := writeBlob(opts, func(w io.Writer) error {
+		tw := tar.NewWriter(w)
+		lw := &layerWriter{root: fsRoot, tw: tw, epoch: opts.Epoch, links: map[fileID]string{}, dirs: map[string]bool{}}
+		for _, e := range plan {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("write layer: %w", err)
+			}
+			if err := lw.write(e); err != nil {
+				return err
+			}
+		}
+		if err := tw.Close(); err != nil {
+			return fmt.Errorf("finish layer tar: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.empty = len(plan) == 0
+	return l, nil
+}
+
+// writeBlob compresses the tar stream fill writes into a blob file in
+// opts.Dir named after its digest, hashing both sides as they pass: the
+// one home of layer blob encoding, for new layers and recompressed ones.
+func writeBlob(opts LayerOptions, fill func(tar io.Writer) error) (*Layer, error) {
 	if opts.Compression == "" {
 		opts.Compression = Gzip
 	}
 	mt, err := opts.Compression.mediaType(opts.OCI)
-	if err != nil {
-		return nil, err
-	}
-	plan, err := planEntries(ch)
 	if err != nil {
 		return nil, err
 	}
@@ -115,24 +150,8 @@ func WriteLayer(ctx context.Context, root string, ch Changes, opts LayerOptions)
 		return nil, err
 	}
 	differ := sha256.New()
-	tw := tar.NewWriter(io.MultiWriter(differ, comp))
-
-	fsRoot, err := archive.OpenRoot(root)
-	if err != nil {
-		return nil, fmt.Errorf("write layer: %w", err)
-	}
-	defer fsRoot.Close()
-	lw := &layerWriter{root: fsRoot, tw: tw, epoch: opts.Epoch, links: map[fileID]string{}, dirs: map[string]bool{}}
-	for _, e := range plan {
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("write layer: %w", err)
-		}
-		if err := lw.write(e); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, fmt.Errorf("finish layer tar: %w", err)
+	if err := fill(io.MultiWriter(differ, comp)); err != nil {
+		return nil, err
 	}
 	if err := comp.Close(); err != nil {
 		return nil, fmt.Errorf("finish layer compression: %w", err)
@@ -159,7 +178,6 @@ func WriteLayer(ctx context.Context, root string, ch Changes, opts LayerOptions)
 		size:        counter.n,
 		mediaType:   mt,
 		compression: opts.Compression,
-		empty:       len(plan) == 0,
 	}, nil
 }
 
