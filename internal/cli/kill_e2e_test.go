@@ -154,7 +154,10 @@ func TestKillNine(t *testing.T) {
 	if d := imageDigest(t, re.Stdout); d != digest0 {
 		t.Errorf("rebuild pushed %s, want the first build's %s", d, digest0)
 	}
-	re = kiln(t, ctxDir, env, args(1, "chroot")...)
+	// The last rebuild also applies kiln's size bound to its directory.
+	const bound = 40 << 20
+	a := args(1, "chroot")
+	kiln(t, ctxDir, env, append(a[:len(a)-1], "--max-cache-size=40MiB", ".")...)
 	tree := testenv.Tree(t, testenv.Pull(t, host+"/kill:1"))
 	if e := tree["big"]; len(e.Content) != 4000000 {
 		t.Errorf("rebuilt /big has %d bytes, want 4000000", len(e.Content))
@@ -176,7 +179,11 @@ func TestKillNine(t *testing.T) {
 	for _, d := range dirs {
 		total += du(t, d)
 	}
-	t.Logf("disk used by kiln's dirs, TMPDIR and the cache dest: %d MB", total>>20)
+	own := du(t, filepath.Join(home, ".cache", "kiln"))
+	t.Logf("disk used: kiln's directory %d MB (bound %d MB); with TMPDIR and the cache dest %d MB", own>>20, bound>>20, total>>20)
+	if own > bound {
+		t.Errorf("kiln's directory holds %d MB after the kills and a build with --max-cache-size=40MiB", own>>20)
+	}
 	if limit := int64(kills+3) * 40 << 20; total > limit {
 		t.Errorf("kiln's directories hold %d MB after %d kills, want at most %d MB", total>>20, kills, limit>>20)
 	}
