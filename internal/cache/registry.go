@@ -59,7 +59,7 @@ type RegistryWriteOptions struct {
 }
 
 // OpenRegistry loads the cache at ref in one round trip: the manifest,
-// then its config blob. A ref that does not exist is an empty cache; a
+// then its config blob (again, up to 3 times, after a transient failure). A ref that does not exist is an empty cache; a
 // registry that cannot be reached is an error wrapping
 // registry.ErrUnreachable. When ref holds an image (its config is an image
 // config), the cache is read from the image's inline cache field and the
@@ -96,10 +96,35 @@ type remoteIndex struct {
 	manifest string
 }
 
-// read fetches the cache manifest at c.ref and its index: one manifest
-// GET and one config blob GET. A ref that does not exist is an empty
-// index.
+// readAttempts bounds how often read tries again after a transient
+// failure: a body cut short or corrupted on the way (caught by the digest
+// check), a 5xx that outlived the client's own retries, a reset.
+const readAttempts = 3
+
+// read fetches the cache manifest at c.ref and its index, trying again
+// after transient failures. A ref that does not exist is an empty index.
 func (c *Registry) read(ctx context.Context) (remoteIndex, error) {
+	for attempt := 1; ; attempt++ {
+		idx, err := c.readOnce(ctx)
+		if err == nil || attempt == readAttempts || !transient(ctx, err) {
+			return idx, err
+		}
+		if err := sleepCtx(ctx, time.Duration(attempt)*100*time.Millisecond); err != nil {
+			return idx, err
+		}
+	}
+}
+
+// transient reports whether a failed read is worth repeating: not when
+// the context ended, the registry cannot be reached at all, or the index
+// is of a format this kiln does not read.
+func transient(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, registry.ErrUnreachable) && !errors.Is(err, ErrUnsupportedFormat)
+}
+
+// readOnce fetches the cache manifest at c.ref and its index: one manifest
+// GET and one config blob GET.
+func (c *Registry) readOnce(ctx context.Context) (remoteIndex, error) {
 	idx := remoteIndex{records: map[digest.Digest]Record{}, blobs: map[v1.Hash]bool{}}
 	img, err := registry.Image(ctx, c.ref.String(), v1.Platform{}, c.opts)
 	if errors.Is(err, registry.ErrNotFound) {
