@@ -70,6 +70,7 @@ func (op Add) Apply(ctx context.Context, rootfs string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer w.close()
 	for _, u := range urls {
 		if err := op.download(ctx, w, u); err != nil {
 			return nil, err
@@ -149,11 +150,12 @@ func (op Add) extractHook(ctx context.Context, c *copier, it item, destDir strin
 // cannot redirect a later one outside it) and relative to the previous
 // entry's open directories, so a deep tree costs linear time.
 func (c *copier) extract(ctx context.Context, tr *tar.Reader, meter *archive.Meter, dest string) error {
-	root, err := archive.OpenRoot(c.w.rootfs)
+	// The writer's root: one cache of descriptors, so no copy of it can
+	// go stale while the other replaces entries.
+	root, err := c.w.root()
 	if err != nil {
 		return err
 	}
-	defer root.Close()
 	owner := Owner{}
 	if c.op.Chown != nil {
 		owner = *c.op.Chown

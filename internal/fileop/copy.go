@@ -8,10 +8,15 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/moby/patternmatcher"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
 
 // ErrDestNotDir is returned when several sources are copied to a destination
@@ -85,7 +90,7 @@ func (op Copy) plan(w *writer) (plan, error) {
 	}
 	p.destDir = slash || multi
 	if !p.destDir {
-		if abs, err := w.resolve(p.dest, true); err == nil {
+		if abs, _, err := w.resolve(p.dest, true); err == nil {
 			if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
 				p.destDir = true
 			}
@@ -99,6 +104,7 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 	if err != nil {
 		return nil, err
 	}
+	defer w.close()
 	c := &copier{w: w, op: op}
 	if len(op.Exclude) > 0 {
 		if c.exclude, err = patternmatcher.New(op.Exclude); err != nil {
@@ -192,26 +198,59 @@ func (c *copier) metaFor(fi fs.FileInfo) meta {
 	return m
 }
 
-// copyEntry copies one non-directory object to the logical path dest.
+// copyEntry copies one non-directory object, src on disk, to the logical
+// path dest.
 func (c *copier) copyEntry(src string, fi fs.FileInfo, dest string) error {
+	dir, err := unix.Open(filepath.Dir(src), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	defer unix.Close(dir)
+	return c.copyEntryAt(dir, filepath.Base(src), fi, dest)
+}
+
+// copyEntryAt copies the non-directory name in the source directory dir
+// to the logical path dest, never following name if it is a symlink.
+func (c *copier) copyEntryAt(dir int, name string, fi fs.FileInfo, dest string) error {
 	m := c.metaFor(fi)
 	switch {
 	case fi.Mode().IsRegular():
-		f, err := os.Open(src)
+		fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("copy %s: %w", src, err)
+			return fmt.Errorf("copy %s: %w", name, err)
 		}
+		f := os.NewFile(uintptr(fd), name)
 		defer f.Close()
 		return c.w.writeFile(dest, f, m)
 	case fi.Mode()&fs.ModeSymlink != 0:
-		target, err := os.Readlink(src)
+		target, err := archive.Readlink(dir, name)
 		if err != nil {
-			return fmt.Errorf("copy %s: %w", src, err)
+			return fmt.Errorf("copy %s: %w", name, err)
 		}
 		return c.w.writeSymlink(dest, target, m)
 	default:
 		return c.w.writeSpecial(dest, m)
 	}
+}
+
+// statInfo is the fs.FileInfo of an entry stat'ed relative to its
+// directory's descriptor.
+type statInfo struct {
+	name string
+	st   unix.Stat_t
+}
+
+func (s *statInfo) Name() string       { return s.name }
+func (s *statInfo) Size() int64        { return s.st.Size }
+func (s *statInfo) Mode() fs.FileMode  { return archive.StatMode(&s.st) }
+func (s *statInfo) ModTime() time.Time { return time.Unix(s.st.Mtim.Unix()) }
+func (s *statInfo) IsDir() bool        { return s.st.Mode&unix.S_IFMT == unix.S_IFDIR }
+
+// Sys is a *syscall.Stat_t, as os.Lstat's would be.
+func (s *statInfo) Sys() any {
+	return &syscall.Stat_t{Dev: s.st.Dev, Ino: s.st.Ino, Nlink: s.st.Nlink, Mode: s.st.Mode, Uid: s.st.Uid,
+		Gid: s.st.Gid, Rdev: s.st.Rdev, Size: s.st.Size, Blksize: s.st.Blksize, Blocks: s.st.Blocks,
+		Atim: syscall.Timespec(s.st.Atim), Mtim: syscall.Timespec(s.st.Mtim), Ctim: syscall.Timespec(s.st.Ctim)}
 }
 
 // node is one object beneath a copied source directory, listed before
@@ -223,33 +262,41 @@ type node struct {
 }
 
 // list reads the visible tree beneath the source directory srcRel
-// (tree-relative) in one walk. sub is srcRel relative to the copied source,
-// for --exclude. Listing everything first means an object that appears while
-// the copy writes (the destination inside the source, another process) is
-// never copied, and nothing is copied twice.
-func (c *copier) list(ctx context.Context, srcRel, sub string) ([]*node, error) {
+// (tree-relative, open as dir) in one walk. sub is srcRel relative to the
+// copied source, for --exclude. Listing everything first means an object
+// that appears while the copy writes (the destination inside the source,
+// another process) is never copied, and nothing is copied twice. Entries
+// are read relative to their directory's descriptor, so a deep tree costs
+// linear time and PATH_MAX does not apply.
+func (c *copier) list(ctx context.Context, dir int, srcRel, sub string) ([]*node, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	srcAbs := filepath.Join(c.op.Src.Root, filepath.FromSlash(srcRel))
-	ents, err := os.ReadDir(srcAbs)
+	names, err := archive.ReadNames(dir)
 	if err != nil {
 		return nil, fmt.Errorf("copy %s: %w", srcRel, err)
 	}
-	nodes := make([]*node, 0, len(ents))
-	for _, e := range ents {
-		childRel := path.Join(srcRel, e.Name())
-		childSub := path.Join(sub, e.Name())
-		if c.op.Src.excluded(childRel, e.IsDir()) || c.excludedByFlag(childSub) {
+	sort.Strings(names)
+	nodes := make([]*node, 0, len(names))
+	for _, name := range names {
+		fi := &statInfo{name: name}
+		if err := unix.Fstatat(dir, name, &fi.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, fmt.Errorf("copy %s: %w", path.Join(srcRel, name), err)
+		}
+		childRel := path.Join(srcRel, name)
+		childSub := path.Join(sub, name)
+		if c.op.Src.excluded(childRel, fi.IsDir()) || c.excludedByFlag(childSub) {
 			continue
 		}
-		fi, err := e.Info()
-		if err != nil {
-			return nil, fmt.Errorf("copy %s: %w", childRel, err)
-		}
-		n := &node{name: e.Name(), fi: fi}
+		n := &node{name: name, fi: fi}
 		if fi.IsDir() {
-			if n.kids, err = c.list(ctx, childRel, childSub); err != nil {
+			child, err := openDirAt(dir, name)
+			if err != nil {
+				return nil, fmt.Errorf("copy %s: %w", childRel, err)
+			}
+			n.kids, err = c.list(ctx, child, childRel, childSub)
+			_ = unix.Close(child)
+			if err != nil {
 				return nil, err
 			}
 		}
@@ -258,24 +305,33 @@ func (c *copier) list(ctx context.Context, srcRel, sub string) ([]*node, error) 
 	return nodes, nil
 }
 
+func openDirAt(dir int, name string) (int, error) {
+	return unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+}
+
 // copyChildren copies the visible children of the source directory srcRel
 // into the existing directory dest.
 func (c *copier) copyChildren(ctx context.Context, srcRel, sub, dest string) error {
-	nodes, err := c.list(ctx, srcRel, sub)
+	srcAbs := filepath.Join(c.op.Src.Root, filepath.FromSlash(srcRel))
+	dir, err := unix.Open(srcAbs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", srcRel, err)
+	}
+	defer unix.Close(dir)
+	nodes, err := c.list(ctx, dir, srcRel, sub)
 	if err != nil {
 		return err
 	}
-	return c.write(ctx, srcRel, nodes, dest)
+	return c.write(ctx, dir, srcRel, nodes, dest)
 }
 
-// write copies listed nodes of the source directory srcRel into the
-// existing directory dest.
-func (c *copier) write(ctx context.Context, srcRel string, nodes []*node, dest string) error {
-	srcAbs := filepath.Join(c.op.Src.Root, filepath.FromSlash(srcRel))
+// write copies listed nodes of the source directory srcRel (open as dir)
+// into the existing directory dest.
+func (c *copier) write(ctx context.Context, dir int, srcRel string, nodes []*node, dest string) error {
 	for _, n := range nodes {
 		childDest := path.Join(dest, n.name)
 		if !n.fi.IsDir() {
-			if err := c.copyEntry(filepath.Join(srcAbs, n.name), n.fi, childDest); err != nil {
+			if err := c.copyEntryAt(dir, n.name, n.fi, childDest); err != nil {
 				return err
 			}
 			continue
@@ -284,15 +340,20 @@ func (c *copier) write(ctx context.Context, srcRel string, nodes []*node, dest s
 			return err
 		}
 		m := c.metaFor(n.fi)
-		abs, err := c.w.ensureDir(childDest, m)
+		if err := c.w.ensureDir(childDest, m); err != nil {
+			return err
+		}
+		child, err := openDirAt(dir, n.name)
+		if err != nil {
+			return fmt.Errorf("copy %s: %w", path.Join(srcRel, n.name), err)
+		}
+		err = c.write(ctx, child, path.Join(srcRel, n.name), n.kids, childDest)
+		_ = unix.Close(child)
 		if err != nil {
 			return err
 		}
-		if err := c.write(ctx, path.Join(srcRel, n.name), n.kids, childDest); err != nil {
-			return err
-		}
 		// Children bumped the directory's mtime; restore the source's now.
-		if err := setMtime(abs, m.mtime); err != nil {
+		if err := c.w.setDirMtime(childDest, m.mtime); err != nil {
 			return err
 		}
 	}

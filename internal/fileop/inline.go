@@ -27,10 +27,11 @@ func WriteFiles(ctx context.Context, rootfs, dest string, files []File, chown *O
 	if err != nil {
 		return nil, err
 	}
+	defer w.close()
 	lp := logical(dest)
 	isDir := strings.HasSuffix(dest, "/") || lp == ""
 	if !isDir {
-		if abs, err := w.resolve(lp, true); err == nil {
+		if abs, _, err := w.resolve(lp, true); err == nil {
 			if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
 				isDir = true
 			}

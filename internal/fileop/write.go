@@ -14,17 +14,24 @@ import (
 	"syscall"
 	"time"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
 )
 
 // Owner is a numeric uid/gid pair.
 type Owner struct{ UID, GID int }
 
-// writer writes into one rootfs and records what it changed.
+// writer writes into one rootfs and records what it changed. Paths are
+// resolved through an archive.Root (symlinks followed but scoped to the
+// rootfs, as filepath-securejoin does) relative to open directory
+// descriptors kept between calls, and every operation uses a short
+// /proc/self/fd path: a tree nested thousands deep is written in linear
+// time and PATH_MAX does not apply.
 type writer struct {
 	rootfs  string
 	changed map[string]bool
+	fs      *archive.Root // opened on first use
 }
 
 func newWriter(rootfs string) (*writer, error) {
@@ -35,36 +42,62 @@ func newWriter(rootfs string) (*writer, error) {
 	return &writer{rootfs: abs, changed: map[string]bool{}}, nil
 }
 
+// root returns the rootfs's archive.Root.
+func (w *writer) root() (*archive.Root, error) {
+	if w.fs == nil {
+		r, err := archive.OpenRoot(w.rootfs)
+		if err != nil {
+			return nil, err
+		}
+		w.fs = r
+	}
+	return w.fs, nil
+}
+
+// close releases the descriptors the writer holds.
+func (w *writer) close() {
+	if w.fs != nil {
+		_ = w.fs.Close()
+		w.fs = nil
+	}
+}
+
 // logical cleans an absolute in-rootfs path to slash form without the
 // leading slash ("" for the root).
 func logical(p string) string {
 	return strings.TrimPrefix(path.Clean("/"+filepath.ToSlash(p)), "/")
 }
 
-// resolve returns the on-disk path for the logical path, following symlinks
-// scoped to the rootfs. With followLast false the last component itself is
-// not followed, so a symlink there is replaced rather than written through.
-func (w *writer) resolve(lp string, followLast bool) (string, error) {
-	if followLast || lp == "" {
-		p, err := securejoin.SecureJoin(w.rootfs, lp)
-		if err != nil {
-			return "", fmt.Errorf("resolve /%s: %w", lp, err)
-		}
-		return p, nil
-	}
-	dir, err := securejoin.SecureJoin(w.rootfs, path.Dir(lp))
+// resolve returns a path for operating on the logical path lp, symlinks
+// scoped to the rootfs, and lp's resolved rootfs-relative path. With
+// followLast false the last component itself is not followed, so a symlink
+// there is replaced rather than written through, and its parent must
+// exist; with followLast true lp must be a directory. The path is a
+// /proc/self/fd one, valid until the writer's next resolution.
+func (w *writer) resolve(lp string, followLast bool) (abs, phys string, err error) {
+	r, err := w.root()
 	if err != nil {
-		return "", fmt.Errorf("resolve /%s: %w", lp, err)
+		return "", "", err
 	}
-	return filepath.Join(dir, path.Base(lp)), nil
+	if followLast || lp == "" {
+		fd, phys, err := r.Dir(lp, false)
+		if err != nil {
+			return "", "", fmt.Errorf("resolve /%s: %w", lp, err)
+		}
+		return archive.ProcPath(fd, "."), phys, nil
+	}
+	fd, pphys, err := r.Dir(path.Dir(lp), false)
+	if err != nil {
+		return "", "", fmt.Errorf("resolve /%s: %w", lp, err)
+	}
+	return archive.ProcPath(fd, path.Base(lp)), path.Join(pphys, path.Base(lp)), nil
 }
 
-func (w *writer) mark(abs string) {
-	rel, err := filepath.Rel(w.rootfs, abs)
-	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
-		return
+// mark records the resolved rootfs-relative path phys as changed.
+func (w *writer) mark(phys string) {
+	if phys != "" && phys != "." {
+		w.changed[phys] = true
 	}
-	w.changed[filepath.ToSlash(rel)] = true
 }
 
 func (w *writer) result() []string {
@@ -78,50 +111,23 @@ func (w *writer) result() []string {
 
 // mkdirAll creates the logical directory lp and its missing parents with
 // mode 0755 and the given owner (nil = 0:0), like WORKDIR and the implicit
-// parents of a COPY destination. Existing directories are left untouched.
+// parents of a COPY destination. Existing directories are left untouched;
+// a dangling symlink on the way gets its (scoped) target created.
 func (w *writer) mkdirAll(ctx context.Context, lp string, owner *Owner) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r, err := w.root()
+	if err != nil {
+		return err
+	}
 	o := Owner{}
 	if owner != nil {
 		o = *owner
 	}
-	cur := ""
-	for _, c := range splitPath(lp) {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		cur = path.Join(cur, c)
-		abs, err := w.resolve(cur, true)
-		if err != nil {
-			return err
-		}
-		fi, err := os.Stat(abs)
-		if err == nil {
-			if !fi.IsDir() {
-				return fmt.Errorf("mkdir /%s: %w", cur, syscall.ENOTDIR)
-			}
-			continue
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("mkdir /%s: %w", cur, err)
-		}
-		// cur may be a dangling symlink whose (scoped) target's parents are
-		// missing too: create those first, by their real location.
-		if parent, err := filepath.Rel(w.rootfs, filepath.Dir(abs)); err == nil && parent != "." && filepath.ToSlash(parent) != path.Dir(cur) {
-			if err := w.mkdirAll(ctx, filepath.ToSlash(parent), owner); err != nil {
-				return err
-			}
-		}
-		if err := os.Mkdir(abs, 0o755); err != nil {
-			return fmt.Errorf("mkdir /%s: %w", cur, err)
-		}
-		// Mkdir is subject to the umask; the image must not be.
-		if err := os.Chmod(abs, 0o755); err != nil {
-			return fmt.Errorf("chmod /%s: %w", cur, err)
-		}
-		if err := os.Lchown(abs, o.UID, o.GID); err != nil {
-			return fmt.Errorf("chown /%s: %w", cur, err)
-		}
-		w.mark(abs)
+	r.Mkdir = archive.MkdirOptions{Mode: 0o755, UID: o.UID, GID: o.GID, Created: w.mark}
+	if _, _, err := r.Dir(lp, true); err != nil {
+		return fmt.Errorf("mkdir /%s: %w", lp, err)
 	}
 	return nil
 }
@@ -181,9 +187,10 @@ func setMtime(abs string, t time.Time) error {
 	return nil
 }
 
-// removeNonDir clears the way for a new non-directory at abs. Replacing a
-// directory with a file is refused, as BuildKit does.
-func removeNonDir(abs string) error {
+// removeNonDir clears the way for a new non-directory at abs (the logical
+// path lp). Replacing a directory with a file is refused, as BuildKit does.
+// A removal may drop cached descriptors: resolve again after it.
+func (w *writer) removeNonDir(abs, lp string) error {
 	fi, err := os.Lstat(abs)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -192,19 +199,28 @@ func removeNonDir(abs string) error {
 		return err
 	}
 	if fi.IsDir() {
-		return fmt.Errorf("cannot overwrite directory %s with a non-directory", abs)
+		return fmt.Errorf("cannot overwrite directory /%s with a non-directory", lp)
 	}
-	return os.Remove(abs)
+	if err := os.Remove(abs); err != nil {
+		return err
+	}
+	w.fs.Invalidate(path.Dir(lp))
+	return nil
 }
 
 // writeFile writes r to the logical path lp, replacing what was there.
 func (w *writer) writeFile(lp string, r io.Reader, m meta) error {
-	abs, err := w.resolve(lp, false)
+	abs, _, err := w.resolve(lp, false)
 	if err != nil {
 		return err
 	}
-	if err := removeNonDir(abs); err != nil {
+	if err := w.removeNonDir(abs, lp); err != nil {
 		return fmt.Errorf("write /%s: %w", lp, err)
+	}
+	// Again: the removal may have dropped the descriptor abs names.
+	abs, phys, err := w.resolve(lp, false)
+	if err != nil {
+		return err
 	}
 	f, err := os.OpenFile(abs, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
@@ -217,7 +233,7 @@ func (w *writer) writeFile(lp string, r io.Reader, m meta) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write /%s: %w", lp, err)
 	}
-	w.mark(abs)
+	w.mark(phys)
 	if err := applyMeta(abs, m, true); err != nil {
 		return fmt.Errorf("/%s: %w", lp, err)
 	}
@@ -227,17 +243,22 @@ func (w *writer) writeFile(lp string, r io.Reader, m meta) error {
 // writeSymlink creates a symlink at lp (replacing a non-directory there);
 // the target is stored verbatim: it is resolved later inside the container.
 func (w *writer) writeSymlink(lp, target string, m meta) error {
-	abs, err := w.resolve(lp, false)
+	abs, _, err := w.resolve(lp, false)
 	if err != nil {
 		return err
 	}
-	if err := removeNonDir(abs); err != nil {
+	if err := w.removeNonDir(abs, lp); err != nil {
 		return fmt.Errorf("symlink /%s: %w", lp, err)
+	}
+	// Again: the removal may have dropped the descriptor abs names.
+	abs, phys, err := w.resolve(lp, false)
+	if err != nil {
+		return err
 	}
 	if err := os.Symlink(target, abs); err != nil {
 		return fmt.Errorf("symlink /%s: %w", lp, err)
 	}
-	w.mark(abs)
+	w.mark(phys)
 	m.mode = fs.ModeSymlink
 	if err := applyMeta(abs, m, true); err != nil {
 		return fmt.Errorf("/%s: %w", lp, err)
@@ -247,12 +268,17 @@ func (w *writer) writeSymlink(lp, target string, m meta) error {
 
 // writeSpecial creates a device node or FIFO at lp.
 func (w *writer) writeSpecial(lp string, m meta) error {
-	abs, err := w.resolve(lp, false)
+	abs, _, err := w.resolve(lp, false)
 	if err != nil {
 		return err
 	}
-	if err := removeNonDir(abs); err != nil {
+	if err := w.removeNonDir(abs, lp); err != nil {
 		return fmt.Errorf("mknod /%s: %w", lp, err)
+	}
+	// Again: the removal may have dropped the descriptor abs names.
+	abs, phys, err := w.resolve(lp, false)
+	if err != nil {
+		return err
 	}
 	var typ uint32
 	switch {
@@ -268,7 +294,7 @@ func (w *writer) writeSpecial(lp string, m meta) error {
 	if err := unix.Mknod(abs, typ|uint32(m.mode.Perm()), int(m.rdev)); err != nil {
 		return fmt.Errorf("mknod /%s: %w", lp, err)
 	}
-	w.mark(abs)
+	w.mark(phys)
 	if err := applyMeta(abs, m, true); err != nil {
 		return fmt.Errorf("/%s: %w", lp, err)
 	}
@@ -277,34 +303,44 @@ func (w *writer) writeSpecial(lp string, m meta) error {
 
 // ensureDir makes lp a directory (following a symlink to a directory, so a
 // merged-/usr "lib -> usr/lib" keeps working) and applies m without times;
-// the caller sets the mtime after the directory's children are written. It
-// returns the on-disk path.
-func (w *writer) ensureDir(lp string, m meta) (string, error) {
-	abs, err := w.resolve(lp, true)
-	if err != nil {
-		return "", err
-	}
-	fi, err := os.Stat(abs)
-	switch {
-	case err == nil && fi.IsDir():
-	case err == nil || !errors.Is(err, fs.ErrNotExist):
-		if err == nil {
-			err = os.Remove(abs)
-		}
+// the caller sets the mtime after the directory's children are written.
+func (w *writer) ensureDir(lp string, m meta) error {
+	if lp != "" {
+		abs, _, err := w.resolve(lp, false)
 		if err != nil {
-			return "", fmt.Errorf("mkdir /%s: %w", lp, err)
+			return err
 		}
-		fallthrough
-	default:
-		if err := os.Mkdir(abs, 0o700); err != nil {
-			return "", fmt.Errorf("mkdir /%s: %w", lp, err)
+		// A non-directory (other than a symlink, followed below) is
+		// replaced.
+		if fi, err := os.Lstat(abs); err == nil && !fi.IsDir() && fi.Mode()&fs.ModeSymlink == 0 {
+			if err := w.removeNonDir(abs, lp); err != nil {
+				return fmt.Errorf("mkdir /%s: %w", lp, err)
+			}
 		}
 	}
-	w.mark(abs)
-	if err := applyMeta(abs, m, false); err != nil {
-		return "", fmt.Errorf("/%s: %w", lp, err)
+	r, err := w.root()
+	if err != nil {
+		return err
 	}
-	return abs, nil
+	r.Mkdir = archive.MkdirOptions{Mode: 0o700, Created: w.mark}
+	fd, phys, err := r.Dir(lp, true)
+	if err != nil {
+		return fmt.Errorf("mkdir /%s: %w", lp, err)
+	}
+	w.mark(phys)
+	if err := applyMeta(archive.ProcPath(fd, "."), m, false); err != nil {
+		return fmt.Errorf("/%s: %w", lp, err)
+	}
+	return nil
+}
+
+// setDirMtime sets the mtime of the directory lp.
+func (w *writer) setDirMtime(lp string, t time.Time) error {
+	abs, _, err := w.resolve(lp, true)
+	if err != nil {
+		return err
+	}
+	return setMtime(abs, t)
 }
 
 // Mkdir creates dir (absolute, in rootfs) and its missing parents with mode
@@ -315,6 +351,7 @@ func Mkdir(ctx context.Context, rootfs, dir string, owner *Owner) ([]string, err
 	if err != nil {
 		return nil, err
 	}
+	defer w.close()
 	if err := w.mkdirAll(ctx, logical(dir), owner); err != nil {
 		return nil, err
 	}
