@@ -183,7 +183,7 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	b.bctx.Hide(o.ownPaths(own)...)
 	// Opened before, closed after the views: nothing a view mounts is
 	// collected while it is mounted.
-	if err := b.openLease(ctx); err != nil {
+	if err := b.openLease(); err != nil {
 		b.endState()
 		return nil, err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/kiln-build/kiln/internal/lock"
 	"github.com/kiln-build/kiln/internal/output"
 	"github.com/kiln-build/kiln/internal/snapshot"
+	"github.com/kiln-build/kiln/internal/state"
 )
 
 // Disk is kiln's directory (Options.CacheDir) as a whole: what it holds,
@@ -27,8 +28,10 @@ import (
 //	            hard links to cache blobs (package output)
 //	snapshots/  extracted layers, committed trees, active snapshots (package snapshot)
 //	mounts/     RUN --mount=type=cache directories, each with a lock file
-//	leases/     one lease per running build: what it uses (package gc)
+//	run/        one directory per running build (package state); its pins
+//	            file says what the build uses (package gc)
 //	gc.lock     held exclusively by a collection, shared by pins
+//	du-cache.json  sizes of extracted layers, so measuring walks only what changed
 type Disk struct{ Root string }
 
 // DefaultMaxSize is the automatic bound when neither --max-cache-size nor
@@ -85,7 +88,8 @@ func (d Disk) Collect(ctx context.Context, p gc.Policy) (gc.Result, error) {
 		}
 	}
 	sources := []gc.Source{local.GC(), output.StoreGC{Dir: filepath.Join(d.Root, "images")}, snaps, mountsGC{dir: filepath.Join(d.Root, "mounts")}}
-	res, err := gc.Collect(ctx, d.Root, sources, p, time.Now())
+	live := func() ([]string, error) { return state.Live(d.Root) }
+	res, err := gc.Collect(ctx, d.Root, sources, p, time.Now(), live)
 	if err != nil || !p.All {
 		return res, err
 	}
@@ -106,14 +110,15 @@ func (d Disk) Collect(ctx context.Context, p gc.Policy) (gc.Result, error) {
 	return res, err
 }
 
-// openLease starts this build's lease, so collections run by other kiln
-// processes keep what it uses. Without a kiln directory there is nothing
-// to share and no lease.
-func (b *builder) openLease(ctx context.Context) error {
+// openLease starts this build's lease in its own directory (package
+// state), so collections run by other kiln processes keep what it uses
+// while it runs. Without a kiln directory there is nothing to share and no
+// lease.
+func (b *builder) openLease() error {
 	if b.opts.CacheDir == "" {
 		return nil
 	}
-	l, err := gc.NewLease(ctx, b.opts.CacheDir)
+	l, err := gc.NewLease(b.opts.CacheDir, b.state.Dir())
 	if err != nil {
 		return fmt.Errorf("kiln's directory: %w", err)
 	}

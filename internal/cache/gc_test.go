@@ -55,7 +55,11 @@ func TestLocalGC(t *testing.T) {
 	}
 
 	// A blob written by a Put that has not written its record yet.
-	lease, err := gc.NewLease(ctx, root)
+	build := filepath.Join(root, "run", "b1")
+	if err := os.MkdirAll(build, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lease, err := gc.NewLease(root, build)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +81,8 @@ func TestLocalGC(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	res, err := gc.Collect(ctx, root, []gc.Source{l.GC()}, gc.Policy{All: true}, time.Now())
+	res, err := gc.Collect(ctx, root, []gc.Source{l.GC()}, gc.Policy{All: true}, time.Now(),
+		func() ([]string, error) { return []string{build}, nil })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,19 +93,23 @@ type Result struct {
 
 // Collect removes items of sources from kiln's directory root as p says,
 // least recently used first, never an item a live lease pins or whose
-// lock is held. It holds root's gc lock exclusively while it runs, so
-// pins wait for it and it sees every pin made before it started.
-func Collect(ctx context.Context, root string, sources []Source, p Policy, now time.Time) (Result, error) {
+// lock is held. live lists the directories of running builds (their
+// leases); it is called once the collection holds root's gc lock
+// exclusively, so pins wait for it and it sees every pin made before.
+func Collect(ctx context.Context, root string, sources []Source, p Policy, now time.Time, live func() ([]string, error)) (Result, error) {
 	var res Result
 	gl, err := lock.Acquire(ctx, gcLockPath(root), lock.Exclusive)
 	if err != nil {
 		return res, fmt.Errorf("collect: %w", err)
 	}
 	defer gl.Unlock()
-	pins, err := livePins(root)
-	if err != nil {
-		return res, fmt.Errorf("collect: %w", err)
+	var dirs []string
+	if live != nil {
+		if dirs, err = live(); err != nil {
+			return res, fmt.Errorf("collect: running builds: %w", err)
+		}
 	}
+	pins := readPins(dirs)
 	u, err := Measure(ctx, root, Immutable(sources))
 	if err != nil {
 		return res, err

@@ -30,14 +30,15 @@
 //
 // # What is never removed
 //
-// A running kiln holds a [Lease]: a lock file it holds exclusively for its
-// life and a list of pins (blob digests, extracted layer ids). A build
-// pins an item before it looks it up. Pins are written under root/gc.lock
-// held shared; Collect holds it exclusively, reads the pins of every lease
-// whose lock is held, and skips the pinned items. So an item is either
-// pinned before a collection starts (kept) or looked up after it ended
-// (found missing: a cache miss, or extracted again). A lease whose lock is
-// free belongs to a dead kiln; Collect deletes it. Items guarded by their
-// own lock file (cache mounts, held while a RUN uses them) are removed
-// only when Collect can take that lock exclusively.
+// A running build has its own directory, locked for its whole life
+// (package state: ROOT/run/ID), and a [Lease] that records pins in it
+// (blob digests, extracted layer ids). A build pins an item before it
+// looks it up. Pins are written under root/gc.lock held shared; Collect
+// holds it exclusively, asks which build directories are live (their lock
+// is held), reads their pins and skips the pinned items. So an item is
+// either pinned before a collection starts (kept) or looked up after it
+// ended (found missing: a cache miss, or extracted again). A dead build's
+// pins keep nothing; its directory goes with the next sweep. Items guarded
+// by their own lock file (cache mounts, held while a RUN uses them) are
+// removed only when Collect can take that lock exclusively.
 package gc

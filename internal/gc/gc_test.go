@@ -59,14 +59,19 @@ func TestCollectLRUAndPins(t *testing.T) {
 		items = append(items, Item{Kind: KindCache, Name: name, LastUsed: now.Add(time.Duration(i) * time.Minute),
 			Pins: []string{"x:" + name}, Remove: func(f *Freer) error { return f.RemoveAll(p) }})
 	}
-	lease, err := NewLease(ctx, root)
+	build := filepath.Join(root, "run", "b1")
+	if err := os.MkdirAll(build, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lease, err := NewLease(root, build)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := lease.Pin(ctx, "x:pinned"); err != nil {
 		t.Fatal(err)
 	}
-	res, err := Collect(ctx, root, []Source{items}, Policy{MaxSize: 2<<20 + 512<<10}, now)
+	running := func() ([]string, error) { return []string{build}, nil }
+	res, err := Collect(ctx, root, []Source{items}, Policy{MaxSize: 2<<20 + 512<<10}, now, running)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,11 +85,12 @@ func TestCollectLRUAndPins(t *testing.T) {
 		t.Errorf("result %+v, want 2 removed and 1 in use", res)
 	}
 	lease.Close()
-	if _, err := Collect(ctx, root, []Source{items}, Policy{All: true}, now); err != nil {
+	// The build ended: its directory is no longer live.
+	if _, err := Collect(ctx, root, []Source{items}, Policy{All: true}, now, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "cache", "pinned")); err == nil {
-		t.Error("a closed lease still kept its item")
+		t.Error("a finished build's pin still kept its item")
 	}
 }
 
@@ -156,7 +162,7 @@ func TestCollectDefersItemsThatFreeNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := Collect(ctx, root, []Source{items}, Policy{MaxSize: u.Total - 512<<10}, now)
+	res, err := Collect(ctx, root, []Source{items}, Policy{MaxSize: u.Total - 512<<10}, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,67 +3,44 @@ package gc
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/kiln-build/kiln/internal/lock"
 )
 
-// A Lease is a running kiln's claim on what it uses: while its lock is
-// held, Collect keeps every item whose pin it recorded. A lease whose lock
-// is free belongs to a dead kiln and is dropped by the next Collect.
+// A Lease is a running kiln's claim on what it uses: the pins it records
+// in its own build directory (package state: ROOT/run/ID, locked by the
+// build for its whole life). While that directory counts as live, Collect
+// keeps every item whose pin it recorded; a dead build's pins keep
+// nothing, and its directory is swept with the rest of it.
 //
-// On disk, under root/leases: NAME.lock (held exclusively for the lease's
-// life) and NAME.pins (one pin per line, appended). Pins are appended
-// under root/gc.lock held shared, and Collect holds it exclusively, so a
-// pin is either seen by a running collection or added after it finished:
-// a caller pins first, then checks the item exists.
+// Pins are appended to DIR/pins under root/gc.lock held shared, and
+// Collect holds it exclusively, so a pin is either seen by a running
+// collection or added after it finished: a caller pins first, then checks
+// the item exists.
 type Lease struct {
 	root  string
-	lock  *lock.Lock
 	mu    sync.Mutex
 	pins  *os.File
 	known map[string]bool
 }
 
-const leaseDir = "leases"
+const pinsName = "pins"
 
 func gcLockPath(root string) string { return filepath.Join(root, "gc.lock") }
 
-// NewLease starts a lease under root (kiln's directory).
-func NewLease(ctx context.Context, root string) (*Lease, error) {
-	dir := filepath.Join(root, leaseDir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("lease: %w", err)
-	}
-	var rb [4]byte
-	_, _ = rand.Read(rb[:])
-	name := strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rb[:])
-	// Created under the shared gc lock, so a collection never sees the
-	// lock file before it is held.
-	gl, err := lock.Acquire(ctx, gcLockPath(root), lock.Shared)
+// NewLease starts a lease for the build owning dir under kiln's root.
+func NewLease(root, dir string) (*Lease, error) {
+	f, err := os.OpenFile(filepath.Join(dir, pinsName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lease: %w", err)
 	}
-	defer gl.Unlock()
-	l, ok, err := lock.TryAcquire(filepath.Join(dir, name+".lock"), lock.Exclusive)
-	if err != nil || !ok {
-		return nil, fmt.Errorf("lease %s: %v", name, err)
-	}
-	f, err := os.OpenFile(filepath.Join(dir, name+".pins"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		l.Unlock()
-		return nil, fmt.Errorf("lease: %w", err)
-	}
-	return &Lease{root: root, lock: l, pins: f, known: map[string]bool{}}, nil
+	return &Lease{root: root, pins: f, known: map[string]bool{}}, nil
 }
 
 // Pin records that this kiln uses the items named ids. A nil Lease pins
@@ -84,7 +61,7 @@ func (l *Lease) Pin(ctx context.Context, ids ...string) error {
 		return nil
 	}
 	if l.pins == nil {
-		return errors.New("lease closed")
+		return errors.New("pin: lease closed")
 	}
 	gl, err := lock.Acquire(ctx, gcLockPath(l.root), lock.Shared)
 	if err != nil {
@@ -100,7 +77,8 @@ func (l *Lease) Pin(ctx context.Context, ids ...string) error {
 	return nil
 }
 
-// Close ends the lease: its pins no longer keep anything.
+// Close ends the lease. Its pins file stays until the build directory is
+// removed; call Close before that.
 func (l *Lease) Close() error {
 	if l == nil {
 		return nil
@@ -110,52 +88,18 @@ func (l *Lease) Close() error {
 	if l.pins == nil {
 		return nil
 	}
-	name := strings.TrimSuffix(l.lock.Path(), ".lock")
-	l.pins.Close()
+	err := l.pins.Close()
 	l.pins = nil
-	os.Remove(name + ".pins")
-	os.Remove(name + ".lock")
-	l.lock.Unlock()
-	return nil
+	return err
 }
 
-// livePins reads the pins of every live lease and removes dead leases'
-// files. The caller holds the gc lock exclusively.
-func livePins(root string) (map[string]bool, error) {
-	dir := filepath.Join(root, leaseDir)
-	des, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return map[string]bool{}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading leases: %w", err)
-	}
+// readPins reads the pins recorded in the live build directories dirs.
+func readPins(dirs []string) map[string]bool {
 	pins := map[string]bool{}
-	for _, de := range des {
-		name, ok := strings.CutSuffix(de.Name(), ".lock")
-		if !ok {
-			if n, ok := strings.CutSuffix(de.Name(), ".pins"); ok {
-				if _, err := os.Stat(filepath.Join(dir, n+".lock")); errors.Is(err, fs.ErrNotExist) {
-					os.Remove(filepath.Join(dir, de.Name()))
-				}
-			}
-			continue
-		}
-		base := filepath.Join(dir, name)
-		l, free, err := lock.TryAcquire(base+".lock", lock.Exclusive)
+	for _, dir := range dirs {
+		f, err := os.Open(filepath.Join(dir, pinsName))
 		if err != nil {
-			return nil, err
-		}
-		if free {
-			// Its kiln is gone: nothing it pinned is in use.
-			os.Remove(base + ".pins")
-			os.Remove(base + ".lock")
-			l.Unlock()
-			continue
-		}
-		f, err := os.Open(base + ".pins")
-		if err != nil {
-			continue
+			continue // no pins yet, or gone with its build
 		}
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
@@ -163,5 +107,5 @@ func livePins(root string) (map[string]bool, error) {
 		}
 		f.Close()
 	}
-	return pins, nil
+	return pins
 }

@@ -214,6 +214,40 @@ func (b *Build) Close() error {
 	return err
 }
 
+// Live returns the directories of the builds running under root: those
+// whose lock a live kiln holds. Package gc reads the pins they record, so
+// nothing a running build uses is collected.
+func Live(root string) ([]string, error) {
+	run := filepath.Join(root, "run")
+	des, err := os.ReadDir(run)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("running builds: %w", err)
+	}
+	var live []string
+	for _, de := range des {
+		if !de.IsDir() {
+			continue
+		}
+		dir := filepath.Join(run, de.Name())
+		held, free, err := lock.TryAcquire(filepath.Join(dir, lockName), lock.Exclusive)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("running builds: %w", err)
+		}
+		if free {
+			held.Unlock() // dead: the next sweep removes it
+			continue
+		}
+		live = append(live, dir)
+	}
+	return live, nil
+}
+
 // Swept says what a Sweep removed.
 type Swept struct {
 	Builds int // dead builds' directories removed

@@ -201,3 +201,22 @@ func TestBeginNamesAreUnique(t *testing.T) {
 		}
 	}
 }
+
+// Live lists a running build's directory, and not once it ended.
+func TestLiveListsRunningBuilds(t *testing.T) {
+	root := t.TempDir()
+	b, err := Begin(root, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := Live(root)
+	if err != nil || len(live) != 1 || filepath.Base(live[0]) != b.ID() {
+		t.Fatalf("Live = %v, %v; want the running build %s", live, err, b.ID())
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if live, err := Live(root); err != nil || len(live) != 0 {
+		t.Errorf("Live after Close = %v, %v; want none", live, err)
+	}
+}
