@@ -222,7 +222,13 @@ func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target 
 // mode and owner, holding from=/source= content, or — on a fresh runner —
 // restored from the contents an earlier build exported to a --cache-from.
 func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, id, dir string) error {
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".new-")
+	// Named after the build, so that a kill while seeding leaves nothing
+	// the next kiln cannot find (see state.RecordOwned).
+	prefix := ".new-" + b.state.ID() + "-"
+	if err := b.state.RecordOwned(filepath.Join(filepath.Dir(dir), prefix+"*")); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), prefix)
 	if err != nil {
 		return err
 	}

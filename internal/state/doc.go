@@ -21,6 +21,9 @@
 //	                               holds env= secrets), runc's state root for this build's containers
 //	ROOT/run/<id>/partial     "LOCK\tDIR" lines: directories elsewhere (type=local cache dests,
 //	                          kiln's own cache) where this build may leave partial files
+//	ROOT/run/<id>/owned       glob patterns naming this build's own files elsewhere, which carry
+//	                          its id because they must sit where they are renamed
+//	                          (ROOT/mounts/.new-<id>-*: a cache mount being seeded)
 //
 // The kernel drops an flock with its holder's last file descriptor, so a
 // dead owner's lock is free and a live owner's is not: the lock is the
@@ -29,7 +32,8 @@
 // build's runc containers (runc delete --force: SIGKILL to the container's
 // init, whose pid namespace takes every other process along), empties the
 // recorded partial-file directories whose own lock it can take exclusively
-// (no writer is active there), unmounts everything mounted under the
+// (no writer is active there), removes the files its recorded patterns
+// match, unmounts everything mounted under the
 // build's temp dir and its directory (deepest first, lazily when busy),
 // and removes both. A build
 // directory whose lock is held is never touched, and a tree is never
@@ -54,6 +58,6 @@
 //
 // What the sweep does not reach: files a dead kiln was writing in
 // user-named output destinations (-o type=local/oci/tar write to a
-// temporary sibling renamed into place, which stays behind), and cache
-// mount seeds (ROOT/mounts/.new-*).
+// temporary sibling renamed into place, which stays behind), and state
+// left by kiln versions before this package.
 package state

@@ -26,6 +26,7 @@ const (
 	ownerName   = "owner"   // the owner's pid, for people reading the directory
 	partialName = "partial" // lines "LOCK\tDIR": partial files this build may leave elsewhere
 	tempName    = "temp"    // the path of the build's temp dir (TempDir)
+	ownedName   = "owned"   // glob patterns, one a line: this build's own files elsewhere
 	snapName    = "a"       // active snapshots; short: deep layer paths must stay under PATH_MAX
 	memName     = "mem"     // in the temp dir, a tmpfs: secrets, executor bundles, runc's state
 )
@@ -52,6 +53,7 @@ type Build struct {
 	mu     sync.Mutex
 	mem    string // mounted tmpfs, "" until Mem
 	closed bool
+	owned  map[string]bool
 }
 
 // Begin creates and locks a new build directory under root, and the
@@ -183,18 +185,56 @@ func (b *Build) RecordPartial(lockPath, dir string) error {
 	if strings.ContainsAny(lockPath+dir, "\t\n") {
 		return nil // not representable; the store's own prune still reaches it
 	}
-	f, err := os.OpenFile(filepath.Join(b.dir, partialName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("record partial files: %w", err)
-	}
-	_, err = fmt.Fprintf(f, "%s\t%s\n", lockPath, dir)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := appendLine(filepath.Join(b.dir, partialName), lockPath+"\t"+dir); err != nil {
 		return fmt.Errorf("record partial files: %w", err)
 	}
 	return nil
+}
+
+// RecordOwned notes that paths matching pattern (a filepath.Match glob
+// whose last element contains the build's ID, e.g. DIR/.new-ID-*) are this
+// build's own temporary files outside its directories: they must sit
+// where they will be renamed (a cache mount being seeded). Close and, after
+// a crash, Sweep remove whatever matches.
+func (b *Build) RecordOwned(pattern string) error {
+	pattern, err := filepath.Abs(pattern)
+	if err != nil {
+		return fmt.Errorf("record owned files: %w", err)
+	}
+	if !ownedBy(pattern, b.id) {
+		return fmt.Errorf("record owned files %q: the name must carry the build id %s", pattern, b.id)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.owned[pattern] {
+		return nil
+	}
+	if err := appendLine(filepath.Join(b.dir, ownedName), pattern); err != nil {
+		return fmt.Errorf("record owned files: %w", err)
+	}
+	if b.owned == nil {
+		b.owned = map[string]bool{}
+	}
+	b.owned[pattern] = true
+	return nil
+}
+
+// ownedBy reports whether pattern names only files of build id.
+func ownedBy(pattern, id string) bool {
+	_, err := filepath.Match(pattern, "")
+	return err == nil && !strings.ContainsAny(pattern, "\n") && strings.Contains(filepath.Base(pattern), id)
+}
+
+func appendLine(path, line string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(line + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Close removes everything the build left under its directory (as a
@@ -336,6 +376,9 @@ func clean(ctx context.Context, dir string) error {
 	if err := cleanPartial(filepath.Join(dir, partialName)); err != nil {
 		errs = append(errs, err)
 	}
+	if err := cleanOwned(filepath.Join(dir, ownedName), filepath.Base(dir)); err != nil {
+		errs = append(errs, err)
+	}
 	// The temp dir first: the build directory records where it is.
 	if temp != "" {
 		if err := removeTree(temp); err != nil {
@@ -396,6 +439,30 @@ func canonical(root string) (string, error) {
 		return "", fmt.Errorf("kiln state directory: %w", err)
 	}
 	return abs, nil
+}
+
+// cleanOwned removes what the recorded patterns of build id match.
+func cleanOwned(list, id string) error {
+	b, err := os.ReadFile(list)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, pattern := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if pattern == "" || !filepath.IsAbs(pattern) || !ownedBy(pattern, id) {
+			continue
+		}
+		matches, _ := filepath.Glob(pattern)
+		for _, m := range matches {
+			if err := removeTree(m); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // cleanPartial empties each recorded directory whose lock is free.

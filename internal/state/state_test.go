@@ -76,6 +76,10 @@ func TestSweepAfterKill(t *testing.T) {
 	needRoot(t)
 	root := t.TempDir()
 	temp := t.TempDir()
+	owned := t.TempDir()
+	if err := os.Mkdir(filepath.Join(owned, ".new-someone-else"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	dest := t.TempDir()
 	busy := t.TempDir()
 	for _, d := range []string{dest, busy} {
@@ -94,7 +98,7 @@ func TestSweepAfterKill(t *testing.T) {
 	defer writer.Unlock()
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSweepAfterKill$")
-	cmd.Env = append(os.Environ(), "KILN_STATE_CHILD="+root, "KILN_STATE_TMP="+temp, "KILN_STATE_DESTS="+dest+":"+busy)
+	cmd.Env = append(os.Environ(), "KILN_STATE_CHILD="+root, "KILN_STATE_TMP="+temp, "KILN_STATE_OWNED="+owned, "KILN_STATE_DESTS="+dest+":"+busy)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -131,6 +135,9 @@ func TestSweepAfterKill(t *testing.T) {
 	if left, _ := os.ReadDir(temp); len(left) != 0 {
 		t.Errorf("temp dirs left after the sweep: %v", left)
 	}
+	if left, _ := os.ReadDir(owned); len(left) != 1 || left[0].Name() != ".new-someone-else" {
+		t.Errorf("in a dir holding the dead build's own files, the sweep left %v, want only another's", left)
+	}
 	if left, _ := os.ReadDir(filepath.Join(root, "run")); len(left) != 0 {
 		t.Errorf("build dirs left after the sweep: %v", left)
 	}
@@ -163,6 +170,13 @@ func child(root string) {
 	if err := (mount.Mount{Type: "tmpfs", Source: "tmpfs"}).Mount(target); err != nil {
 		panic(err)
 	}
+	owned := os.Getenv("KILN_STATE_OWNED")
+	if err := os.MkdirAll(filepath.Join(owned, ".new-"+b.ID()+"-1", "sub"), 0o755); err != nil {
+		panic(err)
+	}
+	if err := b.RecordOwned(filepath.Join(owned, ".new-"+b.ID()+"-*")); err != nil {
+		panic(err)
+	}
 	for _, d := range strings.Split(os.Getenv("KILN_STATE_DESTS"), ":") {
 		if err := b.RecordPartial(filepath.Join(d, "lock"), filepath.Join(d, "tmp")); err != nil {
 			panic(err)
@@ -178,6 +192,19 @@ func tmpParent(t *testing.T) string {
 		return p
 	}
 	return t.TempDir()
+}
+
+func TestRecordOwnedRefusesOthersFiles(t *testing.T) {
+	b, err := Begin(t.TempDir(), tmpParent(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, p := range []string{"/tmp/.new-*", "/tmp/" + b.ID() + "/x*", "/tmp/[.new-" + b.ID()} {
+		if err := b.RecordOwned(p); err == nil {
+			t.Errorf("RecordOwned(%q) accepted a pattern that may match another build's files", p)
+		}
+	}
 }
 
 func TestBeginNamesAreUnique(t *testing.T) {
