@@ -36,6 +36,17 @@
 //     archives of zeros still work; a gzip or sparse bomb is refused after
 //     64 MiB.
 //
+// # Sparse files
+//
+// An 8 GiB sparse file from a 10 KB tar is refused by the ratio limit after
+// 64 MiB. A sparse file within the limits is written with holes where ADD
+// extracts it ([WriteSparse]: st_blocks stay small), but the layer made from
+// it holds every byte, as BuildKit's does (tar writers, Go's and BuildKit's,
+// write no sparse entries; gzip shrinks the zeros about 1000 times), so a
+// runner that extracts that layer writes the file in full, as containerd
+// does. Writing holes there too would save disk but change nothing a user
+// sees; it is left for later.
+//
 // An exceeded limit is an error wrapping [ErrLimit] that says which limit
 // and by how much; the build prefixes the Dockerfile line. Image layers
 // are not limited: they come from registries the user chose, and base
