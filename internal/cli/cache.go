@@ -225,7 +225,7 @@ func parseSize(s string) (int64, error) {
 func sizeString(n int64) string {
 	switch {
 	case n >= 1<<30:
-		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
+		return fmt.Sprintf("%.2fGiB", float64(n)/(1<<30))
 	case n >= 1<<20:
 		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
 	case n >= 1<<10:
