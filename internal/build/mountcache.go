@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
+	"github.com/kiln-build/kiln/internal/archive"
 	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/lock"
@@ -134,24 +134,15 @@ func (b *builder) archiveMount(ctx context.Context, id, dir string) (*image.Laye
 	return l, err == nil, err
 }
 
-// archiveDir writes a directory's whole tree as a deterministic layer.
+// archiveDir writes a directory's whole tree as a deterministic layer. It
+// walks through descriptors (archive.Walk): a tree of any depth in linear
+// time.
 func archiveDir(ctx context.Context, dir string, opts image.LayerOptions) (*image.Layer, error) {
 	var paths []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	err := archive.Walk(ctx, dir, func(e *archive.Entry) error {
+		if e.Stat.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			paths = append(paths, e.Rel)
 		}
-		if p == dir {
-			return nil
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		if d.Type()&fs.ModeSocket != 0 {
-			return nil
-		}
-		paths = append(paths, filepath.ToSlash(rel))
 		return nil
 	})
 	if err != nil {
