@@ -24,7 +24,7 @@
 //	DIR/records/sha256/<hex>.json    one record per step key (JSON below); its mtime is LastUsed
 //	DIR/steps/<sha256(StepID) hex>   text: the key most recently Put for that StepID
 //	DIR/tmp/                         temporary files; every write is temp + fsync + rename + dir fsync
-//	DIR/lock                         flock: shared by builds (Lock, Put), exclusive by Prune
+//	DIR/lock                         flock: shared by builds (Lock, Put); exclusive: no write in flight
 //
 // A record file is
 //
@@ -35,22 +35,20 @@
 // the time of the Put (the file's mtime, refreshed by Get hits, is what
 // counts). What is checked, and when: Get (a lookup) stats the blob, and a
 // record whose blob is missing or of the wrong size is treated as absent
-// (Get misses, List skips it, Prune deletes it), so a crash cannot make a
+// (Get misses, List skips it, a collection deletes it), so a crash cannot make a
 // hit. Get does not hash the blob: a hit costs a lookup. Every read of a
 // blob hashes it (compressed bytes against the digest, uncompressed against
 // the DiffID) and fails on a mismatch; when a read fails and the file no
 // longer matches its digest (a bit flip on disk, a hand edit), the blob is
 // removed and the error says so, so the next build misses those steps
 // instead of failing on them again.
-// Several processes may use one directory at once: renames are atomic,
-// the step index is last-writer-wins, and Prune waits for the shared locks
-// builds hold.
+// Several processes may use one directory at once: renames are atomic and
+// the step index is last-writer-wins.
 //
 // # Bounded, in kiln's directory
 //
-// kiln's own cache (ROOT/cache) is trimmed with the rest of kiln's
-// directory by package gc, not by Prune, so that a running build is never
-// waited for: GC lists one item per blob together with every record naming
+// A cache is trimmed by package gc (kiln's own, ROOT/cache, with the rest
+// of kiln's directory), which never waits for a running build: GC lists one item per blob together with every record naming
 // it (last used = the newest record's mtime), and one per record without a
 // layer. A build's Local has a lease (SetLease): Get pins a hit's blob
 // (BlobPin) before checking it is there, Put pins the blob before writing

@@ -10,16 +10,15 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/kiln-build/kiln/internal/lock"
 	"github.com/opencontainers/go-digest"
 )
 
-// Lock takes the shared lock that a build holds while it runs, so that a
-// concurrent Prune (which takes it exclusively) cannot remove blobs the
-// build has looked up but not yet read. Builds never block each other.
-// It waits for a running Prune, or until ctx is done.
+// Lock takes the shared lock that a build holds while it runs: whoever
+// takes it exclusively (a sweep, a collection's temporary-file cleanup)
+// knows no write is in flight. Builds never block each other. It waits
+// for an exclusive holder, or until ctx is done.
 func (l *Local) Lock(ctx context.Context) (unlock func(), err error) {
 	return l.lock(ctx, lock.Shared)
 }
@@ -94,141 +93,6 @@ func (l *Local) keys(ctx context.Context) ([]digest.Digest, error) {
 		keys = append(keys, k)
 	}
 	return keys, nil
-}
-
-// Prune drops records unused for longer than keep (0: no age limit), then
-// the least recently used ones until the blobs still named total at most
-// maxSize bytes (0: no size limit); then it deletes blobs that no record
-// names, step index entries whose record is gone, temporary files, and
-// records whose blob is missing. It holds the exclusive lock, so it waits
-// for running builds and they wait for it.
-func (l *Local) Prune(ctx context.Context, keep time.Duration, maxSize int64) (removedEntries int, freed int64, err error) {
-	unlock, err := l.lock(ctx, lock.Exclusive)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer unlock()
-
-	keys, err := l.keys(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	now := l.now()
-	var live []Record
-	for _, k := range keys {
-		rec, err := l.readRecord(k)
-		switch {
-		case err != nil:
-			// Unreadable or blobless: garbage, but not a user-visible entry.
-			if rerr := os.Remove(l.recordPath(k)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-				return removedEntries, freed, fmt.Errorf("%s: prune: %w", l, rerr)
-			}
-		case keep > 0 && now.Sub(rec.LastUsed) > keep:
-			if err := l.removeRecord(k); err != nil {
-				return removedEntries, freed, err
-			}
-			removedEntries++
-		default:
-			live = append(live, rec)
-		}
-	}
-
-	if maxSize > 0 {
-		// Oldest first; a blob counts once however many records name it.
-		sort.SliceStable(live, func(i, j int) bool { return live[i].LastUsed.Before(live[j].LastUsed) })
-		refs := map[string]int{}
-		var total int64
-		for _, r := range live {
-			if r.Layer.IsZero() {
-				continue
-			}
-			if refs[r.Layer.Digest.Hex] == 0 {
-				total += r.Layer.Size
-			}
-			refs[r.Layer.Digest.Hex]++
-		}
-		for len(live) > 0 && total > maxSize {
-			r := live[0]
-			live = live[1:]
-			if err := l.removeRecord(r.Key); err != nil {
-				return removedEntries, freed, err
-			}
-			removedEntries++
-			if !r.Layer.IsZero() {
-				refs[r.Layer.Digest.Hex]--
-				if refs[r.Layer.Digest.Hex] == 0 {
-					total -= r.Layer.Size
-				}
-			}
-		}
-	}
-
-	n, err := l.sweep(ctx, live)
-	freed += n
-	return removedEntries, freed, err
-}
-
-// removeRecord deletes one record file (its blob is swept afterwards).
-func (l *Local) removeRecord(k digest.Digest) error {
-	if err := os.Remove(l.recordPath(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s: prune %s: %w", l, k, err)
-	}
-	return nil
-}
-
-// sweep deletes what live does not need: blobs, step index entries and
-// temporary files. It runs under the exclusive lock: no Put is under way,
-// so every temporary file is a leftover.
-func (l *Local) sweep(ctx context.Context, live []Record) (int64, error) {
-	blobs := map[string]bool{}
-	keys := map[digest.Digest]bool{}
-	for _, r := range live {
-		keys[r.Key] = true
-		if !r.Layer.IsZero() {
-			blobs[r.Layer.Digest.Hex] = true
-		}
-	}
-	var freed int64
-	remove := func(dir string, keep func(name string) bool) error {
-		des, err := os.ReadDir(dir)
-		if err != nil {
-			return fmt.Errorf("%s: prune: %w", l, err)
-		}
-		for _, de := range des {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if keep(de.Name()) {
-				continue
-			}
-			p := filepath.Join(dir, de.Name())
-			fi, err := os.Lstat(p)
-			if err != nil {
-				continue
-			}
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("%s: prune: %w", l, err)
-			}
-			freed += fi.Size()
-		}
-		return nil
-	}
-	if err := remove(filepath.Join(l.dir, "blobs", "sha256"), func(n string) bool { return blobs[n] }); err != nil {
-		return freed, err
-	}
-	if err := remove(filepath.Join(l.dir, "tmp"), func(string) bool { return false }); err != nil {
-		return freed, err
-	}
-	stepFreed := freed
-	err := remove(filepath.Join(l.dir, "steps"), func(n string) bool {
-		b, err := os.ReadFile(filepath.Join(l.dir, "steps", n))
-		if err != nil {
-			return false
-		}
-		return keys[digest.Digest(strings.TrimSpace(string(b)))]
-	})
-	// Step index files are metadata: report blob and temp bytes only.
-	return stepFreed, err
 }
 
 // Export copies the records of keys, and their blobs, into dst: how

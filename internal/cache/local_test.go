@@ -15,6 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/gc"
 )
 
 func openLocalHarness(t *testing.T) (Writer, func() Store, *counter) {
@@ -284,9 +286,8 @@ func TestLocalCrashLeavesNothingObservable(t *testing.T) {
 			if es, err := l.List(ctx); err != nil || len(es) != 0 {
 				t.Errorf("List = %d entries, %v; want none", len(es), err)
 			}
-			if _, _, err := l.Prune(ctx, 0, 0); err != nil {
-				t.Fatal(err)
-			}
+			// A collection with nothing to evict sweeps the leftovers.
+			collect(t, l, gc.Policy{}, time.Now())
 			for _, sub := range []string{"tmp", "blobs/sha256", "records/sha256", "steps"} {
 				if left := dirEntries(t, filepath.Join(dir, sub)); len(left) != 0 {
 					t.Errorf("after prune %s/ still has %v", sub, left)
@@ -349,40 +350,24 @@ func TestLocalListAndPrune(t *testing.T) {
 		}
 	})
 
-	size := func(recs []Record, idx ...int) int64 {
-		var n int64
-		for _, i := range idx {
-			n += recs[i].Layer.Size
-		}
-		return n
-	}
 	tests := []struct {
-		name        string
-		keep        time.Duration
-		maxSize     func(recs []Record) int64
-		wantKept    []int
-		wantRemoved int
-		wantFreed   []int // records whose (distinct) blobs are deleted
+		name     string
+		policy   func(l *Local) gc.Policy
+		wantKept []int
 	}{
-		{"no limits keep everything", 0, func([]Record) int64 { return 0 }, []int{0, 1, 2, 3, 4}, 0, nil},
-		{"keep drops records unused for longer", 60 * time.Hour, func([]Record) int64 { return 0 }, []int{3, 4}, 3, []int{0, 1, 2}},
-		{"max size drops least recently used", 0, func(r []Record) int64 { return size(r, 2, 3) }, []int{2, 3, 4}, 2, []int{0, 1}},
-		{"max size counts a shared blob once", 0, func(r []Record) int64 { return size(r, 3) }, []int{3, 4}, 3, []int{0, 1, 2}},
-		{"a shared blob is freed with its last record", 0, func(r []Record) int64 { return 1 }, nil, 5, []int{0, 1, 2, 3}},
+		{"no limits keep everything", func(*Local) gc.Policy { return gc.Policy{} }, []int{0, 1, 2, 3, 4}},
+		{"until drops records unused for longer", func(*Local) gc.Policy { return gc.Policy{Until: 60 * time.Hour} }, []int{3, 4}},
+		// Just over the bound: the least recently used blob goes first.
+		{"max size drops least recently used", func(l *Local) gc.Policy { return gc.Policy{MaxSize: usage(t, l) - 1} }, []int{1, 2, 3, 4}},
+		// r3 and r4 share a blob, one item used when r4 was: it goes last,
+		// with both records.
+		{"a shared blob is freed with its last record", func(*Local) gc.Policy { return gc.Policy{MaxSize: 1} }, nil},
+		{"all", func(*Local) gc.Policy { return gc.Policy{All: true} }, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l, _, recs := setup(t)
-			removed, freed, err := l.Prune(ctx, tt.keep, tt.maxSize(recs))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if removed != tt.wantRemoved {
-				t.Errorf("removed %d entries, want %d", removed, tt.wantRemoved)
-			}
-			if want := size(recs, tt.wantFreed...); freed != want {
-				t.Errorf("freed %d bytes, want %d", freed, want)
-			}
+			l, clock, recs := setup(t)
+			collect(t, l, tt.policy(l), clock.now())
 			kept := map[digest.Digest]bool{}
 			for _, i := range tt.wantKept {
 				kept[recs[i].Key] = true
@@ -412,28 +397,24 @@ func TestLocalListAndPrune(t *testing.T) {
 	}
 }
 
-func TestLocalPruneWaitsForBuilds(t *testing.T) {
-	ctx := context.Background()
-	l := openLocal(t, t.TempDir())
-	unlock, err := l.Lock(ctx)
+// collect runs a collection over the cache alone, its directory as the
+// root, with no build running.
+func collect(t *testing.T, l *Local, p gc.Policy, now time.Time) gc.Result {
+	t.Helper()
+	res, err := gc.Collect(context.Background(), l.dir, []gc.Source{l.GC()}, p, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A second build is not blocked by the first.
-	unlock2, err := openLocal(t, l.dir).Lock(ctx)
+	return res
+}
+
+func usage(t *testing.T, l *Local) int64 {
+	t.Helper()
+	u, err := gc.Measure(context.Background(), l.dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	unlock2()
-	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	defer cancel()
-	if _, _, err := l.Prune(short, 0, 0); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("prune during a build: err = %v, want it to wait until the deadline", err)
-	}
-	unlock()
-	if _, _, err := l.Prune(ctx, 0, 0); err != nil {
-		t.Errorf("prune after the build: %v", err)
-	}
+	return u.Total
 }
 
 func TestLocalExport(t *testing.T) {
