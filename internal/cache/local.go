@@ -24,7 +24,7 @@ import (
 // is safe for concurrent use by goroutines and by several processes.
 type Local struct {
 	dir string
-	// now is the clock for LastUsed and Prune; tests replace it.
+	// now is the clock for LastUsed; tests replace it.
 	now func() time.Time
 	// lease, when set, pins the blobs Get and Put use (see SetLease).
 	lease *gc.Lease
@@ -293,8 +293,9 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 // Put stores the blob (unless present), then the record, then points the
 // step index at it. Each file appears whole or not at all, so a crash
 // leaves at most a temporary file, never a record without its blob. It
-// holds the shared lock while writing so Prune cannot collect the new blob
-// before its record exists.
+// pins the blob in the build's lease first, so a collection cannot take
+// the new blob before its record exists, and holds the shared lock while
+// writing, so nobody takes its temporary file for a leftover.
 func (l *Local) Put(ctx context.Context, rec Record, layer v1.Layer) error {
 	rec, err := prepare(rec, layer)
 	if err != nil {
