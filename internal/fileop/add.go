@@ -378,6 +378,9 @@ func writeFileAt(dir int, base string, r io.Reader, sparse bool) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if errors.Is(err, archive.ErrLimit) {
+		return err // says what it is already
+	}
 	if err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
