@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/ownership"
 )
 
 // maxLinks bounds symlink resolution, like the kernel's ELOOP limit.
@@ -223,7 +225,7 @@ func (r *Root) mkdir(parent int, name, phys string) error {
 	if err := unix.Mkdirat(parent, name, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("mkdir %s: %w", phys, err)
 	}
-	if err := unix.Fchownat(parent, name, m.UID, m.GID, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := ownership.Fchownat(parent, name, m.UID, m.GID); err != nil {
 		return fmt.Errorf("chown %s: %w", phys, err)
 	}
 	// After chown, which clears setgid; mkdir is subject to the umask.

@@ -62,6 +62,9 @@ type stage struct {
 	mu       sync.Mutex
 	rootfs   string          // mounted view of the root filesystem, "" until needed
 	rootSnap snapshot.Active // the snapshot behind rootfs
+	// rootMounted is false when rootfs is the snapshot's own directory
+	// (the copy snapshotter's), used without a mount.
+	rootMounted bool
 }
 
 // layers returns every layer of the stage's image, bottom first.
@@ -96,6 +99,10 @@ func (s *stage) root(ctx context.Context, snap snapshot.Snapshotter, tmp string)
 	if err != nil {
 		return "", fmt.Errorf("root filesystem of %s: %w", s.name, err)
 	}
+	if dir, ok := plainDir(active.Mounts()); ok {
+		s.rootfs, s.rootSnap, s.rootMounted = dir, active, false
+		return dir, nil
+	}
 	dir, err := os.MkdirTemp(tmp, "rootfs-")
 	if err != nil {
 		active.Release()
@@ -106,7 +113,7 @@ func (s *stage) root(ctx context.Context, snap snapshot.Snapshotter, tmp string)
 		os.Remove(dir)
 		return "", fmt.Errorf("root filesystem of %s: %w", s.name, err)
 	}
-	s.rootfs, s.rootSnap = dir, active
+	s.rootfs, s.rootSnap, s.rootMounted = dir, active, true
 	return dir, nil
 }
 
@@ -142,8 +149,10 @@ func (s *stage) dropRoot() {
 	if s.rootfs == "" {
 		return
 	}
-	_ = mount.UnmountAll(s.rootfs)
-	os.Remove(s.rootfs)
+	if s.rootMounted {
+		_ = mount.UnmountAll(s.rootfs)
+		os.Remove(s.rootfs)
+	}
 	_ = s.rootSnap.Release()
 	s.rootfs, s.rootSnap = "", nil
 }

@@ -53,6 +53,9 @@ func (b *builder) mutate(ctx context.Context, s *stage, fn func(ctx context.Cont
 // its changes are read.
 func (b *builder) mounted(fn func(root string) error) func(ctx context.Context, ms []mount.Mount) error {
 	return func(ctx context.Context, ms []mount.Mount) (err error) {
+		if dir, ok := plainDir(ms); ok {
+			return fn(dir)
+		}
 		target, err := os.MkdirTemp(b.tmp, "mnt-")
 		if err != nil {
 			return err
@@ -75,6 +78,16 @@ func (b *builder) mounted(fn func(root string) error) func(ctx context.Context, 
 // newlines (a progress bar, a binary dump) has its output passed on in
 // pieces of this size instead of growing one line without bound.
 const maxLine = 64 << 10
+
+// plainDir reports whether mounts are one bind mount of a directory (the
+// copy snapshotter's), which a step can work in directly: no mount, so a
+// build without RUN needs no root.
+func plainDir(ms []mount.Mount) (string, bool) {
+	if len(ms) == 1 && ms[0].Type == "bind" {
+		return ms[0].Source, true
+	}
+	return "", false
+}
 
 // tail keeps the last lines a process printed, for the error of a failed
 // RUN, and passes each complete line on as it arrives. Each byte written is

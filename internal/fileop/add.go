@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/archive"
+	"github.com/kiln-build/kiln/internal/ownership"
 )
 
 // ErrChecksum is returned when a downloaded file does not match Add.Checksum.
@@ -309,7 +310,7 @@ func (x *extractor) dir(lp string, m meta, mtime time.Time) error {
 	if phys != "" {
 		x.c.w.changed[phys] = true
 	}
-	if err := unix.Fchown(fd, m.uid, m.gid); err != nil {
+	if err := ownership.Fchownat(fd, ".", m.uid, m.gid); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}
 	if err := unix.Fchmod(fd, unixPerm(m.mode)); err != nil {
@@ -390,7 +391,7 @@ func writeFileAt(dir int, base string, r io.Reader, sparse bool) error {
 // metaAt sets owner, then mode (chown clears setuid bits), then mtime of
 // base in dir, never following a symlink.
 func metaAt(dir int, base string, m meta) error {
-	if err := unix.Fchownat(dir, base, m.uid, m.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := ownership.Fchownat(dir, base, m.uid, m.gid); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}
 	if m.mode&fs.ModeSymlink == 0 {

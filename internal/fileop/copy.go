@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/archive"
+	"github.com/kiln-build/kiln/internal/ownership"
 )
 
 // ErrDestNotDir is returned when several sources are copied to a destination
@@ -179,13 +180,14 @@ func (c *copier) excludedByFlag(rel string) bool {
 	return err == nil && m
 }
 
-// metaFor computes what a copied object gets: Chown, else 0:0 for the
-// context, else the source's owner; Chmod, else the source's mode.
-func (c *copier) metaFor(fi fs.FileInfo) meta {
+// metaFor computes what the copied object name in the source directory
+// dir gets: Chown, else 0:0 for the context, else the source's (recorded)
+// owner; Chmod, else the source's mode.
+func (c *copier) metaFor(dir int, name string, fi fs.FileInfo) meta {
 	m := meta{mode: fi.Mode(), mtime: fi.ModTime()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		if !c.op.Src.ResetOwner {
-			m.uid, m.gid = int(st.Uid), int(st.Gid)
+			m.uid, m.gid = ownership.Of(dir, name, &unix.Stat_t{Dev: st.Dev, Ino: st.Ino, Mode: st.Mode, Uid: st.Uid, Gid: st.Gid})
 		}
 		m.rdev = uint64(st.Rdev)
 	}
@@ -212,7 +214,7 @@ func (c *copier) copyEntry(src string, fi fs.FileInfo, dest string) error {
 // copyEntryAt copies the non-directory name in the source directory dir
 // to the logical path dest, never following name if it is a symlink.
 func (c *copier) copyEntryAt(dir int, name string, fi fs.FileInfo, dest string) error {
-	m := c.metaFor(fi)
+	m := c.metaFor(dir, name, fi)
 	switch {
 	case fi.Mode().IsRegular():
 		fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -339,7 +341,7 @@ func (c *copier) write(ctx context.Context, dir int, srcRel string, nodes []*nod
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		m := c.metaFor(n.fi)
+		m := c.metaFor(dir, n.name, n.fi)
 		if err := c.w.ensureDir(childDest, m); err != nil {
 			return err
 		}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/archive"
+	"github.com/kiln-build/kiln/internal/ownership"
 )
 
 // Owner is a numeric uid/gid pair.
@@ -165,7 +166,7 @@ func permBits(m fs.FileMode) fs.FileMode {
 // applyMeta sets owner, then mode (chown clears setuid bits, so chmod comes
 // second), then times. Symlinks get owner and times only.
 func applyMeta(abs string, m meta, setTimes bool) error {
-	if err := os.Lchown(abs, m.uid, m.gid); err != nil {
+	if err := ownership.Lchown(abs, m.uid, m.gid); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}
 	if m.mode&fs.ModeSymlink == 0 {

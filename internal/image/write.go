@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/archive"
+	"github.com/kiln-build/kiln/internal/ownership"
 )
 
 // LayerOptions say how a layer blob is encoded and where it is written.
@@ -305,11 +306,13 @@ func (w *layerWriter) write(e planned) error {
 	if err := unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("layer entry %s: %w", e.name, err)
 	}
+	uid, gid := ownership.Of(dirfd, base, &st)
 	hdr := &tar.Header{
-		Name:    e.name,
-		Mode:    tarMode(archive.StatMode(&st)),
-		Uid:     int(st.Uid),
-		Gid:     int(st.Gid),
+		Name: e.name,
+		Mode: tarMode(archive.StatMode(&st)),
+		// The recorded owner: an unprivileged build cannot chown.
+		Uid:     uid,
+		Gid:     gid,
 		ModTime: w.clamp(time.Unix(st.Mtim.Unix())),
 		Format:  tar.FormatPAX,
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/archive"
+	"github.com/kiln-build/kiln/internal/ownership"
 )
 
 // ErrUnsafePath is returned (wrapped) for a tar entry that would write or
@@ -265,7 +266,7 @@ func (a *applier) linkSource(linkname string) (*linkSource, error) {
 // metadata restores owner, mode, xattrs and times of base in the directory
 // dir. chown comes before chmod because chown clears setuid/setgid.
 func (a *applier) metadata(hdr *tar.Header, dir int, base, name string) error {
-	if err := unix.Fchownat(dir, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := ownership.Fchownat(dir, base, hdr.Uid, hdr.Gid); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}
 	if hdr.Typeflag != tar.TypeSymlink {
