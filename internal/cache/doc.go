@@ -113,6 +113,11 @@
 //     waits a random, growing backoff (up to 0.3 s, 0.6 s, 1.2 s, …, 5 s)
 //     and repeats from step 2, up to 8 rounds, after which Flush fails.
 //
+// Every read of the index is bounded (30 s per attempt) and repeated after
+// a transient failure (a body cut short or corrupted, caught by its digest;
+// a reset; a timeout), up to 3 times; a round that fails on a transient
+// error is repeated too, up to 3 times. Every step above is safe to repeat.
+//
 // A writer whose records another writer overwrote therefore sees it and
 // writes them again, merged with the other's. The scheme converges because
 // each round only adds; the jitter keeps writers from repeating in lock

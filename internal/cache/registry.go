@@ -39,6 +39,8 @@ type Registry struct {
 	staged  map[digest.Digest]*stagedRecord
 
 	flushMu sync.Mutex // one Flush at a time
+
+	readTimeout time.Duration // per attempt of read; readTimeout
 }
 
 type stagedRecord struct {
@@ -75,6 +77,8 @@ func OpenRegistry(ctx context.Context, ref string, o registry.Options) (*Registr
 		records: map[digest.Digest]Record{},
 		blobs:   map[v1.Hash]bool{},
 		staged:  map[digest.Digest]*stagedRecord{},
+
+		readTimeout: readTimeout,
 	}
 	idx, err := c.read(ctx)
 	if err != nil {
@@ -101,11 +105,18 @@ type remoteIndex struct {
 // check), a 5xx that outlived the client's own retries, a reset.
 const readAttempts = 3
 
+// readTimeout bounds one attempt at reading the index (two small requests).
+const readTimeout = 30 * time.Second
+
 // read fetches the cache manifest at c.ref and its index, trying again
 // after transient failures. A ref that does not exist is an empty index.
 func (c *Registry) read(ctx context.Context) (remoteIndex, error) {
 	for attempt := 1; ; attempt++ {
-		idx, err := c.readOnce(ctx)
+		// Each attempt is bounded: a registry that stops answering
+		// mid-read costs a retry, not a build that hangs.
+		actx, cancel := context.WithTimeout(ctx, c.readTimeout)
+		idx, err := c.readOnce(actx)
+		cancel()
 		if err == nil || attempt == readAttempts || !transient(ctx, err) {
 			return idx, err
 		}

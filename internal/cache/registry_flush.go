@@ -57,6 +57,8 @@ const (
 	// mergeAttempts bounds how often one round merges again because the
 	// manifest changed between its read and its write.
 	mergeAttempts = 5
+	// writeAttempts bounds the rounds that may fail on a transient error.
+	writeAttempts = 3
 )
 
 // Flush publishes the staged records (see doc.go, "Concurrent writers"):
@@ -100,18 +102,23 @@ func (c *Registry) Flush(ctx context.Context) error {
 		return fmt.Errorf("%s: flush: %w", c, err)
 	}
 
-	var lost int
+	var lost, failures int
 	for round := 1; round <= flushRounds; round++ {
 		mine, window, err := c.mergeAndWrite(ctx, flushed, uploaded, wo)
-		if errors.Is(err, errBusy) {
+		if err != nil && !errors.Is(err, errBusy) {
+			// A reset or a 5xx the client's own retries did not cover:
+			// the round is repeated, a few times. Every step of a round is
+			// safe to repeat.
+			if failures++; failures == writeAttempts || !transient(ctx, err) {
+				return err
+			}
+		}
+		if err != nil {
 			lost = len(flushed)
 			if err := sleepCtx(ctx, rand.N(min(settleMin<<round, maxBackoff))); err != nil {
 				return fmt.Errorf("%s: flush: %w", c, err)
 			}
 			continue
-		}
-		if err != nil {
-			return err
 		}
 		// Another writer's window is about as long as ours was (same
 		// registry, same load): settle for at least twice that.
