@@ -86,7 +86,17 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	if len(specs) == 0 {
 		specs = []output.Spec{{Type: "store"}}
 	}
-	env := output.Env{Registry: b.opts.Registry, StoreDir: b.opts.StoreDir, BlobDir: b.caches.local.BlobDir(), DockerHost: b.opts.DockerHost}
+	env := output.Env{Registry: b.opts.Registry, StoreDir: b.opts.StoreDir, BlobDir: b.caches.local.BlobDir(), DockerHost: b.opts.DockerHost,
+		TempTag: b.state.ID()}
+	for _, spec := range specs {
+		// What a kill during this export leaves next to the dest is
+		// removed by the next kiln command.
+		if spec.Dest != "" && spec.Dest != "-" {
+			if err := b.state.RecordOwned(output.TempPattern(spec.Dest, env.TempTag)); err != nil {
+				return nil, err
+			}
+		}
+	}
 	rootfs := func(ctx context.Context, dir string) error {
 		ls, err := s.layers()
 		if err != nil {

@@ -41,6 +41,7 @@ const (
 	phasePush   = "push"
 	phaseCache  = "cache export"
 	phaseRandom = "random"
+	phaseOutput = "output"
 )
 
 // TestKillNine kills kiln with SIGKILL at seeded random moments in every
@@ -198,7 +199,11 @@ func killDuring(t *testing.T, dir string, env, args []string, marker string, n i
 	t.Helper()
 	cmd := exec.Command(testenv.Kiln(t), args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
+	// As testenv.Run does: the test's own home, never the machine's.
+	home := testenv.Home(t)
+	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CACHE_HOME="+filepath.Join(home, ".cache"),
+		"XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "DOCKER_CONFIG="+filepath.Join(home, ".docker"))
+	cmd.Env = append(cmd.Env, env...)
 	r, w := io.Pipe()
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
@@ -230,7 +235,7 @@ func killDuring(t *testing.T, dir string, env, args []string, marker string, n i
 	} else {
 		// Within the phase: pushes and cache exports of a few MB to a
 		// loopback registry take tens of milliseconds.
-		jitter := map[string]time.Duration{phaseRun: 150 * time.Millisecond, phaseLayer: 40 * time.Millisecond}[want]
+		jitter := map[string]time.Duration{phaseRun: 150 * time.Millisecond, phaseLayer: 40 * time.Millisecond, phaseOutput: 60 * time.Millisecond}[want]
 		if jitter == 0 {
 			jitter = 10 * time.Millisecond
 		}
@@ -309,6 +314,8 @@ func (p *progress) phase(marker string, n int) string {
 			return phaseCache
 		case strings.Contains(name, "exporting to registry"), strings.Contains(name, "pushing"):
 			return phasePush
+		case strings.Contains(name, "exporting to"):
+			return phaseOutput
 		case strings.Contains(name, "RUN"):
 			if strings.Contains(p.logs[id], fmt.Sprintf("%s-%d-wrote", marker, n)) {
 				return phaseLayer
@@ -437,4 +444,55 @@ func randHex(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// TestKillDuringOutput kills kiln while it writes -o type=local and
+// type=oci (tar) dests: what it leaves next to them (the temporary sibling
+// that would have been renamed into place) is gone after the next kiln
+// command, and another writer's sibling is not touched.
+func TestKillDuringOutput(t *testing.T) {
+	testenv.Need(t, "runc")
+	if os.Getuid() != 0 {
+		t.Skip("RUN needs root")
+	}
+	host := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, host, "busybox")
+	ctxDir := writeContext(t, map[string]string{
+		"Dockerfile": "FROM " + base + "\nRUN head -c 30000000 /dev/urandom > /big && for i in $(seq 300); do echo $i > /f$i; done\n",
+	})
+	outDir := t.TempDir()
+	other := filepath.Join(outDir, ".out.tmp-someone-else")
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"TMPDIR=" + t.TempDir()}
+	args := []string{"build", "--progress=plain", "-o", "type=local,dest=" + filepath.Join(outDir, "out"),
+		"-o", "type=oci,dest=" + filepath.Join(outDir, "img.tar"), "."}
+	kiln(t, ctxDir, env, args...) // the RUN is cached from here on
+	rng := mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	var left []string
+	for try := 0; try < 8 && len(left) == 0; try++ {
+		if _, killed := killDuring(t, ctxDir, env, args, "", 0, phaseOutput, rng, 0); !killed {
+			continue
+		}
+		all, _ := filepath.Glob(filepath.Join(outDir, ".*.tmp-*"))
+		for _, p := range all {
+			if p != other {
+				left = append(left, p)
+			}
+		}
+	}
+	if len(left) == 0 {
+		t.Fatal("no kill landed while an output was being written")
+	}
+	t.Logf("a kill during the export left %v", left)
+	kiln(t, ctxDir, env, "version")
+	for _, p := range left {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s survived the next kiln command", p)
+		}
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another writer's temporary sibling was removed: %v", err)
+	}
 }

@@ -10,21 +10,37 @@ import (
 
 // writeFileAtomic replaces path with data.
 func writeFileAtomic(path string, data []byte) error {
-	return writeFileWith(path, func(w io.Writer) error {
+	return writeFileWith(path, "", func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
 	})
 }
 
-// writeFileWith writes a sibling temporary file with fill, syncs it and
-// renames it over path. On any failure the temporary is removed and path is
-// left as it was.
-func writeFileWith(path string, fill func(io.Writer) error) (err error) {
+// TempPattern is the glob matching the temporary siblings an export to
+// dest with Env.TempTag tag writes before renaming them into place: what
+// a killed export leaves behind.
+func TempPattern(dest, tag string) string {
+	dest = filepath.Clean(dest)
+	return filepath.Join(filepath.Dir(dest), tempPrefix(dest, tag)+"*")
+}
+
+func tempPrefix(dest, tag string) string {
+	p := "." + filepath.Base(dest) + ".tmp-"
+	if tag != "" {
+		p += tag + "-"
+	}
+	return p
+}
+
+// writeFileWith writes a sibling temporary file (named with tag, see
+// TempPattern) with fill, syncs it and renames it over path. On any
+// failure the temporary is removed and path is left as it was.
+func writeFileWith(path, tag string, fill func(io.Writer) error) (err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
+	tmp, err := os.CreateTemp(dir, tempPrefix(path, tag))
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
@@ -60,12 +76,12 @@ func writeFileWith(path string, fill func(io.Writer) error) (err error) {
 // place at dest. When dest is a directory already, its entries are
 // replaced one by one by the new ones (entries the new tree lacks stay, as
 // with buildx's local exporter); when it does not exist it appears whole.
-func fillDir(dest string, fill func(dir string) error) (err error) {
+func fillDir(dest, tag string, fill func(dir string) error) (err error) {
 	parent := filepath.Dir(filepath.Clean(dest))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("creating %s: %w", parent, err)
 	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dest)+".tmp-")
+	tmp, err := os.MkdirTemp(parent, tempPrefix(filepath.Clean(dest), tag))
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", dest, err)
 	}

@@ -34,6 +34,11 @@ type Env struct {
 	// DockerHost is the engine for type=docker without dest; "" means
 	// $DOCKER_HOST or unix:///var/run/docker.sock.
 	DockerHost string
+	// TempTag goes into the names of the temporary siblings written next
+	// to a dest before the rename (TempPattern), so that the leftovers of
+	// a killed export are told apart from another export's: kiln passes
+	// the build's id.
+	TempTag string
 }
 
 // Result describes what was exported.
@@ -76,12 +81,12 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 			return Result{}, fmt.Errorf("export registry: %w", err)
 		}
 	case TypeOCI:
-		err = exportOCI(ctx, spec, img.Image, names)
+		err = exportOCI(ctx, spec, img.Image, names, env.TempTag)
 	case TypeDocker:
 		if spec.Dest == "" {
 			err = loadDocker(ctx, env.DockerHost, img.Image, names)
 		} else {
-			err = writeFileWith(spec.Dest, func(w io.Writer) error {
+			err = writeFileWith(spec.Dest, env.TempTag, func(w io.Writer) error {
 				return writeDockerTar(w, img.Image, names)
 			})
 		}
@@ -89,7 +94,7 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 		if img.Rootfs == nil {
 			return Result{}, errors.New("export local: the build has no root filesystem to write")
 		}
-		err = fillDir(spec.Dest, func(dir string) error { return img.Rootfs(ctx, dir) })
+		err = fillDir(spec.Dest, env.TempTag, func(dir string) error { return img.Rootfs(ctx, dir) })
 	case TypeStore:
 		if env.StoreDir == "" {
 			return Result{}, errors.New("export store: no store directory configured")
@@ -106,16 +111,16 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 
 // exportOCI writes an OCI layout tar, or a layout directory (merged into
 // an existing one, as BuildKit's content store does) with tar=false.
-func exportOCI(ctx context.Context, spec Spec, img v1.Image, names []string) error {
+func exportOCI(ctx context.Context, spec Spec, img v1.Image, names []string, tag string) error {
 	if spec.Tar {
-		return writeFileWith(spec.Dest, func(w io.Writer) error {
+		return writeFileWith(spec.Dest, tag, func(w io.Writer) error {
 			return writeLayoutTar(ctx, w, img, names)
 		})
 	}
 	if _, err := os.Stat(spec.Dest); err == nil {
 		return writeLayoutDir(ctx, spec.Dest, img, names, false, "")
 	}
-	return fillDir(filepath.Clean(spec.Dest), func(dir string) error {
+	return fillDir(filepath.Clean(spec.Dest), tag, func(dir string) error {
 		return writeLayoutDir(ctx, dir, img, names, false, "")
 	})
 }

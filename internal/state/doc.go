@@ -23,7 +23,8 @@
 //	                          kiln's own cache) where this build may leave partial files
 //	ROOT/run/<id>/owned       glob patterns naming this build's own files elsewhere, which carry
 //	                          its id because they must sit where they are renamed
-//	                          (ROOT/mounts/.new-<id>-*: a cache mount being seeded)
+//	                          (ROOT/mounts/.new-<id>-*: a cache mount being seeded;
+//	                          DEST_PARENT/.<dest>.tmp-<id>-*: an -o dest being written)
 //
 // The kernel drops an flock with its holder's last file descriptor, so a
 // dead owner's lock is free and a live owner's is not: the lock is the
@@ -56,8 +57,6 @@
 // same teardown as a sweep, so the normal path and the crash path are one
 // code path.
 //
-// What the sweep does not reach: files a dead kiln was writing in
-// user-named output destinations (-o type=local/oci/tar write to a
-// temporary sibling renamed into place, which stays behind), and state
-// left by kiln versions before this package.
+// What the sweep does not reach: state left by kiln versions before this
+// package (TMPDIR/kiln-run-*, snapshots/a/*), which carries no lock.
 package state
