@@ -54,11 +54,6 @@ type Changes struct {
 	Opaque []string
 }
 
-const (
-	whiteoutPrefix = ".wh."
-	whiteoutOpaque = ".wh..wh..opq"
-)
-
 // ErrUnsafePath is returned for a change path that climbs out of the root
 // with "..", or that lies under a symlink or file in root.
 var ErrUnsafePath = errors.New("unsafe path")
@@ -222,7 +217,7 @@ func planEntries(ch Changes) ([]planned, error) {
 		if c == "." {
 			return nil, fmt.Errorf("delete root: %w", ErrUnsafePath)
 		}
-		kinds[path.Join(path.Dir(c), whiteoutPrefix+path.Base(c))] = whiteout
+		kinds[archive.WhiteoutName(c)] = whiteout
 		addParents(c)
 	}
 	for _, p := range ch.Opaque {
@@ -234,7 +229,7 @@ func planEntries(ch Changes) ([]planned, error) {
 			kinds[c] = fromRoot
 			addParents(c)
 		}
-		kinds[path.Join(c, whiteoutOpaque)] = opaque
+		kinds[archive.OpaqueName(c)] = opaque
 	}
 	plan := make([]planned, 0, len(kinds))
 	for n, k := range kinds {
