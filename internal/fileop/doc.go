@@ -16,6 +16,13 @@
 // a tree nested thousands deep costs linear time and PATH_MAX does not
 // apply.
 //
+// A copied source directory is listed whole before anything is written, so
+// an object that appears during the copy (the destination inside the
+// source) is never copied, and nothing is copied twice.
+//
+// Owners are set through internal/ownership: where kiln may not chown (it
+// runs unprivileged), the owner is recorded for the layer writer instead.
+//
 // The functions return the rootfs-relative paths they created or modified so
 // the snapshotter can build a layer from exactly those paths when overlayfs
 // is not available.

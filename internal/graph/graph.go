@@ -1,6 +1,7 @@
 // Package graph holds the stage graph of a build: which stages a target
 // needs, and a scheduler that runs each stage as soon as the stages it
-// depends on are done, several at once up to a limit.
+// depends on are done, several at once up to a limit. A cycle is a
+// *CycleError that names the nodes on the loop by their labels.
 package graph
 
 import (

@@ -10,6 +10,12 @@
 // seconds (and clamped to the epoch when one is given), and compressors
 // whose headers carry no name or time.
 //
+// [LayerOptions].Level is buildx's compression-level; [Recompress] re-encodes
+// an existing layer (buildx's force-compression), checking that its diffID
+// is unchanged. Both go through one blob encoder. Owners come from
+// internal/ownership, so an unprivileged build writes the owners a root
+// build would.
+//
 // Pushing and the other outputs (OCI layout, docker archive) build on the
 // v1.Image returned by [Assemble].
 package image

@@ -2,6 +2,10 @@
 // Libraries emit typed events to a Sink they are given and never print; only
 // the CLI picks a renderer: plain lines for CI logs, an in-place redraw for a
 // terminal, or nothing at all.
+//
+// A build wraps its sink in a Tracker: when the build stops early, every
+// step still open is ended as failed (ErrUnfinished), so no renderer ever
+// shows a step running forever.
 package progress
 
 import (

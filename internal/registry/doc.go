@@ -6,7 +6,9 @@
 //
 // Errors are classified: errors.Is(err, ErrUnreachable) when the registry
 // cannot be reached at all, errors.Is(err, ErrNotFound) when the repository,
-// tag or platform does not exist. Other registry errors (authentication,
+// tag or platform does not exist, errors.Is(err, ErrCorrupt) when a manifest
+// or index names a malformed digest or a negative size (the error names the
+// image, the manifest's digest and the bad entry). Other registry errors (authentication,
 // denied, invalid) keep the registry's own diagnostic text and remain
 // reachable with errors.As(err, **transport.Error).
 package registry
