@@ -87,20 +87,26 @@ func files(t *testing.T, dir string) []string {
 // copy none of them: before, `COPY . /x/` copied kiln's snapshot into
 // itself for minutes and failed with "file name too long".
 func TestContextHoldingKilnStateIsNotCopied(t *testing.T) {
-	ctxDir := writeContext(t, map[string]string{
+	tree := map[string]string{
 		"Dockerfile": "FROM scratch\nCOPY . /x/\n",
 		"a.txt":      "A",
 		"sub/b.txt":  "B",
 		".gitignore": "c/\n",
-	})
+	}
+	ctxDir := writeContext(t, tree)
 	env := []string{"XDG_CACHE_HOME=" + filepath.Join(ctxDir, "c")}
 	want := []string{"x/.gitignore", "x/Dockerfile", "x/a.txt", "x/sub/b.txt"}
-	// Twice: the second build finds the state, the output and the cache
-	// already in the context (and a fresh snapshotter for the first).
-	for i, snap := range []string{"auto", "copy"} {
-		out := filepath.Join(ctxDir, "out")
-		os.RemoveAll(out)
-		_, stderr, code := runBounded(t, 90*time.Second, ctxDir, env, "build", "--progress=plain", "--no-cache", "--snapshotter="+snap,
+	// The first build has only its state in the context; the second finds
+	// the first one's outputs and cache there too. In the second context
+	// kiln's state lies elsewhere, so the output and cache dests alone must
+	// be hidden.
+	other := writeContext(t, tree)
+	for i, tc := range []struct {
+		dir, snap string
+		env       []string
+	}{{ctxDir, "auto", env}, {ctxDir, "copy", env}, {other, "auto", nil}, {other, "copy", nil}} {
+		out := filepath.Join(tc.dir, "out")
+		_, stderr, code := runBounded(t, 90*time.Second, tc.dir, tc.env, "build", "--progress=plain", "--no-cache", "--snapshotter="+tc.snap,
 			"-o", "type=local,dest=out", "-o", "type=oci,dest=img.tar", "--cache-to", "type=local,dest=cache", ".")
 		if code != 0 {
 			t.Fatalf("build %d: exit %d: %s", i+1, code, lastBytes(stderr, 2000))
