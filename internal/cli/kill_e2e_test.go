@@ -496,3 +496,52 @@ func TestKillDuringOutput(t *testing.T) {
 		t.Errorf("another writer's temporary sibling was removed: %v", err)
 	}
 }
+
+// TestSweepSparesLiveBuild: the sweep every kiln command starts with
+// never touches a running build (its directory's lock is held), whichever
+// executor runs its RUN with a secret.
+func TestSweepSparesLiveBuild(t *testing.T) {
+	testenv.Need(t, "runc")
+	if os.Getuid() != 0 {
+		t.Skip("RUN needs root")
+	}
+	host := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, host, "busybox")
+	secret := filepath.Join(t.TempDir(), "s")
+	if err := os.WriteFile(secret, []byte("live-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, iso := range []string{"chroot", "runc"} {
+		t.Run(iso, func(t *testing.T) {
+			marker := "kiln-live-" + randHex(t)
+			ctxDir := writeContext(t, map[string]string{
+				"Dockerfile": "FROM " + base + "\nRUN --mount=type=secret,id=s echo " + marker + " && sleep 3 && cat /run/secrets/s > /got\n",
+			})
+			out := filepath.Join(t.TempDir(), "out")
+			done := make(chan testenv.Result, 1)
+			go func() {
+				done <- testenv.Run(t, ctxDir, nil, "build", "--progress=plain", "--isolation", iso, "--secret", "id=s,src="+secret, "-o", "type=local,dest="+out, ".")
+			}()
+			deadline := time.Now().Add(60 * time.Second)
+			for {
+				if o, _ := exec.Command("pgrep", "-f", marker).Output(); len(o) > 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the RUN never started")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			for range 3 {
+				kiln(t, ctxDir, nil, "cache", "ls")
+			}
+			res := <-done
+			if res.ExitCode != 0 {
+				t.Fatalf("the build failed while other kiln commands swept:\n%s", res.Stderr)
+			}
+			if got := readFile(t, filepath.Join(out, "got")); got != "live-secret" {
+				t.Errorf("/got = %q", got)
+			}
+		})
+	}
+}
