@@ -267,3 +267,31 @@ func TestFailedBuildEndsStepsAndWritesReport(t *testing.T) {
 		})
 	}
 }
+
+// A RUN that prints megabytes without a newline has its output shown in
+// bounded pieces as it comes: before, kiln held it all as one line (and
+// rescanned it on every write) until the process ended.
+func TestRunOutputWithoutNewlines(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	dir := writeContext(t, map[string]string{
+		"Dockerfile": "FROM " + base + "\nRUN head -c 4000000 /dev/zero | tr '\\000' x; exit 3\n",
+	})
+	_, stderr, code := runBounded(t, 60*time.Second, dir, nil, "build", "--progress=plain", ".")
+	if code == 0 || !strings.Contains(stderr, "exit code: 3") {
+		t.Fatalf("exit %d, want the RUN's failure:\n%s", code, lastBytes(stderr, 500))
+	}
+	pieces := 0
+	for _, line := range strings.Split(stderr, "\n") {
+		if len(line) > 70000 {
+			t.Fatalf("a progress line of %d bytes: want pieces of at most 64 KiB", len(line))
+		}
+		if strings.HasPrefix(line, "#2 xxxx") {
+			pieces++
+		}
+	}
+	if pieces < 60 {
+		t.Errorf("%d pieces of output shown, want about 61 of 64 KiB for 4 MB", pieces)
+	}
+}
