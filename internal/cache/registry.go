@@ -330,7 +330,7 @@ func (c *Registry) Layer(ctx context.Context, rec Record) (v1.Layer, error) {
 	}
 	desc := rec.Layer
 	src := c.ref.Context().Digest(desc.Digest.String())
-	lazy, err := newLazyLayer(desc, func() (io.ReadCloser, error) {
+	fetch := func() (io.ReadCloser, error) {
 		rl, err := remote.Layer(src, c.opts.RemoteOptions(ctx)...)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", c, err)
@@ -339,10 +339,82 @@ func (c *Registry) Layer(ctx context.Context, rec Record) (v1.Layer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: fetching blob: %w", c, err)
 		}
-		return newVerifyReader(rc, desc.Digest, desc.Size)
+		return rc, nil
+	}
+	lazy, err := newLazyLayer(desc, func() (io.ReadCloser, error) {
+		rc, err := fetch()
+		if err != nil {
+			return nil, err
+		}
+		return newVerifyReader(&resumingReader{ctx: ctx, fetch: fetch, rc: rc}, desc.Digest, desc.Size)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &remote.MountableLayer{Layer: lazy, Reference: src}, nil
+}
+
+// resumingReader reads a blob and, when the connection breaks mid-body (a
+// reset, a body cut short), fetches it again and skips what was already
+// read, up to readAttempts times. The digest is checked over the whole
+// stream by the verifyReader around it, so a resumed read is as safe as
+// one in a piece.
+type resumingReader struct {
+	ctx   context.Context
+	fetch func() (io.ReadCloser, error)
+	rc    io.ReadCloser
+	off   int64 // bytes delivered so far
+	tries int
+}
+
+func (r *resumingReader) Read(p []byte) (int, error) {
+	for {
+		if r.rc == nil {
+			rc, err := r.fetch()
+			if err != nil {
+				return 0, err
+			}
+			if _, err := io.CopyN(io.Discard, rc, r.off); err != nil {
+				rc.Close()
+				if r.retry(err) {
+					continue
+				}
+				return 0, err
+			}
+			r.rc = rc
+		}
+		n, err := r.rc.Read(p)
+		r.off += int64(n)
+		if err == nil || errors.Is(err, io.EOF) || n > 0 {
+			// Deliver what arrived; an error after data shows again on
+			// the next Read.
+			if err != nil && !errors.Is(err, io.EOF) {
+				r.rc.Close()
+				r.rc = nil
+				if !r.retry(err) {
+					return n, err
+				}
+				return n, nil
+			}
+			return n, err
+		}
+		r.rc.Close()
+		r.rc = nil
+		if !r.retry(err) {
+			return 0, err
+		}
+	}
+}
+
+// retry counts one more attempt after err and says whether to make it.
+func (r *resumingReader) retry(err error) bool {
+	r.tries++
+	return r.tries < readAttempts && transient(r.ctx, err) && !errors.Is(err, ErrDigestMismatch)
+}
+
+func (r *resumingReader) Close() error {
+	if r.rc == nil {
+		return nil
+	}
+	return r.rc.Close()
 }
