@@ -117,6 +117,9 @@
 // a transient failure (a body cut short or corrupted, caught by its digest;
 // a reset; a timeout), up to 3 times; a round that fails on a transient
 // error is repeated too, up to 3 times. Every step above is safe to repeat.
+// A cached blob whose download breaks mid-body is fetched again and resumed
+// where it broke (up to 3 times); its digest is checked over the whole
+// stream either way.
 //
 // A writer whose records another writer overwrote therefore sees it and
 // writes them again, merged with the other's. The scheme converges because
