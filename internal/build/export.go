@@ -11,6 +11,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/output"
+	"github.com/kiln-build/kiln/internal/ownership"
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/snapshot"
 )
@@ -102,7 +103,10 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 		if err != nil {
 			return err
 		}
-		return snapshot.Materialize(ctx, dir, ls)
+		if err := snapshot.Materialize(ctx, dir, ls); err != nil {
+			return err
+		}
+		return ownership.Forget(dir)
 	}
 	// Caches first: a --cache-to that fails (without ignore-error) fails
 	// the build before any output is written, so a failed build never

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/testenv"
 )
@@ -67,7 +68,8 @@ func TestBuildWithoutRunAsUnprivilegedUser(t *testing.T) {
 		out := filepath.Join(home, "out")
 		args := []string{"--reuid=65534", "--regid=65534", "--clear-groups", "env", epoch, "HOME=" + home,
 			"XDG_CACHE_HOME=" + filepath.Join(home, ".cache"), "TMPDIR=" + home, "DOCKER_CONFIG=" + filepath.Join(home, ".docker"),
-			testenv.Kiln(t), "build", "--progress=plain", "--snapshotter=" + snap, "-o", "type=oci,tar=false,dest=" + out, "."}
+			testenv.Kiln(t), "build", "--progress=plain", "--snapshotter=" + snap, "-o", "type=oci,tar=false,dest=" + out,
+			"-o", "type=local,dest=" + filepath.Join(home, "rootfs"), "."}
 		cmd := exec.CommandContext(t.Context(), setpriv, args...)
 		cmd.Dir = ctxDir
 		b, err := cmd.CombinedOutput()
@@ -76,6 +78,15 @@ func TestBuildWithoutRunAsUnprivilegedUser(t *testing.T) {
 		}
 		if got := digest(out); got != want {
 			t.Errorf("--snapshotter=%s as nobody: image %s, want the root build's %s\n%s", snap, got, want, b)
+		}
+		// The owners kiln recorded stay inside kiln: exported files just
+		// belong to the user.
+		for _, f := range []string{"x/a.txt", "home/app/b.txt", "from-stage/a.txt", "home/app"} {
+			buf := make([]byte, 256)
+			n, err := unix.Listxattr(filepath.Join(home, "rootfs", f), buf)
+			if err != nil || n != 0 {
+				t.Errorf("--snapshotter=%s: exported %s has extended attributes %q (%v), want none", snap, f, buf[:max(n, 0)], err)
+			}
 		}
 		if strings.Contains(string(b), "WARNING") {
 			t.Logf("--snapshotter=%s as nobody:\n%s", snap, b)

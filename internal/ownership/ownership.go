@@ -15,7 +15,9 @@ package ownership
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,4 +121,25 @@ func fromXattr(path string) ([2]int, bool) {
 // xattr calls (there is no *at form).
 func fdPath(dirfd int, name string) string {
 	return "/proc/self/fd/" + strconv.Itoa(dirfd) + "/" + name
+}
+
+// Forget removes the owners recorded beneath root, for a tree that leaves
+// kiln (a type=local output): there the files simply belong to the user
+// who ran it, as with rootless BuildKit. Nothing to do as root.
+func Forget(root string) error {
+	if privileged {
+		return nil
+	}
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return nil
+		}
+		if err := unix.Lremovexattr(p, xattr); err != nil && !errors.Is(err, unix.ENODATA) && !errors.Is(err, unix.ENOTSUP) {
+			return fmt.Errorf("forget recorded owner of %s: %w", p, err)
+		}
+		return nil
+	})
 }
