@@ -38,7 +38,7 @@ func (b *builder) forceCompression(ctx context.Context, s *stage, spec output.Sp
 	if err != nil {
 		return nil, nil, err
 	}
-	opts := image.LayerOptions{Compression: c, Level: specLevel(spec), OCI: spec.OCIMediaTypes, Dir: b.tmp}
+	opts := image.LayerOptions{Compression: c, Level: specLevel(spec), OCI: spec.OCIMediaTypes, Dir: b.layer.Dir}
 	var all []v1.Layer
 	if s.base != nil {
 		ls, err := s.base.Layers()
