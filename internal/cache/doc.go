@@ -111,7 +111,15 @@
 //  5. is done when every staged record the bounds kept is in what it read
 //     back; otherwise another writer replaced the index in between, and it
 //     waits a random, growing backoff (up to 0.3 s, 0.6 s, 1.2 s, …, 5 s)
-//     and repeats from step 2, up to 8 rounds, after which Flush fails.
+//     and repeats from step 2, up to 8 rounds, after which Flush fails;
+//  6. when another writer showed itself during the flush (the index
+//     changed before or after its write, or lost its records), checks once
+//     more after a longer wait (1 s, or four times its write window), in
+//     case a writer slowed down between its read and its write.
+//
+// Each write also carries every record the flush has seen in the index
+// (at open, in each re-read and read-back), so a record that an overwrite
+// dropped is restored by any writer that saw it and is still flushing.
 //
 // Every read of the index is bounded (30 s per attempt) and repeated after
 // a transient failure (a body cut short or corrupted, caught by its digest;
@@ -124,7 +132,11 @@
 // A writer whose records another writer overwrote therefore sees it and
 // writes them again, merged with the other's. The scheme converges because
 // each round only adds; the jitter keeps writers from repeating in lock
-// step. Records leave the index only by the size and age bounds.
+// step. Records leave the index only by the size and age bounds. It is
+// timing-based: a writer stalled for longer than the others' settle times
+// between its read and its write can still drop records (before step 6
+// and the carried records, 60 concurrent builds on 2 cores lost some; not
+// seen since); a registry with conditional PUTs would close that gap.
 //
 // On a local directory concurrent writers need no merge: each record is
 // its own file, renamed into place, so every writer's records are kept

@@ -59,6 +59,9 @@ const (
 	mergeAttempts = 5
 	// writeAttempts bounds the rounds that may fail on a transient error.
 	writeAttempts = 3
+	// lateSettle is the least wait before the second read-back a
+	// contended flush makes.
+	lateSettle = time.Second
 )
 
 // Flush publishes the staged records (see doc.go, "Concurrent writers"):
@@ -89,22 +92,37 @@ func (c *Registry) Flush(ctx context.Context) error {
 	for k, s := range c.staged {
 		flushed[k] = s
 	}
-	have := make(map[v1.Hash]bool, len(c.blobs))
+	// known is every record this flush has seen in the index (at open, in
+	// each re-read and read-back) with the blobs seen named: each write
+	// republishes them, so a record another writer's overwrite dropped is
+	// restored by whoever saw it and is still flushing.
+	known := remoteIndex{records: make(map[digest.Digest]Record, len(c.records)), blobs: make(map[v1.Hash]bool, len(c.blobs))}
+	for k, r := range c.records {
+		known.records[k] = r
+	}
 	for h := range c.blobs {
-		have[h] = true
+		known.blobs[h] = true
 	}
 	c.mu.Unlock()
 
 	// Blobs first, outside the read-merge-write window, so the window
 	// another writer can fall into stays a few requests long.
-	uploaded, err := c.uploadBlobs(ctx, flushed, have)
+	uploaded, err := c.uploadBlobs(ctx, flushed, known.blobs)
 	if err != nil {
 		return fmt.Errorf("%s: flush: %w", c, err)
 	}
+	for h := range uploaded {
+		known.blobs[h] = true
+	}
 
 	var lost, failures int
+	// contended: another writer showed itself during this flush (the index
+	// changed between our read and write, or after our write, or lost our
+	// records). Then a success is checked once more, later: a writer slowed
+	// down between its read and its write can still overwrite ours.
+	contended, lateChecked := false, false
 	for round := 1; round <= flushRounds; round++ {
-		mine, window, err := c.mergeAndWrite(ctx, flushed, uploaded, wo)
+		mine, window, wrote, err := c.mergeAndWrite(ctx, flushed, &known, wo, &contended)
 		if err != nil && !errors.Is(err, errBusy) {
 			// A reset or a 5xx the client's own retries did not cover:
 			// the round is repeated, a few times. Every step of a round is
@@ -115,6 +133,7 @@ func (c *Registry) Flush(ctx context.Context) error {
 		}
 		if err != nil {
 			lost = len(flushed)
+			contended = true
 			if err := sleepCtx(ctx, rand.N(min(settleMin<<round, maxBackoff))); err != nil {
 				return fmt.Errorf("%s: flush: %w", c, err)
 			}
@@ -130,13 +149,24 @@ func (c *Registry) Flush(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%s: flush: reading the index back: %w", c, err)
 		}
-		lost = 0
-		for _, k := range mine {
-			if _, ok := back.records[k]; !ok {
-				lost++
+		known.absorb(back)
+		if back.manifest != wrote {
+			contended = true // someone wrote after us
+		}
+		lost = c.missing(mine, back)
+		if lost == 0 && contended && !lateChecked {
+			lateChecked = true
+			if err := sleepCtx(ctx, max(lateSettle, 4*window)+rand.N(settleJitter)); err != nil {
+				return fmt.Errorf("%s: flush: %w", c, err)
 			}
+			if back, err = c.read(ctx); err != nil {
+				return fmt.Errorf("%s: flush: reading the index back: %w", c, err)
+			}
+			known.absorb(back)
+			lost = c.missing(mine, back)
 		}
 		if lost > 0 {
+			contended = true
 			// A concurrent writer replaced our index: back off a random,
 			// growing while (so writers that collided spread out), then
 			// merge again.
@@ -159,6 +189,17 @@ func (c *Registry) Flush(ctx context.Context) error {
 	return fmt.Errorf("%s: flush: %d records were still missing after %d rounds of concurrent writers replacing the index", c, lost, flushRounds)
 }
 
+// missing counts the keys of mine that idx lacks.
+func (c *Registry) missing(mine []digest.Digest, idx remoteIndex) int {
+	n := 0
+	for _, k := range mine {
+		if _, ok := idx.records[k]; !ok {
+			n++
+		}
+	}
+	return n
+}
+
 // errBusy: the manifest kept changing between mergeAndWrite's read and its
 // write; the round is retried after a backoff.
 var errBusy = errors.New("the cache index kept changing under concurrent writers")
@@ -170,39 +211,43 @@ var errBusy = errors.New("the cache index kept changing under concurrent writers
 // which another writer's update can be lost is one HEAD and one PUT long.
 // It returns the staged keys the bounds kept (those the read-back must
 // find) and how long the last read-merge-write took.
-func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]*stagedRecord, uploaded map[v1.Hash]bool, wo RegistryWriteOptions) ([]digest.Digest, time.Duration, error) {
+func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]*stagedRecord, known *remoteIndex, wo RegistryWriteOptions, contended *bool) (mine []digest.Digest, window time.Duration, wrote string, err error) {
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
-		base, err := c.read(ctx)
+		var base remoteIndex
+		base, err = c.read(ctx)
 		if err != nil {
-			return nil, 0, fmt.Errorf("%s: flush: re-reading the index: %w", c, err)
+			return nil, 0, "", fmt.Errorf("%s: flush: re-reading the index: %w", c, err)
 		}
 		if base.inline {
-			return nil, 0, fmt.Errorf("%s: flush: the ref now holds an image: %w", c, ErrReadOnly)
+			return nil, 0, "", fmt.Errorf("%s: flush: the ref now holds an image: %w", c, ErrReadOnly)
 		}
-		mine, manifest, err := c.writeIndex(ctx, base, flushed, uploaded, wo)
+		known.absorb(base)
+		var manifest rawTaggable
+		mine, manifest, err = c.writeIndex(ctx, *known, flushed, wo)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, "", err
 		}
 		now, err := c.manifestDigest(ctx)
 		if err != nil {
-			return nil, 0, fmt.Errorf("%s: flush: %w", c, err)
+			return nil, 0, "", fmt.Errorf("%s: flush: %w", c, err)
 		}
 		if now != base.manifest {
+			*contended = true
 			// Changed under us: never overwrite a newer index (its writer
 			// may have checked it already); merge with it first.
 			if attempt == mergeAttempts {
-				return nil, 0, errBusy
+				return nil, 0, "", errBusy
 			}
 			if err := sleepCtx(ctx, rand.N(settleJitter)); err != nil {
-				return nil, 0, fmt.Errorf("%s: flush: %w", c, err)
+				return nil, 0, "", fmt.Errorf("%s: flush: %w", c, err)
 			}
 			continue
 		}
 		if err := remote.Put(c.ref, manifest, c.opts.RemoteOptions(ctx)...); err != nil {
-			return nil, 0, fmt.Errorf("%s: writing cache manifest: %w", c, err)
+			return nil, 0, "", fmt.Errorf("%s: writing cache manifest: %w", c, err)
 		}
-		return mine, time.Since(began), nil
+		return mine, time.Since(began), digest.FromBytes(manifest.raw).String(), nil
 	}
 }
 
@@ -259,10 +304,24 @@ func (c *Registry) uploadBlobs(ctx context.Context, flushed map[digest.Digest]*s
 	return present, nil
 }
 
-// writeIndex merges the staged records into the index read from the
-// registry, applies the bounds, uploads the index blob and returns the
-// manifest to PUT, with the keys of the staged records the bounds kept.
-func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, uploaded map[v1.Hash]bool, wo RegistryWriteOptions) ([]digest.Digest, rawTaggable, error) {
+// absorb adds the records and blobs of idx to k; of two records for one
+// key, the more recently used stays.
+func (k *remoteIndex) absorb(idx remoteIndex) {
+	for key, r := range idx.records {
+		if old, ok := k.records[key]; !ok || r.LastUsed.After(old.LastUsed) {
+			k.records[key] = r
+		}
+	}
+	for h := range idx.blobs {
+		k.blobs[h] = true
+	}
+}
+
+// writeIndex merges the staged records into base (the index as read, with
+// every record seen before), applies the bounds, uploads the index blob and
+// returns the manifest to PUT, with the keys of the staged records the
+// bounds kept.
+func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, wo RegistryWriteOptions) ([]digest.Digest, rawTaggable, error) {
 	merged := make(map[digest.Digest]Record, len(base.records)+len(flushed))
 	for k, r := range base.records {
 		merged[k] = r
@@ -287,7 +346,7 @@ func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map
 		if r.Layer.IsZero() {
 			continue
 		}
-		if !base.blobs[r.Layer.Digest] && !uploaded[r.Layer.Digest] {
+		if !base.blobs[r.Layer.Digest] {
 			return nil, rawTaggable{}, fmt.Errorf("%s: flush: record %s names blob %s, which is not in the repository", c, r.Key, r.Layer.Digest)
 		}
 		descs[r.Layer.Digest] = r.Layer

@@ -193,7 +193,11 @@ func TestSameResultIsFollowedByHits(t *testing.T) {
 
 // Concurrent --cache-to flushes to one ref keep every build's records:
 // 8 builds of 4 variants at once (each a fresh runner), then each variant
-// on another fresh runner hits every step.
+// on another fresh runner hits every step. SOURCE_DATE_EPOCH makes the
+// shared steps' bytes equal in every build: without it, builds that run
+// `RUN cat /common > /x` in different seconds make different layers, the
+// shared step's key keeps one of them, and a variant built on another
+// build's result misses from there on (consistent, but not reused).
 func TestConcurrentCacheToKeepsEveryVariant(t *testing.T) {
 	testenv.Need(t, "runc")
 	reg := testenv.Registry(t)
@@ -212,6 +216,7 @@ func TestConcurrentCacheToKeepsEveryVariant(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			dir, env := freshRunner(t, ctxs[i%variants], time.Unix(1700000000, 0))
+			env = append(env, "SOURCE_DATE_EPOCH=1700000000")
 			results[i] = testenv.Run(t, dir, env, "build", "--progress=plain", "--cache-to", "type=registry,ref="+cacheRef+",mode=max", ".")
 		}()
 	}
@@ -224,6 +229,7 @@ func TestConcurrentCacheToKeepsEveryVariant(t *testing.T) {
 	total := 0
 	for v, src := range ctxs {
 		dir, env := freshRunner(t, src, time.Unix(1710000000, 0))
+		env = append(env, "SOURCE_DATE_EPOCH=1700000000")
 		report := filepath.Join(t.TempDir(), "r.json")
 		kiln(t, dir, env, "build", "--progress=plain", "--cache-from", "type=registry,ref="+cacheRef, "--report", report, ".")
 		r := readReport(t, report)
