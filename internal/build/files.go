@@ -12,6 +12,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
 	"github.com/kiln-build/kiln/internal/archive"
+	"github.com/kiln-build/kiln/internal/buildctx"
 	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/fileop"
@@ -107,7 +108,8 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 	for _, sc := range c.params.SourceContents {
 		st.inputs["heredoc:"+sc.Path] = cachekey.Value(sc.Data)
 	}
-	if err := b.copyInputs(ctx, c, &st); err != nil {
+	snap, err := b.copyInputs(ctx, c, &st)
+	if err != nil {
 		return err
 	}
 	// BuildKit marks history entries of steps it ran as LLB file or exec
@@ -116,6 +118,12 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 		src, err := b.copySource(ctx, c.from)
 		if err != nil {
 			return nil, err
+		}
+		if snap != nil {
+			// The key describes the files as they were hashed; copy
+			// exactly those or fail, never cache a layer it does not
+			// describe.
+			src.Verify = snap.Check
 		}
 		return b.mutate(ctx, s, b.mounted(func(root string) error {
 			var chown *fileop.Owner
@@ -133,6 +141,9 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 					_, err = fileop.Add{Copy: cp, Checksum: c.checksum, Limits: archive.DefaultLimits}.Apply(ctx, root)
 				} else {
 					_, err = cp.Apply(ctx, root)
+				}
+				if err == nil && snap != nil {
+					err = snap.Missing()
 				}
 				if err != nil {
 					return fmt.Errorf("%s: %w", c.name, err)
@@ -157,15 +168,16 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 // "files changed" without naming which).
 const maxFileInputs = 2000
 
-// copyInputs adds what a COPY/ADD reads to its cache inputs.
-func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) error {
+// copyInputs adds what a COPY/ADD reads to its cache inputs. For the
+// context it returns the snapshot of what was hashed (nil when nothing was).
+func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) (*buildctx.Snapshot, error) {
 	if c.from != "" {
 		k, err := b.fromKey(ctx, c.from)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		st.inputs["from"] = k
-		return nil
+		return nil, nil
 	}
 	var local []string
 	for _, src := range c.params.SourcePaths {
@@ -179,13 +191,13 @@ func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) error {
 		local = append(local, src)
 	}
 	if len(local) == 0 {
-		return nil
+		return nil, nil
 	}
-	files, err := b.bctx.Files(ctx, local)
+	files, snap, err := b.bctx.Files(ctx, local)
 	if err != nil {
 		// The copy itself will fail with a clear error; never hit.
 		st.inputs["files"] = "unreadable: " + err.Error()
-		return nil
+		return nil, nil
 	}
 	if len(files) > maxFileInputs {
 		h := sha256.New()
@@ -193,12 +205,12 @@ func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) error {
 			fmt.Fprintf(h, "%s\x00%s\x00", f.Path, f.Digest)
 		}
 		st.inputs["files"] = fmt.Sprintf("sha256:%x (%d files)", h.Sum(nil), len(files))
-		return nil
+		return snap, nil
 	}
 	for _, f := range files {
 		st.inputs["file:"+f.Path] = f.Digest
 	}
-	return nil
+	return snap, nil
 }
 
 // fromKey identifies what a --from names for the cache: a stage by the

@@ -288,7 +288,7 @@ func TestHideKilnsOwnPaths(t *testing.T) {
 			t.Errorf("Excluded(%q) = %v, want %v", rel, got, want)
 		}
 	}
-	d, err := c.Files(context.Background(), []string{"."})
+	d, _, err := c.Files(context.Background(), []string{"."})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,7 @@ type entry struct {
 	gid    uint32
 	target string // symlink target
 	sum    string // hex sha256 of regular file bytes
+	id     identity
 }
 
 // Digest returns a content digest of everything beneath the root-relative
@@ -72,19 +73,22 @@ type FileDigest struct {
 }
 
 // Files is Digest path by path, for cache keys that must say which file
-// changed. Entries are sorted by path.
-func (c *Context) Files(ctx context.Context, rels []string) ([]FileDigest, error) {
+// changed. Entries are sorted by path. The Snapshot holds the identity each
+// entry had when it was hashed, for the COPY that reads them to check.
+func (c *Context) Files(ctx context.Context, rels []string) ([]FileDigest, *Snapshot, error) {
 	entries, err := c.selected(ctx, rels)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]FileDigest, 0, len(entries))
+	snap := &Snapshot{root: c.root, ids: make(map[string]identity, len(entries)), seen: map[string]bool{}}
 	for _, e := range entries {
+		snap.ids[e.rel] = e.id
 		h := sha256.New()
 		fmt.Fprintf(h, "%s\x00%o\x00%s\x00%s", digestVersion, uint32(e.mode), e.target, e.sum)
 		out = append(out, FileDigest{Path: e.rel, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil))})
 	}
-	return out, nil
+	return out, snap, nil
 }
 
 // selected walks and hashes what rels select, sorted by path.
@@ -148,6 +152,7 @@ func (c *Context) selected(ctx context.Context, rels []string) ([]*entry, error)
 			e := &entry{rel: erel, abs: p, mode: fi.Mode()}
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 				e.uid, e.gid = st.Uid, st.Gid
+				e.id = identityOfSys(st)
 			}
 			if fi.Mode()&fs.ModeSymlink != 0 {
 				if e.target, err = os.Readlink(p); err != nil {

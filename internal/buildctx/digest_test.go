@@ -24,7 +24,7 @@ func TestFilesNamesEachFileAndIgnoresOwnerAndTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before, err := c.Files(context.Background(), []string{"src"})
+	before, _, err := c.Files(context.Background(), []string{"src"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func TestFilesNamesEachFileAndIgnoresOwnerAndTime(t *testing.T) {
 	if err := os.Lchown(filepath.Join(dir, "src/b.go"), 1234, 1234); err != nil && os.Geteuid() == 0 {
 		t.Fatal(err)
 	}
-	same, _ := c.Files(context.Background(), []string{"src"})
+	same, _, _ := c.Files(context.Background(), []string{"src"})
 	for i := range before {
 		if before[i] != same[i] {
 			t.Errorf("%s: digest changed with mtime/owner only", before[i].Path)
@@ -53,7 +53,7 @@ func TestFilesNamesEachFileAndIgnoresOwnerAndTime(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "src/c.go"), []byte("changed"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	after, _ := c.Files(context.Background(), []string{"src"})
+	after, _, _ := c.Files(context.Background(), []string{"src"})
 	for i := range before {
 		changed := before[i].Digest != after[i].Digest
 		if changed != (before[i].Path == "src/c.go") {

@@ -8,6 +8,12 @@
 // of each file and never mtimes, so a fresh checkout of the same tree on a new
 // CI runner yields the same digest.
 //
+// Files also returns a Snapshot of each hashed entry's lstat identity (type,
+// size, inode, device, mtime, ctime); COPY checks every object it copies
+// against it (Check, then Missing), so a file that changed, appeared or
+// disappeared after its key was computed fails the step instead of caching a
+// layer under a key that does not describe it.
+//
 // kiln's own paths (its state directory, output and local cache
 // destinations, temporary build directories) are hidden with Hide: when
 // they lie inside the context they are invisible to COPY, globs and digests

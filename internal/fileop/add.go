@@ -122,6 +122,9 @@ func (op Add) extractHook(ctx context.Context, c *copier, it item, destDir strin
 		return false, fmt.Errorf("ADD %s: %w", it.name, err)
 	}
 	defer f.Close()
+	if err := c.op.Src.verifyFd(it.name, int(f.Fd())); err != nil {
+		return false, err
+	}
 	limits := op.Limits
 	if limits == (archive.Limits{}) {
 		limits = archive.DefaultLimits
@@ -140,6 +143,9 @@ func (op Add) extractHook(ctx context.Context, c *copier, it item, destDir strin
 	}
 	if err := c.extract(ctx, tr, meter, destDir); err != nil {
 		return false, fmt.Errorf("ADD %s: %w", it.name, err)
+	}
+	if err := c.op.Src.verifyFd(it.name, int(f.Fd())); err != nil {
+		return false, err
 	}
 	return true, nil
 }

@@ -131,6 +131,15 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrNotFound, it.name, err)
 		}
+		if op.Src.Verify != nil && fi.IsDir() {
+			var st unix.Stat_t
+			if err := unix.Lstat(src, &st); err != nil {
+				return nil, fmt.Errorf("%w: %s: %v", ErrNotFound, it.name, err)
+			}
+			if err := op.Src.verify(it.name, &st); err != nil {
+				return nil, err
+			}
+		}
 		if fi.IsDir() {
 			// As fsutil's prepareTargetDir: the destination of a directory's
 			// contents is made like `mkdir -p` (0755, owned by Chown or root),
@@ -139,7 +148,7 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 			if err := w.mkdirAll(ctx, p.dest, op.Chown); err != nil {
 				return nil, err
 			}
-			if err := c.copyChildren(ctx, it.resolved, "", p.dest); err != nil {
+			if err := c.copyChildren(ctx, it.resolved, it.name, "", p.dest); err != nil {
 				return nil, err
 			}
 			continue
@@ -163,7 +172,7 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 		if err := w.mkdirAll(ctx, path.Dir(dest), op.Chown); err != nil {
 			return nil, err
 		}
-		if err := c.copyEntry(src, fi, dest); err != nil {
+		if err := c.copyEntry(src, it.name, fi, dest); err != nil {
 			return nil, err
 		}
 	}
@@ -201,19 +210,20 @@ func (c *copier) metaFor(dir int, name string, fi fs.FileInfo) meta {
 }
 
 // copyEntry copies one non-directory object, src on disk, to the logical
-// path dest.
-func (c *copier) copyEntry(src string, fi fs.FileInfo, dest string) error {
+// path dest. rel names it for Src.Verify.
+func (c *copier) copyEntry(src, rel string, fi fs.FileInfo, dest string) error {
 	dir, err := unix.Open(filepath.Dir(src), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	defer unix.Close(dir)
-	return c.copyEntryAt(dir, filepath.Base(src), fi, dest)
+	return c.copyEntryAt(dir, filepath.Base(src), rel, fi, dest)
 }
 
 // copyEntryAt copies the non-directory name in the source directory dir
-// to the logical path dest, never following name if it is a symlink.
-func (c *copier) copyEntryAt(dir int, name string, fi fs.FileInfo, dest string) error {
+// to the logical path dest, never following name if it is a symlink. rel
+// names it for Src.Verify.
+func (c *copier) copyEntryAt(dir int, name, rel string, fi fs.FileInfo, dest string) error {
 	m := c.metaFor(dir, name, fi)
 	switch {
 	case fi.Mode().IsRegular():
@@ -223,14 +233,29 @@ func (c *copier) copyEntryAt(dir int, name string, fi fs.FileInfo, dest string) 
 		}
 		f := os.NewFile(uintptr(fd), name)
 		defer f.Close()
-		return c.w.writeFile(dest, f, m)
+		// Before and after: a write while the bytes are read changes ctime.
+		if err := c.op.Src.verifyFd(rel, fd); err != nil {
+			return err
+		}
+		if err := c.w.writeFile(dest, f, m); err != nil {
+			return err
+		}
+		return c.op.Src.verifyFd(rel, fd)
 	case fi.Mode()&fs.ModeSymlink != 0:
 		target, err := archive.Readlink(dir, name)
 		if err != nil {
 			return fmt.Errorf("copy %s: %w", name, err)
 		}
+		// After the read: a symlink is only ever replaced, and the
+		// replacement has another inode.
+		if err := c.op.Src.verifyAt(rel, dir, name); err != nil {
+			return err
+		}
 		return c.w.writeSymlink(dest, target, m)
 	default:
+		if err := c.op.Src.verifyAt(rel, dir, name); err != nil {
+			return err
+		}
 		return c.w.writeSpecial(dest, m)
 	}
 }
@@ -312,8 +337,8 @@ func openDirAt(dir int, name string) (int, error) {
 }
 
 // copyChildren copies the visible children of the source directory srcRel
-// into the existing directory dest.
-func (c *copier) copyChildren(ctx context.Context, srcRel, sub, dest string) error {
+// (named rel as the COPY source names it) into the existing directory dest.
+func (c *copier) copyChildren(ctx context.Context, srcRel, rel, sub, dest string) error {
 	srcAbs := filepath.Join(c.op.Src.Root, filepath.FromSlash(srcRel))
 	dir, err := unix.Open(srcAbs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -324,21 +349,25 @@ func (c *copier) copyChildren(ctx context.Context, srcRel, sub, dest string) err
 	if err != nil {
 		return err
 	}
-	return c.write(ctx, dir, srcRel, nodes, dest)
+	return c.write(ctx, dir, srcRel, rel, nodes, dest)
 }
 
-// write copies listed nodes of the source directory srcRel (open as dir)
-// into the existing directory dest.
-func (c *copier) write(ctx context.Context, dir int, srcRel string, nodes []*node, dest string) error {
+// write copies listed nodes of the source directory srcRel (open as dir,
+// named rel for Src.Verify) into the existing directory dest.
+func (c *copier) write(ctx context.Context, dir int, srcRel, rel string, nodes []*node, dest string) error {
 	for _, n := range nodes {
 		childDest := path.Join(dest, n.name)
+		childRel := path.Join(rel, n.name)
 		if !n.fi.IsDir() {
-			if err := c.copyEntryAt(dir, n.name, n.fi, childDest); err != nil {
+			if err := c.copyEntryAt(dir, n.name, childRel, n.fi, childDest); err != nil {
 				return err
 			}
 			continue
 		}
 		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := c.op.Src.verify(childRel, &n.fi.(*statInfo).st); err != nil {
 			return err
 		}
 		m := c.metaFor(dir, n.name, n.fi)
@@ -349,7 +378,7 @@ func (c *copier) write(ctx context.Context, dir int, srcRel string, nodes []*nod
 		if err != nil {
 			return fmt.Errorf("copy %s: %w", path.Join(srcRel, n.name), err)
 		}
-		err = c.write(ctx, child, path.Join(srcRel, n.name), n.kids, childDest)
+		err = c.write(ctx, child, path.Join(srcRel, n.name), childRel, n.kids, childDest)
 		_ = unix.Close(child)
 		if err != nil {
 			return err

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors; callers distinguish them with errors.Is. They are always
@@ -33,6 +35,43 @@ type Tree struct {
 	// ResetOwner is true for the build context: copied files get 0:0
 	// (BuildKit); false for a stage: uid/gid are kept.
 	ResetOwner bool
+	// Verify is optional (the build context, whose cache key was computed
+	// from an earlier walk): it is called with the stat of every object
+	// copied (a regular file's both before and after its bytes are read),
+	// named by its tree-relative path as the COPY source names it, and an
+	// error it returns fails the copy.
+	Verify func(rel string, st *unix.Stat_t) error
+}
+
+func (t Tree) verify(rel string, st *unix.Stat_t) error {
+	if t.Verify == nil {
+		return nil
+	}
+	return t.Verify(rel, st)
+}
+
+// verifyFd checks the object open as fd.
+func (t Tree) verifyFd(rel string, fd int) error {
+	if t.Verify == nil {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("copy %s: %w", rel, err)
+	}
+	return t.Verify(rel, &st)
+}
+
+// verifyAt checks the object name in the directory dir, not following it.
+func (t Tree) verifyAt(rel string, dir int, name string) error {
+	if t.Verify == nil {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("copy %s: %w", rel, err)
+	}
+	return t.Verify(rel, &st)
 }
 
 func (t Tree) excluded(rel string, isDir bool) bool {
