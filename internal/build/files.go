@@ -195,9 +195,11 @@ func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) (*buildc
 	}
 	files, snap, err := b.bctx.Files(ctx, local)
 	if err != nil {
-		// The copy itself will fail with a clear error; never hit.
+		// The copy itself will fail with a clear error; never hit. Should
+		// it copy anything after all (a file removed while it was hashed),
+		// the empty snapshot fails it: the key describes nothing.
 		st.inputs["files"] = "unreadable: " + err.Error()
-		return nil, nil
+		return &buildctx.Snapshot{}, nil
 	}
 	if len(files) > maxFileInputs {
 		h := sha256.New()

@@ -81,7 +81,7 @@ func (c *Context) Files(ctx context.Context, rels []string) ([]FileDigest, *Snap
 		return nil, nil, err
 	}
 	out := make([]FileDigest, 0, len(entries))
-	snap := &Snapshot{root: c.root, ids: make(map[string]identity, len(entries)), seen: map[string]bool{}}
+	snap := &Snapshot{root: c.root, ids: make(map[string]identity, len(entries))}
 	for _, e := range entries {
 		snap.ids[e.rel] = e.id
 		h := sha256.New()
@@ -96,6 +96,7 @@ func (c *Context) selected(ctx context.Context, rels []string) ([]*entry, error)
 	seen := map[string]bool{}
 	var entries []*entry
 	var names []string
+	globbed := map[string]bool{}
 	for _, r := range rels {
 		clean := path.Clean(filepath.ToSlash(r))
 		if clean == ".." || strings.HasPrefix(clean, "../") {
@@ -111,6 +112,9 @@ func (c *Context) selected(ctx context.Context, rels []string) ([]*entry, error)
 			return nil, fmt.Errorf("digest %s: %w", r, err)
 		}
 		names = append(names, matches...)
+		for _, m := range matches {
+			globbed[m] = true
+		}
 	}
 	for _, rel := range names {
 		r := rel
@@ -119,6 +123,13 @@ func (c *Context) selected(ctx context.Context, rels []string) ([]*entry, error)
 		start, err := securejoin.SecureJoin(c.root, filepath.FromSlash(rel))
 		if err != nil {
 			return nil, fmt.Errorf("digest %s: %w", r, err)
+		}
+		if globbed[rel] {
+			// As COPY: a match that resolves to nothing (a dangling
+			// symlink) is no match.
+			if _, err := os.Lstat(start); errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
 		}
 		err = filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {

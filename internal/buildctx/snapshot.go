@@ -54,7 +54,9 @@ func (a identity) same(b identity) bool {
 
 // Snapshot is the identity of every entry one Files call hashed, keyed by
 // context-relative path, so the COPY that reads them later can check that it
-// copies exactly what its cache key describes (Check, then Missing).
+// copies exactly what its cache key describes (Check, then Missing). The zero
+// Snapshot holds nothing: every entry checked against it has changed, as
+// for a COPY whose hashing failed (a file removed while it was walked).
 type Snapshot struct {
 	root string
 	ids  map[string]identity
@@ -73,6 +75,9 @@ func (s *Snapshot) Check(rel string, st *unix.Stat_t) error {
 		return changed(rel)
 	}
 	s.mu.Lock()
+	if s.seen == nil {
+		s.seen = map[string]bool{}
+	}
 	s.seen[rel] = true
 	s.mu.Unlock()
 	return nil

@@ -1,6 +1,8 @@
 package buildctx_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -24,8 +26,10 @@ func TestCopyCopiesWhatWasHashed(t *testing.T) {
 		name    string
 		sources []string
 		exclude []string
-		change  func(t *testing.T, dir string)
-		changed string // the path the error names; "" = the copy succeeds
+		add     bool                           // ADD, which extracts app.tar
+		before  func(t *testing.T, dir string) // before hashing
+		change  func(t *testing.T, dir string) // between hashing and copying
+		changed string                         // the path the error names; "" = the copy succeeds
 	}{
 		{name: "unchanged", sources: []string{"a.txt", "src"}},
 		{name: "bytes rewritten, same size and mtime", sources: []string{"a.txt", "src"}, changed: "src/b.go",
@@ -57,6 +61,15 @@ func TestCopyCopiesWhatWasHashed(t *testing.T) {
 					t.Fatal(err)
 				}
 			}},
+		{name: "glob matches a dangling symlink", sources: []string{"src/*"},
+			before: func(t *testing.T, dir string) {
+				if err := os.Symlink("nowhere", filepath.Join(dir, "src/dangling")); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "ADD archive unchanged", sources: []string{"app.tar"}, add: true},
+		{name: "ADD archive rewritten", sources: []string{"app.tar"}, add: true, changed: "app.tar",
+			change: func(t *testing.T, dir string) { writeTar(t, filepath.Join(dir, "app.tar"), "b.go", "B") }},
 		{name: "ignored file appeared", sources: []string{"src"},
 			change: func(t *testing.T, dir string) { write(t, filepath.Join(dir, "src/.b.go.swp"), "x") }},
 		{name: "file the copy excludes rewritten", sources: []string{"src"}, exclude: []string{"c.go"},
@@ -71,10 +84,14 @@ func TestCopyCopiesWhatWasHashed(t *testing.T) {
 			if err := os.Symlink("b.go", filepath.Join(dir, "src/link")); err != nil {
 				t.Fatal(err)
 			}
-			for _, p := range []string{"a.txt", "src/b.go", "src/c.go"} {
+			writeTar(t, filepath.Join(dir, "app.tar"), "b.go", "b")
+			for _, p := range []string{"a.txt", "src/b.go", "src/c.go", "app.tar"} {
 				if err := os.Chtimes(filepath.Join(dir, p), old, old); err != nil {
 					t.Fatal(err)
 				}
+			}
+			if tt.before != nil {
+				tt.before(t, dir)
 			}
 			c, err := buildctx.Open(dir, "")
 			if err != nil {
@@ -90,7 +107,11 @@ func TestCopyCopiesWhatWasHashed(t *testing.T) {
 			rootfs := t.TempDir()
 			cp := fileop.Copy{Src: fileop.Tree{Root: c.Root(), Exclude: c.Excluded, ResetOwner: true, Verify: snap.Check},
 				Sources: tt.sources, Dest: "/app/", Exclude: tt.exclude}
-			_, err = cp.Apply(context.Background(), rootfs)
+			if tt.add {
+				_, err = fileop.Add{Copy: cp}.Apply(context.Background(), rootfs)
+			} else {
+				_, err = cp.Apply(context.Background(), rootfs)
+			}
 			if err == nil {
 				err = snap.Missing()
 			}
@@ -129,4 +150,21 @@ func remove(t *testing.T, p string) {
 	if err := os.Remove(p); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// writeTar writes a tar archive holding one file.
+func writeTar(t *testing.T, p, name, data string) {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte(data)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	write(t, p, buf.String())
 }
