@@ -1,13 +1,16 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -385,4 +388,86 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// damager cuts short or flips a bit in the body of the first responses
+// to manifest and config GETs, as a proxy or a flaky link would.
+type damager struct {
+	mu      sync.Mutex
+	left    int // responses still to damage
+	damaged int
+	config  string // the config blob's path, damaged too
+}
+
+func (d *damager) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil || req.Method != http.MethodGet || resp.StatusCode != http.StatusOK {
+		return resp, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.left == 0 || !(strings.Contains(req.URL.Path, "/manifests/") || req.URL.Path == d.config) {
+		return resp, nil
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	if d.damaged%2 == 0 {
+		body = body[:len(body)/2] // cut short
+	} else {
+		body[len(body)/2] ^= 0x04 // one flipped bit
+	}
+	d.left--
+	d.damaged++
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return resp, nil
+}
+
+func TestImageFetchesDamagedBodiesAgain(t *testing.T) {
+	ctx := context.Background()
+	host := startRegistry(t)
+	img := mustRandom(t, 1)
+	ref := host + "/app:v1"
+	if _, err := Push(ctx, img, []string{ref}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+	cfg, _ := img.ConfigName()
+	configPath := "/v2/app/blobs/" + cfg.String()
+
+	// Two damaged bodies (the manifest cut short, then the config with a
+	// flipped bit) are fetched again: the build sees a good image.
+	d := &damager{left: 2, config: configPath}
+	got, err := Image(ctx, ref, v1.Platform{}, Options{Wrap: func(http.RoundTripper) http.RoundTripper { return d }})
+	if err != nil {
+		t.Fatalf("Image with %d damaged bodies: %v", d.damaged, err)
+	}
+	if dg, _ := got.Digest(); dg != want {
+		t.Errorf("digest %s, want %s", dg, want)
+	}
+	if d.damaged != 2 {
+		t.Errorf("%d bodies damaged, want 2", d.damaged)
+	}
+
+	// A body damaged every time fails, after a bounded number of fetches,
+	// with an error naming the image.
+	d = &damager{left: -1, config: configPath}
+	start := time.Now()
+	_, err = Image(ctx, ref, v1.Platform{}, Options{Wrap: func(http.RoundTripper) http.RoundTripper { return d }})
+	if err == nil {
+		t.Fatal("no error with every body damaged")
+	}
+	if !strings.Contains(err.Error(), "app:v1") {
+		t.Errorf("error %q does not name the image", err)
+	}
+	if d.damaged != imageAttempts {
+		t.Errorf("%d fetches of a body damaged every time, want %d", d.damaged, imageAttempts)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("took %v", time.Since(start))
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -17,17 +18,54 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-// Image fetches the manifest of ref and returns the image; layers (and the
-// config) stay lazy and are downloaded only when read. An index is resolved
+// imageAttempts bounds how often Image resolves a reference again after a
+// body that arrived cut short or corrupted (the client's own retries cover
+// only statuses and failed connections, not a bad body).
+const imageAttempts = 3
+
+// Image fetches the manifest of ref and its config and returns the image;
+// layers stay lazy and are downloaded only when read. An index is resolved
 // to the child matching platform (zero fields default to linux and the host
 // architecture). A single-platform image is returned whatever its platform,
-// as docker does.
+// as docker does. A manifest or config that arrives truncated or fails its
+// digest is fetched again, a few times, before the error is returned.
 func Image(ctx context.Context, ref string, platform v1.Platform, o Options) (v1.Image, error) {
 	r, err := o.Reference(ref)
 	if err != nil {
 		return nil, err
 	}
 	platform = DefaultPlatform(platform)
+	for attempt := 1; ; attempt++ {
+		img, err := imageOnce(ctx, r, platform, o)
+		if err == nil {
+			// The config is read now, inside the retries: every caller
+			// needs it, and it is one small request.
+			if _, err = img.RawConfigFile(); err == nil {
+				return img, nil
+			}
+			err = fmt.Errorf("%s: config: %w", r, err)
+		}
+		if attempt == imageAttempts || !badBody(ctx, err) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+	}
+}
+
+// badBody reports whether err may be a body damaged in transit, worth
+// fetching again: not a missing image, an unreachable registry, an
+// answer with an HTTP status (the client retried those it could), nor an
+// ended context.
+func badBody(ctx context.Context, err error) bool {
+	var terr *transport.Error
+	return ctx.Err() == nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrUnreachable) && !errors.As(err, &terr)
+}
+
+func imageOnce(ctx context.Context, r name.Reference, platform v1.Platform, o Options) (v1.Image, error) {
 	desc, err := remote.Get(r, o.RemoteOptions(ctx)...)
 	if err != nil {
 		return nil, classify(r, err)
