@@ -210,7 +210,9 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	}
 	par := o.Parallelism
 	if par < 1 {
-		par = 1
+		// Unset: no cap, every ready stage runs (on 2 cores the third of
+		// three independent stages no longer waits for a slot).
+		par = max(len(needed), 1)
 	}
 	if err := b.graph.Run(ctx, needed, par, b.buildStage); err != nil {
 		return nil, err

@@ -32,9 +32,11 @@ type Options struct {
 	CacheFrom []CacheSpec
 	CacheTo   []CacheSpec
 
-	BuildArgs   map[string]string
-	Labels      map[string]string
-	Platform    dockerfile.Platform
+	BuildArgs map[string]string
+	Labels    map[string]string
+	Platform  dockerfile.Platform
+	// Parallelism caps how many stages are built at once; 0 (unset)
+	// builds every stage whose dependencies are built, as BuildKit does.
 	Parallelism int
 
 	Tags    []string

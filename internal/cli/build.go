@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +31,7 @@ type buildFlags struct {
 	platform     string
 	noCache      bool
 	parallelism  int
+	parallelSet  bool // --parallelism given: only then is it a cap
 	push         bool
 	load         bool
 	outputs      []string
@@ -60,7 +60,7 @@ func (f *buildFlags) addFlags(cmd *cobra.Command) {
 	fl.StringArrayVar(&f.labels, "label", nil, "Set metadata for an image (KEY=VALUE)")
 	fl.StringVar(&f.platform, "platform", "", "Set target platform for build (linux/amd64)")
 	fl.BoolVar(&f.noCache, "no-cache", false, "Do not use cache when building the image")
-	fl.IntVar(&f.parallelism, "parallelism", runtime.NumCPU(), "Maximum number of stages built at once")
+	fl.IntVar(&f.parallelism, "parallelism", 0, "Maximum number of stages built at once (default: every stage whose dependencies are built, as in BuildKit)")
 	fl.BoolVar(&f.push, "push", false, `Shorthand for "--output=type=registry"`)
 	fl.BoolVar(&f.load, "load", false, `Shorthand for "--output=type=docker"`)
 	fl.StringArrayVarP(&f.outputs, "output", "o", nil, `Output destination (format: "type=local,dest=path")`)
@@ -96,6 +96,7 @@ func NewCmdBuild() *cobra.Command {
 }
 
 func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
+	f.parallelSet = cmd.Flags().Changed("parallelism")
 	opts, err := f.options(cmd.InOrStdin(), contextDir)
 	if err != nil {
 		return err
@@ -178,7 +179,9 @@ func (f *buildFlags) options(stdin io.Reader, contextDir string) (build.Options,
 		DockerHost:  os.Getenv("DOCKER_HOST"),
 		Registry:    registry.Options{Insecure: f.insecure},
 	}
-	if f.parallelism < 1 {
+	// Unset, the build runs every ready stage; given, it must be a real
+	// cap: 0 or less would otherwise silently mean "unbounded".
+	if f.parallelSet && f.parallelism < 1 {
 		return o, fmt.Errorf("--parallelism=%d: must be at least 1 (the number of stages built at once)", f.parallelism)
 	}
 	if st, err := os.Stat(contextDir); err != nil || !st.IsDir() {
