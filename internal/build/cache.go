@@ -25,6 +25,9 @@ type step struct {
 	name    string // progress name: the instruction as written
 	history string // created_by
 	inputs  cachekey.Inputs
+	// files are the context files a COPY/ADD reads, kept to name the
+	// changed ones on a miss (the record may hold only their digests).
+	files []cachekey.File
 	// occurrence tells apart steps of one stage written alike (two
 	// "RUN <<EOF"); set by step().
 	occurrence int
@@ -214,7 +217,7 @@ func (b *builder) explain(ctx context.Context, s *stage, st step, key digest.Dig
 		if err != nil || prev.Key == key {
 			continue
 		}
-		if why := cachekey.Explain(prev.Inputs, st.inputs); why != "" {
+		if why := cachekey.Explain(prev.Inputs, st.inputs, st.files); why != "" {
 			return why
 		}
 	}

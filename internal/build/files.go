@@ -2,7 +2,6 @@ package build
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"strconv"
@@ -163,11 +162,6 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 	})
 }
 
-// maxFileInputs bounds how many files a step names one by one in its
-// cache inputs; past it, one digest stands for them all (a miss then says
-// "files changed" without naming which).
-const maxFileInputs = 2000
-
 // copyInputs adds what a COPY/ADD reads to its cache inputs. For the
 // context it returns the snapshot of what was hashed (nil when nothing was).
 func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) (*buildctx.Snapshot, error) {
@@ -201,17 +195,11 @@ func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) (*buildc
 		st.inputs["files"] = "unreadable: " + err.Error()
 		return &buildctx.Snapshot{}, nil
 	}
-	if len(files) > maxFileInputs {
-		h := sha256.New()
-		for _, f := range files {
-			fmt.Fprintf(h, "%s\x00%s\x00", f.Path, f.Digest)
-		}
-		st.inputs["files"] = fmt.Sprintf("sha256:%x (%d files)", h.Sum(nil), len(files))
-		return snap, nil
+	st.files = make([]cachekey.File, len(files))
+	for i, f := range files {
+		st.files[i] = cachekey.File{Path: f.Path, Digest: f.Digest}
 	}
-	for _, f := range files {
-		st.inputs["file:"+f.Path] = f.Digest
-	}
+	cachekey.AddFiles(st.inputs, st.files)
 	return snap, nil
 }
 

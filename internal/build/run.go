@@ -66,14 +66,18 @@ func (b *builder) runStep(ctx context.Context, s *stage, c *instructions.RunComm
 		"workdir":     cwd,
 		"network":     network,
 	}
+	var inherited []string
 	for _, k := range s.vars.Keys() {
 		v, _ := s.vars.Get(k)
 		kind := "env:"
 		if slices.Contains(s.args, k) {
 			kind = "arg:"
+		} else if slices.Contains(s.inheritedArgs, k) {
+			inherited = append(inherited, k)
 		}
 		in[kind+k] = cachekey.Value(v)
 	}
+	cachekey.NoteInheritedArgs(in, inherited)
 	if script != nil {
 		in["heredoc:"+script.name] = cachekey.Value(string(script.data))
 	}

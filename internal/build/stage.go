@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,9 +47,11 @@ type stage struct {
 	baseRef  string         // the base's manifest digest, or "scratch"
 
 	// vars is the scope words expand in: the image's Env, then ARGs and
-	// ENVs in the order they appear. args are the ARGs declared so far.
-	vars *dockerfile.Vars
-	args []string
+	// ENVs in the order they appear. args are the ARGs declared so far;
+	// inheritedArgs those of the stages this one is built FROM.
+	vars          *dockerfile.Vars
+	args          []string
+	inheritedArgs []string
 
 	// commands are the stage's instructions, ONBUILD triggers of the base
 	// image first.
@@ -139,6 +142,9 @@ func (s *stage) inherit(parent *stage) {
 	// and are not carried over, as in BuildKit.
 	s.cfg.Config.OnBuild = nil
 	s.vars = parent.vars.Clone()
+	// ARGs come along with their values (as in BuildKit); they stay
+	// env: inputs (shipped keys never change) but are explained as ARGs.
+	s.inheritedArgs = slices.Concat(parent.inheritedArgs, parent.args)
 }
 
 // dropRoot unmounts and releases the stage's root filesystem view, after a

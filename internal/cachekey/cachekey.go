@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -18,8 +19,25 @@ const Version = "kiln.cachekey.v2"
 // can be explained in words: "parent", "base", "instruction", "workdir",
 // "user", "network", "dest", "from", "file:<path>", "arg:<name>",
 // "env:<name>", "mount:<n>", "heredoc:<name>", "option:<name>".
-// Values are texts or digests; never secret values.
+// Values are texts or digests; never secret values. Names starting with
+// "note:" are recorded to explain a later miss and never hashed into the
+// key: each is a function of hashed inputs (see AddFiles).
 type Inputs map[string]string
+
+// notePrefix marks inputs Key skips.
+const notePrefix = "note:"
+
+// inheritedArgs notes which "env:" inputs are ARGs inherited through FROM
+// a stage: their key name stays "env:" (shipped keys never change), but a
+// miss they cause is explained as an ARG.
+const inheritedArgs = notePrefix + "args"
+
+// NoteInheritedArgs records names as ARGs inherited from a parent stage.
+func NoteInheritedArgs(in Inputs, names []string) {
+	if len(names) > 0 {
+		in[inheritedArgs] = strings.Join(names, "\n")
+	}
+}
 
 // Base is the key a stage starts from: a registry image by its manifest
 // digest, or scratch. Options that change every layer's bytes (the
@@ -41,7 +59,9 @@ func Base(platform, manifest string, options map[string]string) digest.Digest {
 func Key(op string, in Inputs) digest.Digest {
 	names := make([]string, 0, len(in))
 	for k := range in {
-		names = append(names, k)
+		if !strings.HasPrefix(k, notePrefix) {
+			names = append(names, k)
+		}
 	}
 	sort.Strings(names)
 	pairs := make([][2]string, 0, len(names))
@@ -67,21 +87,27 @@ func Value(v string) string {
 }
 
 // Explain compares the inputs of a step's earlier record with the current
-// ones and says, in words, what changed: the files, ARGs, environment,
-// base image or instruction. It returns "" when nothing differs.
-func Explain(before, now Inputs) string {
-	var changed []string
+// ones and says, in words, what changed: the files (by name, however many
+// the step reads: files is what it reads now, nil to take them from now's
+// "file:" inputs), ARGs, environment, mounts, base image or instruction.
+// It names the first ten changes and counts the rest; it returns "" when
+// nothing differs.
+func Explain(before, now Inputs, files []File) string {
+	changed := fileChanges(before, now, files)
 	seen := map[string]bool{}
 	for k, v := range now {
 		seen[k] = true
+		if isFileInput(k) || strings.HasPrefix(k, notePrefix) {
+			continue
+		}
 		if old, ok := before[k]; !ok {
-			changed = append(changed, describe(k, "added"))
+			changed = append(changed, describe(asArg(now, k), "added"))
 		} else if old != v {
-			changed = append(changed, describe(k, "changed"))
+			changed = append(changed, describe(asArg(now, k), "changed"))
 		}
 	}
 	for k := range before {
-		if !seen[k] {
+		if !seen[k] && !isFileInput(k) && !strings.HasPrefix(k, notePrefix) {
 			changed = append(changed, describe(k, "removed"))
 		}
 	}
@@ -98,6 +124,11 @@ func Explain(before, now Inputs) string {
 		own = append(own, c)
 	}
 	if len(own) == 0 && parent {
+		if _, first := now["base"]; first {
+			// The first step's parent is the stage's base key: the same
+			// image digest, so a layer option (compression, epoch) moved.
+			return "the base's layer options changed"
+		}
 		return parentChanged
 	}
 	const most = 10
@@ -107,7 +138,17 @@ func Explain(before, now Inputs) string {
 	return strings.Join(own, "; ")
 }
 
-const parentChanged = "an earlier step changed"
+// asArg renames an "env:" input that is an inherited ARG.
+func asArg(in Inputs, name string) string {
+	if v, ok := strings.CutPrefix(name, "env:"); ok && slices.Contains(strings.Split(in[inheritedArgs], "\n"), v) {
+		return "arg:" + v
+	}
+	return name
+}
+
+// parentChanged is the honest reading of a changed "parent": it is the
+// chain of results below the step, so the step above produced other bytes.
+const parentChanged = "the step above was rebuilt with different bytes"
 
 func describe(name, how string) string {
 	kind, what, _ := strings.Cut(name, ":")

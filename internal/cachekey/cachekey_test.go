@@ -72,15 +72,15 @@ func TestExplain(t *testing.T) {
 		{"one file", Inputs{"parent": "p1", "instruction": "COPY . /app", "file:src/a.go": "d1", "file:src/b.go": "CHANGED", "arg:VERSION": "v1"}, "file src/b.go changed"},
 		{"file added and removed", Inputs{"parent": "p1", "instruction": "COPY . /app", "file:src/a.go": "d1", "file:src/c.go": "d3", "arg:VERSION": "v1"}, "file src/b.go removed; file src/c.go added"},
 		{"arg", Inputs{"parent": "p1", "instruction": "COPY . /app", "file:src/a.go": "d1", "file:src/b.go": "d2", "arg:VERSION": "v2"}, "ARG VERSION changed"},
-		{"only the parent", Inputs{"parent": "p2", "instruction": "COPY . /app", "file:src/a.go": "d1", "file:src/b.go": "d2", "arg:VERSION": "v1"}, "an earlier step changed"},
+		{"only the parent", Inputs{"parent": "p2", "instruction": "COPY . /app", "file:src/a.go": "d1", "file:src/b.go": "d2", "arg:VERSION": "v1"}, "the step above was rebuilt with different bytes"},
 		{"own change wins over parent", Inputs{"parent": "p2", "instruction": "COPY . /app", "file:src/a.go": "X", "file:src/b.go": "d2", "arg:VERSION": "v1"}, "file src/a.go changed"},
 	}
 	for _, tt := range tests {
-		if got := Explain(before, tt.now); got != tt.want {
+		if got := Explain(before, tt.now, nil); got != tt.want {
 			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
 		}
 	}
-	if got := Explain(Inputs{"base": "a"}, Inputs{"base": "b"}); got != "base image digest changed" {
+	if got := Explain(Inputs{"base": "a"}, Inputs{"base": "b"}, nil); got != "base image digest changed" {
 		t.Errorf("base: %q", got)
 	}
 }
