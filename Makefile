@@ -3,3 +3,9 @@
 .PHONY: bench
 bench:
 	bash bench/run.sh
+
+# `make bench-extract` times kiln's layer fetch+extract of the go-service
+# base against `curl | tar -xzf` of the same blobs (as root; bench/README.md).
+.PHONY: bench-extract
+bench-extract:
+	bash bench/extract.sh

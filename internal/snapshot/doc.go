@@ -29,7 +29,17 @@
 // ([OverlaySupported]). Concurrent Prepares of one layer extract it once;
 // a failed extraction is forgotten and retried by the next Prepare;
 // extraction goes to a temporary directory renamed into place, so a crash
-// never leaves a half layer.
+// never leaves a half layer (and nothing is fsynced: the rename is the
+// commit, and a crash's leftover tmp- directory is garbage).
+//
+// A layer streams from its blob (for a remote layer, the HTTP body: no
+// temporary file) through internal/archive's decoders (klauspost's gzip,
+// zstd), decompressed in a goroutine of its own up to a few MiB ahead of
+// extraction, and up to fetchLimit layers of a Prepare at once. Both the
+// compressed bytes and the tar are hashed on the way: a blob that does not
+// match its digest or diffID fails with [ErrLayerDigest] and leaves no
+// directory, and a cancelled extraction removes its temporary directory.
+// bench/extract.sh times this path against `curl | tar -xzf`.
 //
 // Extracted layers and committed trees are caches of layer blobs, not
 // state: [Store] lists them for package gc, last used = the directory's

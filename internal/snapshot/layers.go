@@ -111,11 +111,15 @@ func (s *layerStore) extract(ctx context.Context, l v1.Layer, final string) erro
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return fmt.Errorf("extract layer %s: %w", h, err)
 	}
-	rc, err := l.Uncompressed()
+	rc, err := openLayer(ctx, l)
 	if err != nil {
-		return fmt.Errorf("extract layer %s: open: %w", h, err)
+		return fmt.Errorf("extract layer %s: %w", h, err)
 	}
 	err = ApplyOverlay(ctx, tmp, rc)
+	if err == nil {
+		// Nothing is renamed into place before both digests matched.
+		err = drain(rc)
+	}
 	if cerr := rc.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close: %w", cerr)
 	}

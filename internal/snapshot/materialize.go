@@ -23,10 +23,13 @@ func Materialize(ctx context.Context, dir string, layers []v1.Layer) error {
 }
 
 func applyLayer(ctx context.Context, dir string, l v1.Layer) error {
-	rc, err := l.Uncompressed()
+	rc, err := openLayer(ctx, l)
 	if err != nil {
-		return fmt.Errorf("open: %w", err)
+		return err
 	}
 	defer rc.Close()
-	return Apply(ctx, dir, rc)
+	if err := Apply(ctx, dir, rc); err != nil {
+		return err
+	}
+	return drain(rc)
 }

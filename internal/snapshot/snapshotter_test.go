@@ -31,6 +31,14 @@ func (c countingLayer) Uncompressed() (io.ReadCloser, error) {
 	return c.Layer.Uncompressed()
 }
 
+// Compressed is what extraction downloads.
+func (c countingLayer) Compressed() (io.ReadCloser, error) {
+	if n := c.reads.Add(1); n <= c.failFirst {
+		return nil, errors.New("registry hiccup")
+	}
+	return c.Layer.Compressed()
+}
+
 func TestOverlayPrepareExtractsOnce(t *testing.T) {
 	s, root := newTestSnapshotter(t, NameOverlay)
 	var reads [2]atomic.Int32
