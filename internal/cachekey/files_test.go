@@ -62,3 +62,17 @@ func TestExplainManyFiles(t *testing.T) {
 		t.Errorf("record without an index: %q", got)
 	}
 }
+
+// A context growing or shrinking across maxNamedFiles still names files:
+// an earlier record's names are compared with today's list, an earlier
+// index with today's hashes.
+func TestExplainAcrossNamedLimit(t *testing.T) {
+	files := manyFiles(maxNamedFiles)
+	grown := append(append([]File(nil), files...), File{Path: "zz/new", Digest: "n"})
+	if got, want := Explain(inputsOf(files), inputsOf(grown), grown), "file zz/new added"; got != want {
+		t.Errorf("grown past the limit: %q, want %q", got, want)
+	}
+	if got, want := Explain(inputsOf(grown), inputsOf(files), files), "1 file removed"; got != want {
+		t.Errorf("shrunk below the limit: %q, want %q", got, want)
+	}
+}
