@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -154,57 +155,83 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 	}
 	base := path.Base(name)
 	a.added[name] = true
-
-	// Never follow the last component: replace whatever is there, except
-	// that an existing directory stays (keeping lower contents) when the
-	// entry is a directory too.
-	var st unix.Stat_t
-	if err := unix.Fstatat(parent, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
-		if !(st.Mode&unix.S_IFMT == unix.S_IFDIR && hdr.Typeflag == tar.TypeDir) {
-			if err := os.RemoveAll(archive.ProcPath(parent, base)); err != nil {
-				return fmt.Errorf("replace existing: %w", err)
-			}
-			a.root.Invalidate(path.Dir(name))
-			if parent, err = a.parent(name); err != nil {
-				return err
-			}
-		}
-	} else if !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("stat: %w", err)
+	if (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) && archive.SkipDevice(hdr) {
+		// Not created, but it still replaces what was there.
+		delete(a.added, name)
+		_, _, err := a.replace(hdr, name, parent, base)
+		return err
 	}
 
+	// Create first and look only when the name is taken (a lower layer's
+	// entry, a repeat in this tar, a parent made implicitly): a fresh
+	// layer directory costs no stat per entry. Every create below fails
+	// with EEXIST before it has any effect (O_EXCL, mkdirat, symlinkat,
+	// linkat, mknodat), so retrying after the replacement is safe.
+	err = a.create(hdr, parent, base, r, link)
+	if errors.Is(err, unix.EEXIST) {
+		var keep bool
+		if parent, keep, err = a.replace(hdr, name, parent, base); err == nil && !keep {
+			err = a.create(hdr, parent, base, r, link)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if hdr.Typeflag == tar.TypeLink {
+		// A hardlink shares the inode and so the metadata of its target.
+		return nil
+	}
+	return a.metadata(hdr, parent, base, name)
+}
+
+// replace removes what is at base in parent (the entry name), never
+// following it, unless it is a directory and the entry is one too: then
+// keep is true and the directory stays, with its lower contents. It
+// returns the parent's descriptor, resolved again if anything was removed.
+func (a *applier) replace(hdr *tar.Header, name string, parent int, base string) (int, bool, error) {
+	var st unix.Stat_t
+	err := unix.Fstatat(parent, base, &st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return parent, false, nil
+	case err != nil:
+		return -1, false, fmt.Errorf("stat: %w", err)
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR && hdr.Typeflag == tar.TypeDir:
+		return parent, true, nil
+	}
+	if err := os.RemoveAll(archive.ProcPath(parent, base)); err != nil {
+		return -1, false, fmt.Errorf("replace existing: %w", err)
+	}
+	a.root.Invalidate(path.Dir(name))
+	parent, err = a.parent(name)
+	return parent, false, err
+}
+
+// create makes the entry's object as base in parent; its error wraps
+// EEXIST, with nothing done, when the name is taken.
+func (a *applier) create(hdr *tar.Header, parent int, base string, r io.Reader, link *linkSource) error {
 	mode := uint32(hdr.Mode & 0o7777)
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		if err := unix.Mkdirat(parent, base, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := unix.Mkdirat(parent, base, 0o700); err != nil {
 			return fmt.Errorf("mkdir: %w", err)
 		}
 	case tar.TypeReg: // tar.Reader already maps the old TypeRegA here
-		if err := writeFile(parent, base, r, archive.IsSparse(hdr)); err != nil {
-			return err
-		}
+		return writeFile(parent, base, r, archive.IsSparse(hdr))
 	case tar.TypeSymlink:
 		if err := unix.Symlinkat(hdr.Linkname, parent, base); err != nil {
 			return fmt.Errorf("symlink: %w", err)
 		}
 	case tar.TypeLink:
-		// A hardlink shares the inode and so the metadata of its target;
 		// linkat(2) does not follow a symlink source, so this cannot
 		// reach out of the root.
 		if err := unix.Linkat(link.fd, link.base, parent, base, 0); err != nil {
 			return fmt.Errorf("hardlink: %w", err)
 		}
-		return nil
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		if archive.SkipDevice(hdr) {
-			delete(a.added, name)
-			return nil
-		}
-		if err := archive.Mknodat(parent, base, hdr, mode); err != nil {
-			return err
-		}
+		return archive.Mknodat(parent, base, hdr, mode)
 	}
-	return a.metadata(hdr, parent, base, name)
+	return nil
 }
 
 func writeFile(dir int, base string, r io.Reader, sparse bool) error {
@@ -212,20 +239,46 @@ func writeFile(dir int, base string, r io.Reader, sparse bool) error {
 	if err != nil {
 		return fmt.Errorf("create file: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), base)
 	if sparse {
+		f := os.NewFile(uintptr(fd), base)
 		_, err = archive.WriteSparse(f, r)
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
 	} else {
-		_, err = io.Copy(f, r)
+		// Plain write(2)s on the descriptor: os.NewFile costs an fcntl
+		// per file, and a file has nothing to gain from the poller.
+		buf := copyBufs.Get().(*[]byte)
+		_, err = io.CopyBuffer(fdWriter(fd), r, *buf)
+		copyBufs.Put(buf)
+		if cerr := unix.Close(fd); err == nil && cerr != nil {
+			err = cerr
+		}
 	}
 	if err != nil {
-		_ = f.Close()
 		return fmt.Errorf("write file: %w", err)
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close file: %w", err)
-	}
 	return nil
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 128<<10); return &b }}
+
+// fdWriter writes to a file descriptor, retrying short writes.
+type fdWriter int
+
+func (w fdWriter) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := unix.Write(int(w), p[n:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n += m
+	}
+	return n, nil
 }
 
 type linkSource struct {

@@ -50,6 +50,9 @@ func main() {
 		log.Fatal("usage: extractbench -ref REG/REPO:TAG -work DIR [-reps N]")
 	}
 	ctx := context.Background()
+	if err := os.RemoveAll(*work); err != nil {
+		log.Fatal(err)
+	}
 	var kiln, tar []float64
 	for i := 0; i < *reps; i++ {
 		sides := []struct {
@@ -64,10 +67,10 @@ func main() {
 			if *only != "" && !strings.Contains(s.name, *only) {
 				continue
 			}
-			dir := filepath.Join(*work, "run")
-			if err := os.RemoveAll(dir); err != nil {
-				log.Fatal(err)
-			}
+			// A new directory per run, all removed at the end: deleting
+			// the previous run's tree here would bill its discards and
+			// journal work (ext4 mounted with discard) to the next run.
+			dir := filepath.Join(*work, fmt.Sprintf("run-%d-%s", i, s.name[:4]))
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				log.Fatal(err)
 			}
@@ -81,7 +84,7 @@ func main() {
 			fmt.Printf("run %d %-8s %.2f s\n", i+1, s.name, d)
 		}
 	}
-	_ = os.RemoveAll(filepath.Join(*work, "run"))
+	_ = os.RemoveAll(*work)
 	mk, mt := median(kiln), median(tar)
 	if *only != "" {
 		return
