@@ -28,9 +28,11 @@
 // [New] picks by name; "auto" probes overlay once per root
 // ([OverlaySupported]). Concurrent Prepares of one layer extract it once;
 // a failed extraction is forgotten and retried by the next Prepare;
-// extraction goes to a temporary directory renamed into place, so a crash
-// never leaves a half layer (and nothing is fsynced: the rename is the
-// commit, and a crash's leftover tmp- directory is garbage).
+// extraction goes to a temporary directory in the active dir (the build's
+// private state with WithActiveDir) renamed into place, so a crash never
+// leaves a half layer in the shared store, and the sweep of a dead build's
+// state removes its partial layers; nothing is fsynced: the rename is the
+// commit.
 //
 // A layer streams from its blob (for a remote layer, the HTTP body: no
 // temporary file) through internal/archive's decoders (klauspost's gzip,

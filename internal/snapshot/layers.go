@@ -44,9 +44,12 @@ func shortID(h v1.Hash) string {
 }
 
 // get returns the directory holding l extracted, extracting it unless that
-// was done before. Concurrent calls for one layer wait for a single
+// was done before, in a temporary directory under private (the build's own
+// state: a build killed mid-extraction leaves its partial layer where the
+// sweep of dead builds removes it) renamed into place. private must be on
+// the store's filesystem. Concurrent calls for one layer wait for a single
 // extraction; a failed one is forgotten, so the next call retries.
-func (s *layerStore) get(ctx context.Context, l v1.Layer) (string, error) {
+func (s *layerStore) get(ctx context.Context, l v1.Layer, private string) (string, error) {
 	h, err := l.DiffID()
 	if err != nil {
 		return "", fmt.Errorf("layer diffID: %w", err)
@@ -79,7 +82,7 @@ func (s *layerStore) get(ctx context.Context, l v1.Layer) (string, error) {
 		s.calls[id] = c
 		s.mu.Unlock()
 
-		c.err = s.extract(ctx, l, final)
+		c.err = s.extract(ctx, l, final, private)
 		s.mu.Lock()
 		delete(s.calls, id)
 		s.mu.Unlock()
@@ -91,14 +94,18 @@ func (s *layerStore) get(ctx context.Context, l v1.Layer) (string, error) {
 	}
 }
 
-// extract writes l into a temporary directory and renames it into place,
-// so a crash never leaves a half-extracted layer under its final name.
-func (s *layerStore) extract(ctx context.Context, l v1.Layer, final string) error {
+// extract writes l into a temporary directory under private and renames it
+// into place, so a crash never leaves a half-extracted layer under its
+// final name. Nothing is fsynced: the rename is the commit.
+func (s *layerStore) extract(ctx context.Context, l v1.Layer, final, private string) error {
 	h, _ := l.DiffID()
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("extract layer %s: %w", h, err)
 	}
-	tmp, err := os.MkdirTemp(s.dir, "tmp-")
+	if err := os.MkdirAll(private, 0o700); err != nil {
+		return fmt.Errorf("extract layer %s: %w", h, err)
+	}
+	tmp, err := os.MkdirTemp(private, "tmp-layer-")
 	if err != nil {
 		return fmt.Errorf("extract layer %s: %w", h, err)
 	}

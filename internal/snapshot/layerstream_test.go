@@ -130,6 +130,15 @@ func TestOverlayCancelledMidLayerLeavesNothing(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the download never stalled")
 	}
+	// Mid-extraction, the partial layer is in the build's private
+	// directory, never in the shared store: a kill now leaves it where
+	// the sweep of dead builds removes it.
+	if left, _ := os.ReadDir(filepath.Join(root, "l")); len(left) != 0 {
+		t.Errorf("an extraction in flight has %v in the shared root/l", left)
+	}
+	if parts, _ := filepath.Glob(filepath.Join(root, "a", "tmp-layer-*")); len(parts) != 1 {
+		t.Errorf("an extraction in flight has %v in the active dir, want one tmp-layer-*", parts)
+	}
 	cancel()
 	select {
 	case err := <-errc:
@@ -139,7 +148,9 @@ func TestOverlayCancelledMidLayerLeavesNothing(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("a cancelled Prepare did not return")
 	}
-	if left, _ := os.ReadDir(filepath.Join(root, "l")); len(left) != 0 {
-		t.Errorf("a cancelled extraction left %v in root/l", left)
+	for _, sub := range []string{"l", "a"} {
+		if left, _ := os.ReadDir(filepath.Join(root, sub)); len(left) != 0 {
+			t.Errorf("a cancelled extraction left %v in root/%s", left, sub)
+		}
 	}
 }

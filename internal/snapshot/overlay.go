@@ -69,7 +69,7 @@ func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Ac
 	g.SetLimit(fetchLimit)
 	for i, l := range layers {
 		g.Go(func() error {
-			d, err := o.layers.get(gctx, l)
+			d, err := o.layers.get(gctx, l, o.active)
 			if err != nil {
 				return fmt.Errorf("layer %d: %w", i, err)
 			}
