@@ -40,19 +40,37 @@ func Image(ctx context.Context, ref string, platform v1.Platform, o Options) (v1
 		if err == nil {
 			// The config is read now, inside the retries: every caller
 			// needs it, and it is one small request.
-			if _, err = img.RawConfigFile(); err == nil {
+			_, err = img.RawConfigFile()
+			if err == nil {
 				return img, nil
 			}
 			err = fmt.Errorf("%s: config: %w", r, err)
+			// Any failure here may come of a damaged manifest: fetched
+			// by tag, it has no digest to check, and a flipped bit in
+			// it names a config the registry does not have (a 404).
+			if attempt < imageAttempts && ctx.Err() == nil {
+				if err := sleepAttempt(ctx, attempt); err != nil {
+					return nil, err
+				}
+				continue
+			}
 		}
 		if attempt == imageAttempts || !badBody(ctx, err) {
 			return nil, err
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		if err := sleepAttempt(ctx, attempt); err != nil {
+			return nil, err
 		}
+	}
+}
+
+// sleepAttempt waits a little longer after each failed attempt.
+func sleepAttempt(ctx context.Context, attempt int) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		return nil
 	}
 }
 
