@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kiln-build/kiln/internal/gc"
+	"github.com/kiln-build/kiln/internal/ioctx"
 )
 
 // Local is the cache in a local directory; see doc.go for its layout. It
@@ -349,7 +350,7 @@ func (l *Local) putBlob(ctx context.Context, d Descriptor, open func() (io.ReadC
 		return err
 	}
 	return l.writeFile(l.blobPath(d.Digest), func(w io.Writer) error {
-		if _, err := io.Copy(w, ctxReader{ctx, vr}); err != nil {
+		if _, err := io.Copy(w, ioctx.Reader(ctx, vr)); err != nil {
 			return fmt.Errorf("writing blob %s: %w", d.Digest, err)
 		}
 		return nil
@@ -425,17 +426,4 @@ func syncDir(dir string) error {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
-}
-
-// ctxReader stops a long copy when ctx is cancelled.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -10,6 +10,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kiln-build/kiln/internal/ioctx"
 )
 
 // Compression names the algorithm a layer blob is compressed with.
@@ -75,7 +77,7 @@ func Recompress(ctx context.Context, l v1.Layer, opts LayerOptions) (*Layer, err
 	}
 	defer rc.Close()
 	out, err := writeBlob(opts, func(w io.Writer) error {
-		_, err := io.Copy(w, ctxReader{ctx: ctx, r: rc})
+		_, err := io.Copy(w, ioctx.Reader(ctx, rc))
 		return err
 	})
 	if err != nil {
@@ -86,17 +88,4 @@ func Recompress(ctx context.Context, l v1.Layer, opts LayerOptions) (*Layer, err
 		return nil, fmt.Errorf("recompress layer %s: its content has diffID %s", want, out.diffID)
 	}
 	return out, nil
-}
-
-// ctxReader stops a long copy when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -20,6 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/kiln-build/kiln/internal/ioctx"
 	"github.com/kiln-build/kiln/internal/lock"
 )
 
@@ -254,7 +255,7 @@ func writeBlob(ctx context.Context, dir string, b blob) error {
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), ctxReader{ctx, rc})
+	n, err := io.Copy(io.MultiWriter(tmp, h), ioctx.Reader(ctx, rc))
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -328,7 +329,7 @@ func tarBlob(ctx context.Context, tw *tar.Writer, name string, b blob) error {
 		return fmt.Errorf("opening blob %s: %w", b.digest, err)
 	}
 	defer rc.Close()
-	n, err := io.Copy(tw, ctxReader{ctx, rc})
+	n, err := io.Copy(tw, ioctx.Reader(ctx, rc))
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", name, err)
 	}
@@ -349,17 +350,4 @@ func tarHeader(name string, typ byte, size int64) *tar.Header {
 		Typeflag: typ, Name: strings.TrimPrefix(name, "/"), Size: size, Mode: mode,
 		ModTime: time.Unix(0, 0).UTC(), Format: tar.FormatPAX,
 	}
-}
-
-// ctxReader stops a long copy when ctx is cancelled.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
