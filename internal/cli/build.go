@@ -12,12 +12,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kiln-build/kiln/internal/build"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/gc"
 	"github.com/kiln-build/kiln/internal/output"
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/registry"
+	"github.com/kiln-build/kiln/internal/solver"
 )
 
 // buildFlags are `kiln build`'s flags, named as `docker buildx build` names
@@ -122,11 +122,11 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	if err != nil {
 		return err
 	}
-	res, err := build.Build(cmd.Context(), opts)
+	res, err := solver.Build(cmd.Context(), opts)
 	// Bounded after every build, a failed one too: it may have left
 	// layers and snapshots behind.
 	if limit > 0 {
-		if _, gerr := (build.Disk{Root: opts.CacheDir}).Collect(cmd.Context(), gc.Policy{MaxSize: limit, Superseded: true}); gerr != nil {
+		if _, gerr := (solver.Disk{Root: opts.CacheDir}).Collect(cmd.Context(), gc.Policy{MaxSize: limit, Superseded: true}); gerr != nil {
 			fmt.Fprintf(stderr, "warning: trimming kiln's directory to %s: %v\n", sizeString(limit), gerr)
 		}
 	}
@@ -169,8 +169,8 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 
 // options turns flags into build options, reading the Dockerfile and
 // SOURCE_DATE_EPOCH at this edge so the build itself sees only values.
-func (f *buildFlags) options(stdin io.Reader, contextDir string) (build.Options, error) {
-	o := build.Options{
+func (f *buildFlags) options(stdin io.Reader, contextDir string) (solver.Options, error) {
+	o := solver.Options{
 		ContextDir:  contextDir,
 		Target:      f.target,
 		NoCache:     f.noCache,
@@ -297,8 +297,8 @@ func (f *buildFlags) options(stdin io.Reader, contextDir string) (build.Options,
 
 // parseCacheSpec reads buildx's --cache-from/--cache-to syntax. A value
 // without "=" is a registry reference, as buildx takes it.
-func parseCacheSpec(v string, to bool) (build.CacheSpec, error) {
-	spec := build.CacheSpec{Mode: "max"}
+func parseCacheSpec(v string, to bool) (solver.CacheSpec, error) {
+	spec := solver.CacheSpec{Mode: "max"}
 	if !strings.Contains(v, "=") {
 		spec.Type, spec.Ref = "registry", v
 		return spec, nil
@@ -380,8 +380,8 @@ func parseAge(v string) (time.Duration, error) {
 // parseSecrets reads --secret flags with buildx's syntax. Values from the
 // environment are read here, at the edge; files are read when a RUN mounts
 // them. Nothing here ever prints a value.
-func parseSecrets(flags []string) (map[string]build.Secret, error) {
-	out := map[string]build.Secret{}
+func parseSecrets(flags []string) (map[string]solver.Secret, error) {
+	out := map[string]solver.Secret{}
 	for _, fl := range flags {
 		var id, typ, src, env string
 		for _, field := range strings.Split(fl, ",") {
@@ -414,7 +414,7 @@ func parseSecrets(flags []string) (map[string]build.Secret, error) {
 			if !ok {
 				return nil, fmt.Errorf("--secret id=%s: environment variable %s is not set", id, env)
 			}
-			out[id] = build.Secret{Value: []byte(v)}
+			out[id] = solver.Secret{Value: []byte(v)}
 		case typ == "file" || src != "":
 			if src == "" {
 				src = id
@@ -422,12 +422,12 @@ func parseSecrets(flags []string) (map[string]build.Secret, error) {
 			if _, err := os.Stat(src); err != nil {
 				return nil, fmt.Errorf("--secret id=%s: %w", id, err)
 			}
-			out[id] = build.Secret{File: src}
+			out[id] = solver.Secret{File: src}
 		case typ == "":
 			if v, ok := os.LookupEnv(id); ok {
-				out[id] = build.Secret{Value: []byte(v)}
+				out[id] = solver.Secret{Value: []byte(v)}
 			} else if _, err := os.Stat(id); err == nil {
-				out[id] = build.Secret{File: id}
+				out[id] = solver.Secret{File: id}
 			} else {
 				return nil, fmt.Errorf("--secret id=%s: no src= or env= given, and no environment variable or file of that name", id)
 			}
@@ -482,7 +482,7 @@ func sourceDateEpoch(args map[string]string) (*time.Time, error) {
 }
 
 // cacheBound is the size kiln's directory is trimmed to after the build:
-// --max-cache-size, else $KILN_MAX_CACHE_SIZE, else build.DefaultMaxSize.
+// --max-cache-size, else $KILN_MAX_CACHE_SIZE, else solver.DefaultMaxSize.
 // 0 means no bound.
 func (f *buildFlags) cacheBound(root string) (int64, error) {
 	v, from := f.maxCacheSize, "--max-cache-size"
@@ -490,7 +490,7 @@ func (f *buildFlags) cacheBound(root string) (int64, error) {
 		v, from = os.Getenv("KILN_MAX_CACHE_SIZE"), "KILN_MAX_CACHE_SIZE"
 	}
 	if v == "" {
-		return build.DefaultMaxSize(root), nil
+		return solver.DefaultMaxSize(root), nil
 	}
 	n, err := parseSize(v)
 	if err != nil {
@@ -511,7 +511,7 @@ func cacheDir() (string, error) {
 	return filepath.Join(home, ".cache", "kiln"), nil
 }
 
-func writeMetadata(path string, res *build.Result) error {
+func writeMetadata(path string, res *solver.Result) error {
 	md := map[string]any{
 		"containerimage.digest":        res.Digest.String(),
 		"containerimage.config.digest": res.ConfigDigest.String(),
@@ -532,10 +532,10 @@ func writeMetadata(path string, res *build.Result) error {
 }
 
 // report is the build summary as --report and --metadata-file write it.
-func report(res *build.Result) map[string]any {
+func report(res *solver.Result) map[string]any {
 	steps := res.Steps
 	if steps == nil {
-		steps = []build.StepReport{}
+		steps = []solver.StepReport{}
 	}
 	r := map[string]any{"steps": steps, "totals": res.Totals, "failed": res.Failed}
 	if res.Failed {

@@ -11,9 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kiln-build/kiln/internal/build"
 	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/gc"
+	"github.com/kiln-build/kiln/internal/solver"
 )
 
 // newCmdCache returns `kiln cache` with ls, du and prune, which look after
@@ -35,9 +35,9 @@ func openLocalCache() (*cache.Local, error) {
 	return cache.OpenLocal(filepath.Join(dir, "cache"))
 }
 
-func kilnDisk() (build.Disk, error) {
+func kilnDisk() (solver.Disk, error) {
 	dir, err := cacheDir()
-	return build.Disk{Root: dir}, err
+	return solver.Disk{Root: dir}, err
 }
 
 // usageLine says what kiln's directory holds, per kind.

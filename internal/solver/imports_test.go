@@ -1,4 +1,4 @@
-package build
+package solver
 
 import (
 	"encoding/json"
@@ -10,7 +10,7 @@ import (
 )
 
 // TestImportRules guards the import graph DESIGN.md draws: imports flow
-// cli → build → leaves; leaves never import build or cli; the frontend
+// cli → solver → leaves; leaves never import solver or cli; the frontend
 // and the stage graph do no disk, network or process I/O; test support
 // code never ships in the binary.
 func TestImportRules(t *testing.T) {
@@ -41,7 +41,7 @@ func TestImportRules(t *testing.T) {
 	internal := func(name string) string { return mod + "internal/" + name }
 	pure := []string{internal("dockerfile"), internal("graph"), internal("progress")}
 	ioPkgs := []string{"os", "os/exec", "net", "net/http", "io/ioutil", "syscall"}
-	upper := []string{internal("build"), internal("cli")}
+	upper := []string{internal("solver"), internal("cli")}
 	for _, p := range pkgs {
 		if slices.Contains(pure, p.ImportPath) {
 			for _, imp := range p.Imports {

@@ -1,4 +1,4 @@
-package build
+package solver
 
 import (
 	"context"
@@ -85,7 +85,7 @@ func TestKeysGolden(t *testing.T) {
 	}
 	want, err := os.ReadFile(golden)
 	if err != nil {
-		t.Fatalf("%v (run go test ./internal/build -run TestKeysGolden -update)", err)
+		t.Fatalf("%v (run go test ./internal/solver -run TestKeysGolden -update)", err)
 	}
 	if got != string(want) {
 		t.Errorf("cache keys changed:\n got:\n%s\nwant:\n%s", got, want)
