@@ -25,6 +25,12 @@
 //     two walks. Commit keeps the tree under root/c by layer chain, so the
 //     next step of a stage takes it over by a rename instead of copying.
 //
+// The overlay snapshotter is also a [Prefetcher]: Prefetch gets layers
+// into the layer store (pinned, fetchLimit at once) with no snapshot, so
+// a later Prepare of them costs no fetch, and one arriving meanwhile
+// waits for the extraction in flight; a cancelled Prefetch leaves only
+// whole layers. The copy snapshotter has nothing to prefetch into.
+//
 // [New] picks by name; "auto" probes overlay once per root
 // ([OverlaySupported]). Concurrent Prepares of one layer extract it once;
 // a failed extraction is forgotten and retried by the next Prepare;

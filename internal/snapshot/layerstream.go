@@ -39,7 +39,14 @@ func openLayer(ctx context.Context, l v1.Layer) (io.ReadCloser, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open layer %s: %w", diffID, err)
 		}
-		return &layerStream{Reader: newHashCheck(rc, "diffID", diffID), close: rc.Close}, nil
+		// Read ahead here too: a read blocked on a connection that stopped
+		// sending then still ends when ctx does.
+		ra := newReadAhead(ctx, newHashCheck(rc, "diffID", diffID))
+		return &layerStream{Reader: ra, close: func() error {
+			err := rc.Close()
+			ra.stop()
+			return err
+		}}, nil
 	}
 	digest, err := l.Digest()
 	if err != nil {

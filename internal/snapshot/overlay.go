@@ -45,10 +45,25 @@ func newOverlay(root, active string, pin func(ctx context.Context, ids ...string
 
 func (o *overlaySnapshotter) Name() string { return NameOverlay }
 
-// fetchLimit bounds concurrent layer downloads and extractions per Prepare.
+// fetchLimit bounds concurrent layer downloads and extractions per Prepare
+// (or Prefetch).
 const fetchLimit = 3
 
-func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Active, error) {
+// Prefetch gets every layer into the layer store, as Prepare would, with no
+// active snapshot: a later Prepare of these layers fetches nothing. The
+// layers are pinned in the caller's lease first, as Prepare pins them, so
+// an eviction between Prefetch and Prepare keeps them.
+func (o *overlaySnapshotter) Prefetch(ctx context.Context, layers []v1.Layer) error {
+	if _, err := o.extracted(ctx, layers); err != nil {
+		return fmt.Errorf("prefetch layers: %w", err)
+	}
+	return nil
+}
+
+// extracted pins layers and returns their directories in the layer store,
+// bottom first, fetching and extracting those not there yet, fetchLimit at
+// once. Concurrent callers share one extraction per layer (layerStore.get).
+func (o *overlaySnapshotter) extracted(ctx context.Context, layers []v1.Layer) ([]string, error) {
 	if o.pin != nil {
 		// Pinned before they are looked up: an eviction that runs
 		// meanwhile keeps them, one that ran before made them missing.
@@ -56,12 +71,12 @@ func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Ac
 		for i, l := range layers {
 			h, err := l.DiffID()
 			if err != nil {
-				return nil, fmt.Errorf("prepare overlay snapshot: layer %d diffID: %w", i, err)
+				return nil, fmt.Errorf("layer %d diffID: %w", i, err)
 			}
 			pins = append(pins, LayerPin(h))
 		}
 		if err := o.pin(ctx, pins...); err != nil {
-			return nil, fmt.Errorf("prepare overlay snapshot: %w", err)
+			return nil, err
 		}
 	}
 	lowers := make([]string, len(layers))
@@ -78,6 +93,14 @@ func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Ac
 		})
 	}
 	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return lowers, nil
+}
+
+func (o *overlaySnapshotter) Prepare(ctx context.Context, layers []v1.Layer) (Active, error) {
+	lowers, err := o.extracted(ctx, layers)
+	if err != nil {
 		return nil, fmt.Errorf("prepare overlay snapshot: %w", err)
 	}
 	lowers = topmostOnly(lowers)

@@ -26,6 +26,20 @@ type Snapshotter interface {
 	Prepare(ctx context.Context, layers []v1.Layer) (Active, error)
 }
 
+// Prefetcher is a Snapshotter that can fetch layers ahead of the Prepare
+// that needs them, so their download and extraction overlap other work.
+// The overlay snapshotter is one; the copy snapshotter is not (its
+// snapshot is a full copy made by Prepare, there is nothing to share
+// ahead of it), and a caller simply skips prefetching there.
+type Prefetcher interface {
+	// Prefetch gets layers ready for a later Prepare of them (or of a
+	// chain they start), which then fetches nothing, and makes no active
+	// snapshot. Cancelled, it leaves no partial layer behind: what it
+	// extracted completely stays, what it was extracting is removed
+	// before it returns.
+	Prefetch(ctx context.Context, layers []v1.Layer) error
+}
+
 // Active is one writable snapshot between Prepare and Release.
 type Active interface {
 	// Mounts, mounted in order at one target, show the root filesystem
