@@ -69,6 +69,8 @@ type builder struct {
 	lease *gc.Lease
 
 	caches caches
+	// prefetches are the downloads misses started in the background.
+	prefetches prefetches
 	// recompressed holds layers re-encoded for force-compression outputs.
 	recompressed recompressed
 	downloaded   atomic.Int64 // blob bytes fetched from registries
@@ -214,7 +216,11 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		// three independent stages no longer waits for a slot).
 		par = max(len(needed), 1)
 	}
-	if err := b.graph.Run(ctx, needed, par, b.buildStage); err != nil {
+	err = b.graph.Run(ctx, needed, par, b.buildStage)
+	// The stages' contexts are cancelled now; nothing may still extract
+	// into the build's directory when it is removed.
+	b.prefetches.wait()
+	if err != nil {
 		return nil, err
 	}
 	if b.keysOnly != nil {

@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kiln-build/kiln/internal/cache"
@@ -31,6 +32,9 @@ type step struct {
 	// occurrence tells apart steps of one stage written alike (two
 	// "RUN <<EOF"); set by step().
 	occurrence int
+	// run is the RUN instruction of a "run" step, whose cache mounts a
+	// miss prefetches.
+	run *instructions.RunCommand
 	// keyAfter marks a step whose inputs cannot be known before it runs
 	// (ADD of a URL without --checksum): it always runs, and its key is
 	// computed from what it produced, so later steps can still hit.
@@ -146,10 +150,12 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 			return nil
 		}
 	}
+	down := b.downloaded.Load()
+	// A miss: what it runs on downloads while it is explained and set up.
+	b.prefetch(ctx, s, st)
 	if !st.keyAfter {
 		rep.Reason = b.explain(ctx, s, st, key)
 	}
-	down := b.downloaded.Load()
 	l, err := exec(ctx, id)
 	rep.Downloaded = b.downloaded.Load() - down
 	rep.Duration = time.Since(start)

@@ -166,12 +166,7 @@ func (b *builder) bindMount(ctx context.Context, m *instructions.Mount, target s
 // directory.
 func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target string) (executor.Mount, func(), error) {
 	nothing := func() {}
-	id := m.CacheID
-	if id == "" {
-		id = path.Clean(target)
-	}
-	sum := sha256.Sum256([]byte(id))
-	dir := filepath.Join(b.mountsDir, hex.EncodeToString(sum[:8]))
+	id, dir := b.cacheMountDir(m, target)
 	if err := os.MkdirAll(b.mountsDir, 0o700); err != nil {
 		return executor.Mount{}, nothing, fmt.Errorf("cache mount %s: %w", id, err)
 	}
@@ -218,22 +213,38 @@ func (b *builder) cacheMount(ctx context.Context, m *instructions.Mount, target 
 	return executor.Mount{Destination: target, Type: "bind", Source: dir, Options: []string{"rbind", "rw"}}, release, nil
 }
 
+// cacheMountDir returns a cache mount's id (default: its target) and the
+// directory that holds its contents.
+func (b *builder) cacheMountDir(m *instructions.Mount, target string) (id, dir string) {
+	id = m.CacheID
+	if id == "" {
+		id = path.Clean(target)
+	}
+	sum := sha256.Sum256([]byte(id))
+	return id, filepath.Join(b.mountsDir, hex.EncodeToString(sum[:8]))
+}
+
 // seedCache creates a cache directory atomically: empty with the mount's
 // mode and owner, holding from=/source= content, or — on a fresh runner —
 // restored from the contents an earlier build exported to a --cache-from.
 func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, id, dir string) error {
-	// Named after the build, so that a kill while seeding leaves nothing
-	// the next kiln cannot find (see state.RecordOwned).
-	prefix := ".new-" + b.state.ID() + "-"
-	if err := b.state.RecordOwned(filepath.Join(filepath.Dir(dir), prefix+"*")); err != nil {
-		return err
+	if m.From == "" {
+		// A restore the step's miss started in the background: wait for
+		// it rather than downloading the contents a second time.
+		pre, ok, err := b.prefetchedMount(ctx, id)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return commitDir(pre, dir)
+		}
 	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), prefix)
+	tmp, err := b.seedDir(dir)
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if m.From == "" {
+	if m.From == "" && !b.prefetchTried(id) {
 		restored, err := b.restoreMount(ctx, id, tmp)
 		if err != nil {
 			return err

@@ -88,7 +88,7 @@ func (b *builder) runStep(ctx context.Context, s *stage, c *instructions.RunComm
 		}
 		in[fmt.Sprintf("mount:%d", i)] = spec
 	}
-	return step{op: "run", name: c.String(), history: "RUN " + runCommandString(args, s) + " # buildkit", inputs: in}, nil
+	return step{op: "run", name: c.String(), history: "RUN " + runCommandString(args, s) + " # buildkit", inputs: in, run: c}, nil
 }
 
 // mountInput is a RUN mount as a cache input. What a bind mount shows is
