@@ -14,6 +14,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/gc"
+	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/output"
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/registry"
@@ -341,11 +342,29 @@ func parseCacheSpec(v string, to bool) (solver.CacheSpec, error) {
 			if spec.MaxEntries, err = strconv.Atoi(val); err != nil || spec.MaxEntries < 0 {
 				return spec, fmt.Errorf("max-entries=%s: must be a whole number", val)
 			}
-		case "compression", "compression-level", "force-compression", "oci-mediatypes", "image-manifest":
-			// Layers keep the compression they were built with; the cache
-			// manifest is always a standard OCI image manifest.
+		case "compression", "compression-level", "force-compression":
+			// BuildKit's cache compression: for the blobs only the cache
+			// holds (zstd by default in kiln, gzip in BuildKit); on
+			// --cache-from they mean nothing, as in buildx.
+			if !to {
+				continue
+			}
+			if err := parseCacheCompression(&spec, k, val); err != nil {
+				return spec, err
+			}
+		case "oci-mediatypes", "image-manifest":
+			// The cache manifest is always a standard OCI image manifest.
 		default:
 			return spec, fmt.Errorf("unknown option %q", k)
+		}
+	}
+	if spec.CompressionLevel != nil {
+		c, _ := image.ParseCompression(spec.Compression)
+		if spec.Compression == "" {
+			c = image.Zstd
+		}
+		if n := *spec.CompressionLevel; n > c.MaxLevel() {
+			return spec, fmt.Errorf("compression-level=%d is out of range for %s (0-%d)", n, c, c.MaxLevel())
 		}
 	}
 	switch spec.Type {
@@ -363,6 +382,35 @@ func parseCacheSpec(v string, to bool) (solver.CacheSpec, error) {
 		return spec, fmt.Errorf("type=%s: only registry and local are supported", spec.Type)
 	}
 	return spec, nil
+}
+
+// parseCacheCompression reads --cache-to's compression, compression-level
+// and force-compression, with BuildKit's names and values.
+func parseCacheCompression(spec *solver.CacheSpec, k, val string) error {
+	switch k {
+	case "compression":
+		if val == "estargz" {
+			return fmt.Errorf("compression=estargz is not supported (gzip, zstd or uncompressed)")
+		}
+		c, err := image.ParseCompression(val)
+		if err != nil || val == "" {
+			return fmt.Errorf("compression=%s: want gzip, zstd or uncompressed", val)
+		}
+		spec.Compression = string(c)
+	case "compression-level":
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 0 {
+			return fmt.Errorf("compression-level=%s: not a non-negative integer", val)
+		}
+		spec.CompressionLevel = &n
+	case "force-compression":
+		v, err := strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("force-compression=%s: %w", val, err)
+		}
+		spec.ForceCompression = v
+	}
+	return nil
 }
 
 // parseAge accepts Go durations and a day suffix ("7d").

@@ -62,3 +62,35 @@ func TestParseSecrets(t *testing.T) {
 		}
 	}
 }
+
+// --cache-to takes BuildKit's compression options; bad values fail at the
+// flag, not after a build; --cache-from ignores them as buildx does.
+func TestCacheToCompression(t *testing.T) {
+	spec, err := parseCacheSpec("type=registry,ref=r/c:1,compression=gzip,compression-level=9,force-compression=true", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Compression != "gzip" || spec.CompressionLevel == nil || *spec.CompressionLevel != 9 || !spec.ForceCompression {
+		t.Errorf("parsed %+v", spec)
+	}
+	spec, err = parseCacheSpec("type=local,dest=/x", true)
+	if err != nil || spec.Compression != "" || spec.CompressionLevel != nil || spec.ForceCompression {
+		t.Errorf("no options: %+v, %v (want the solver's default, zstd)", spec, err)
+	}
+	// A level without a compression is a level of the default, zstd.
+	if _, err := parseCacheSpec("type=local,dest=/x,compression-level=19", true); err != nil {
+		t.Errorf("zstd level 19: %v", err)
+	}
+	for _, bad := range []string{
+		"compression=estargz", "compression=lz4", "compression=",
+		"compression=gzip,compression-level=10", "compression-level=23", "compression=uncompressed,compression-level=1",
+		"compression-level=-1", "compression-level=fast", "force-compression=maybe",
+	} {
+		if _, err := parseCacheSpec("type=local,dest=/x,"+bad, true); err == nil {
+			t.Errorf("--cache-to ...,%s: accepted", bad)
+		}
+	}
+	if spec, err := parseCacheSpec("type=local,src=/x,compression=gzip", false); err != nil || spec.Compression != "" {
+		t.Errorf("--cache-from with compression=: %+v, %v (want it ignored)", spec, err)
+	}
+}

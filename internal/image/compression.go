@@ -41,6 +41,33 @@ func ParseCompression(s string) (Compression, error) {
 	}
 }
 
+// MaxLevel is the highest compression-level buildx accepts for c: gzip 9,
+// zstd 22, uncompressed 0.
+func (c Compression) MaxLevel() int {
+	switch c {
+	case Gzip, "":
+		return 9
+	case Zstd:
+		return 22
+	}
+	return 0
+}
+
+// CompressionOf tells a layer's compression from its media type (OCI and
+// Docker, distributable or not); ok is false for a type it does not know.
+func CompressionOf(mt types.MediaType) (c Compression, ok bool) {
+	s := string(mt)
+	switch {
+	case strings.HasSuffix(s, "+zstd") || strings.HasSuffix(s, ".zstd"):
+		return Zstd, true
+	case strings.HasSuffix(s, "+gzip") || strings.HasSuffix(s, ".gzip"):
+		return Gzip, true
+	case strings.HasSuffix(s, ".tar"):
+		return Uncompressed, true
+	}
+	return "", false
+}
+
 // mediaType is the layer media type for c in the chosen family. zstd exists
 // only as an OCI media type, so, like BuildKit, it is used in Docker
 // manifests too.

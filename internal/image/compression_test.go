@@ -50,3 +50,49 @@ func TestRecompressKeepsContent(t *testing.T) {
 		}
 	}
 }
+
+// A layer written as zstd (a cache-only blob) and later re-encoded for an
+// image is the very blob a build writing gzip makes: the image a reused
+// cache-only layer ends up in has the digest a gzip build gives it.
+func TestRecompressFromZstdMatchesDirectGzip(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "f"), []byte(strings.Repeat("kiln ", 700000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write := func(c Compression) *Layer {
+		l, err := WriteLayer(context.Background(), root, Changes{Paths: []string{"f"}}, LayerOptions{Compression: c, Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	direct, cached := write(Gzip), write(Zstd)
+	again, err := Recompress(context.Background(), cached, LayerOptions{Compression: Gzip, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd, _ := direct.Digest()
+	ad, _ := again.Digest()
+	if dd != ad {
+		t.Errorf("zstd re-encoded to gzip is %s, a gzip write is %s", ad, dd)
+	}
+}
+
+func TestCompressionOf(t *testing.T) {
+	for mt, want := range map[types.MediaType]Compression{
+		types.OCILayer:                     Gzip,
+		types.DockerLayer:                  Gzip,
+		types.DockerForeignLayer:           Gzip,
+		types.OCIRestrictedLayer:           Gzip,
+		types.OCILayerZStd:                 Zstd,
+		types.OCIUncompressedLayer:         Uncompressed,
+		types.DockerUncompressedLayer:      Uncompressed,
+		"application/vnd.in-toto+json":     "",
+		"application/vnd.oci.image.config": "",
+	} {
+		got, ok := CompressionOf(mt)
+		if got != want || ok != (want != "") {
+			t.Errorf("CompressionOf(%s) = %q, %v; want %q", mt, got, ok, want)
+		}
+	}
+}

@@ -26,6 +26,7 @@ type Layer struct {
 	size        int64
 	mediaType   types.MediaType
 	compression Compression
+	level       *int // as written; nil: the library default
 	empty       bool
 }
 
@@ -50,6 +51,10 @@ func (l *Layer) Empty() bool { return l.empty }
 
 // Compression is the algorithm the blob is compressed with.
 func (l *Layer) Compression() Compression { return l.compression }
+
+// Level is the compression-level the blob was written with; nil is the
+// library default.
+func (l *Layer) Level() *int { return l.level }
 
 // Digest is the sha256 of the compressed blob.
 func (l *Layer) Digest() (v1.Hash, error) { return l.digest, nil }

@@ -174,6 +174,7 @@ func writeBlob(opts LayerOptions, fill func(tar io.Writer) error) (*Layer, error
 		size:        counter.n,
 		mediaType:   mt,
 		compression: opts.Compression,
+		level:       opts.Level,
 	}, nil
 }
 

@@ -47,10 +47,13 @@ type builder struct {
 	tmp      string       // state.TempDir(): TMPDIR/kiln-build-ID
 	created  time.Time
 	platform v1.Platform
-	layer    image.LayerOptions
+	layer    image.LayerOptions // layers of the image's FROM chain
 	sink     progress.Sink
 	ids      atomic.Int32
 	ownRoot  string // a temporary state root made for this build alone
+
+	// cacheLayer encodes the blobs only the cache holds (compress.go).
+	cacheLayer image.LayerOptions
 
 	imagesMu sync.Mutex
 	images   map[string]*stage // COPY --from=<image>: pulled once per build
@@ -164,6 +167,9 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	if b.layer, err = layerOptions(o); err != nil {
 		return nil, err
 	}
+	if b.cacheLayer, err = cacheLayerOptions(o, b.layer); err != nil {
+		return nil, err
+	}
 	wrap := o.Registry.Wrap
 	b.opts.Registry.Wrap = func(t http.RoundTripper) http.RoundTripper {
 		if wrap != nil {
@@ -195,7 +201,7 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		b.dropRoots()
 		b.endState()
 	}()
-	b.layer.Dir = b.tmp
+	b.layer.Dir, b.cacheLayer.Dir = b.tmp, b.tmp
 	b.mountsDir = filepath.Join(b.tmp, "mounts")
 	if o.CacheDir != "" {
 		b.mountsDir = filepath.Join(o.CacheDir, "mounts")

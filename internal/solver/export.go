@@ -45,6 +45,9 @@ type Totals struct {
 	Cached     int   `json:"cached"`
 	Downloaded int64 `json:"bytesDownloaded"`
 	Uploaded   int64 `json:"bytesUploaded"`
+	// Recompressed counts the cached layers re-encoded for the image: a
+	// cache-only (zstd) layer that an image now contains.
+	Recompressed int `json:"layersRecompressed"`
 }
 
 // layerOptions picks layer compression and media types from the outputs:
@@ -65,6 +68,26 @@ func layerOptions(o Options) (image.LayerOptions, error) {
 	}
 	if len(o.Outputs) > 0 {
 		lo.OCI = o.Outputs[0].OCIMediaTypes
+	}
+	return lo, nil
+}
+
+// cacheLayerOptions picks the encoding of blobs that only the cache holds:
+// the first --cache-to that asks for a compression decides, as outputs do
+// for image layers; by default zstd. BuildKit defaults to gzip there, for
+// any tool that might read its cache; kiln's cache is read by kiln alone,
+// and zstd writes faster and extracts faster at a smaller size.
+func cacheLayerOptions(o Options, img image.LayerOptions) (image.LayerOptions, error) {
+	lo := image.LayerOptions{Compression: image.Zstd, OCI: img.OCI, Epoch: o.Epoch}
+	for _, spec := range o.CacheTo {
+		if spec.Compression != "" {
+			c, err := image.ParseCompression(spec.Compression)
+			if err != nil {
+				return lo, fmt.Errorf("--cache-to %s: %w", spec, err)
+			}
+			lo.Compression, lo.Level = c, spec.CompressionLevel
+			break
+		}
 	}
 	return lo, nil
 }
@@ -107,6 +130,10 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 			return err
 		}
 		return ownership.Forget(dir)
+	}
+	// Before the caches, so they record the layers as the image has them.
+	if err := b.imageEncoding(ctx, s); err != nil {
+		return nil, err
 	}
 	// Caches first: a --cache-to that fails (without ignore-error) fails
 	// the build before any output is written, so a failed build never
@@ -194,10 +221,13 @@ func fillCreated(hist []v1.History, fallback time.Time) time.Time {
 // summarize fills the build summary and prints its closing line.
 func (b *builder) summarize(res *Result) {
 	b.fillSteps(res)
-	b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf(
-		"summary: %d steps, %d cached, %d built; %s downloaded, %s uploaded",
+	line := fmt.Sprintf("summary: %d steps, %d cached, %d built; %s downloaded, %s uploaded",
 		res.Totals.Steps, res.Totals.Cached, res.Totals.Steps-res.Totals.Cached,
-		humanBytes(res.Totals.Downloaded), humanBytes(res.Totals.Uploaded))})
+		humanBytes(res.Totals.Downloaded), humanBytes(res.Totals.Uploaded))
+	if n := res.Totals.Recompressed; n > 0 {
+		line += fmt.Sprintf("; %d cached layers recompressed for the image", n)
+	}
+	b.sink.Emit(progress.Event{Status: progress.Summary, Log: line})
 	for _, st := range res.Steps {
 		if !st.Cached && st.Reason != "" {
 			b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("  #%d %s: rebuilt because %s", st.ID, st.Name, st.Reason)})
@@ -222,6 +252,9 @@ func (b *builder) fillSteps(res *Result) {
 		res.Totals.Uploaded += rep.Uploaded
 	}
 	res.Totals.Downloaded = b.downloaded.Load()
+	b.recompressed.mu.Lock()
+	res.Totals.Recompressed = b.recompressed.forImage
+	b.recompressed.mu.Unlock()
 }
 
 func humanBytes(n int64) string {

@@ -77,7 +77,7 @@ func (b *builder) restoreMount(ctx context.Context, id, dir string) (bool, error
 
 // exportMounts archives the cache mounts the build's running steps used
 // and puts them into w, unless w already holds exactly these contents.
-func (b *builder) exportMounts(ctx context.Context, w cache.Writer) error {
+func (b *builder) exportMounts(ctx context.Context, w cache.Writer, spec CacheSpec) error {
 	b.caches.mu.Lock()
 	ids := make([]string, 0, len(b.caches.mounts))
 	for id := range b.caches.mounts {
@@ -103,7 +103,11 @@ func (b *builder) exportMounts(ctx context.Context, w cache.Writer) error {
 			continue // unchanged: nothing to upload
 		}
 		rec := cache.Record{Key: key, Layer: d, Created: time.Now().UTC(), StepID: "cache-mount|" + id, Inputs: map[string]string{"mount": id}}
-		if err := w.Put(ctx, rec, l); err != nil {
+		rec, put, err := b.cacheForced(ctx, spec, rec, l)
+		if err != nil {
+			return fmt.Errorf("cache mount %s: %w", id, err)
+		}
+		if err := w.Put(ctx, rec, put); err != nil {
 			return fmt.Errorf("cache mount %s: %w", id, err)
 		}
 	}
@@ -130,7 +134,8 @@ func (b *builder) archiveMount(ctx context.Context, id, dir string) (*image.Laye
 		return nil, false, nil
 	}
 	defer held.Unlock()
-	l, err := archiveDir(ctx, dir, b.layer)
+	// Cache-only: encoded as the cache's blobs are (compress.go).
+	l, err := archiveDir(ctx, dir, b.cacheLayer)
 	return l, err == nil, err
 }
 

@@ -84,6 +84,15 @@ type CacheSpec struct {
 	IgnoreError bool
 	MaxAge      time.Duration
 	MaxEntries  int
+	// Compression is BuildKit's cache-to compression=, for the blobs only
+	// the cache holds (layers of stages outside the image's FROM chain,
+	// cache-mount archives): "" is zstd, unlike BuildKit's gzip, since
+	// only kiln ever reads them. CompressionLevel is compression-level
+	// (nil: the library default). ForceCompression re-encodes every blob
+	// exported to this cache, image layers and earlier builds' included.
+	Compression      string
+	CompressionLevel *int
+	ForceCompression bool
 }
 
 func (c CacheSpec) String() string {

@@ -38,7 +38,7 @@ func (b *builder) mutate(ctx context.Context, s *stage, fn func(ctx context.Cont
 	if err != nil {
 		return nil, fmt.Errorf("compute changes: %w", err)
 	}
-	l, err := image.WriteLayer(ctx, root, image.Changes{Paths: ch.Paths, Deleted: ch.Deleted, Opaque: ch.Opaque}, b.layer)
+	l, err := image.WriteLayer(ctx, root, image.Changes{Paths: ch.Paths, Deleted: ch.Deleted, Opaque: ch.Opaque}, b.layerFor(s))
 	if err != nil {
 		return nil, fmt.Errorf("write layer: %w", err)
 	}

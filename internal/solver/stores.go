@@ -111,12 +111,16 @@ func (b *builder) exportCache(ctx context.Context, spec CacheSpec, final *stage)
 	for _, r := range used {
 		rec := r.rec
 		rec.LastUsed = now
-		if err := w.Put(ctx, rec, r.layer); err != nil {
+		rec, l, err := b.cacheForced(ctx, spec, rec, r.layer)
+		if err != nil {
+			return err
+		}
+		if err := w.Put(ctx, rec, l); err != nil {
 			return err
 		}
 	}
 	if spec.Mode != "min" {
-		if err := b.exportMounts(ctx, w); err != nil {
+		if err := b.exportMounts(ctx, w, spec); err != nil {
 			return err
 		}
 	}
