@@ -202,7 +202,7 @@ func layerDigests(t *testing.T, img v1.Image) []string {
 
 // freshRunner is a new CI machine: no kiln state at all, and a fresh
 // checkout of the context (same content, new mtimes).
-func freshRunner(t *testing.T, src string, mtime time.Time) (dir string, env []string) {
+func freshRunner(t testing.TB, src string, mtime time.Time) (dir string, env []string) {
 	home := t.TempDir()
 	return copyDir(t, src, mtime), []string{"HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache")}
 }

@@ -25,10 +25,17 @@ COPY --from=build /out/ /app/
 RUN cat /app/out.txt /final.txt > /app/both.txt
 `
 
-// cacheRecords reads a registry cache's index: each record's step id (or
-// "cache-mount|ID") with its layer's media type, checked against the
-// media type the cache manifest lists for the same blob.
-func cacheRecords(t *testing.T, ref string) map[string]types.MediaType {
+// cacheBlob is what a registry cache's index says of a record's blob.
+type cacheBlob struct {
+	MediaType types.MediaType `json:"mediaType"`
+	Digest    string          `json:"digest"`
+	Size      int64           `json:"size"`
+}
+
+// cacheBlobs reads a registry cache's index: each record's step id (or
+// "cache-mount|ID") with its blob, checked against the media type the
+// cache manifest lists for the same blob.
+func cacheBlobs(t testing.TB, ref string) map[string]cacheBlob {
 	t.Helper()
 	img := testenv.Pull(t, ref)
 	m, err := img.Manifest()
@@ -45,17 +52,14 @@ func cacheRecords(t *testing.T, ref string) map[string]types.MediaType {
 	}
 	var idx struct {
 		Records []struct {
-			StepID string `json:"stepID"`
-			Layer  *struct {
-				MediaType types.MediaType `json:"mediaType"`
-				Digest    string          `json:"digest"`
-			} `json:"layer"`
+			StepID string     `json:"stepID"`
+			Layer  *cacheBlob `json:"layer"`
 		} `json:"records"`
 	}
 	if err := json.Unmarshal(raw, &idx); err != nil {
 		t.Fatalf("cache index of %s: %v", ref, err)
 	}
-	out := map[string]types.MediaType{}
+	out := map[string]cacheBlob{}
 	for _, r := range idx.Records {
 		if r.Layer == nil {
 			continue
@@ -63,7 +67,17 @@ func cacheRecords(t *testing.T, ref string) map[string]types.MediaType {
 		if got := listed[r.Layer.Digest]; got != r.Layer.MediaType {
 			t.Errorf("%s: record %s names %s as %s, the cache manifest lists it as %q", ref, r.StepID, r.Layer.Digest, r.Layer.MediaType, got)
 		}
-		out[r.StepID] = r.Layer.MediaType
+		out[r.StepID] = *r.Layer
+	}
+	return out
+}
+
+// cacheRecords is each record's media type in a registry cache.
+func cacheRecords(t testing.TB, ref string) map[string]types.MediaType {
+	t.Helper()
+	out := map[string]types.MediaType{}
+	for id, b := range cacheBlobs(t, ref) {
+		out[id] = b.MediaType
 	}
 	return out
 }

@@ -16,7 +16,7 @@ import (
 )
 
 // kiln runs the kiln binary and fails the test unless it exits 0.
-func kiln(t *testing.T, dir string, env []string, args ...string) testenv.Result {
+func kiln(t testing.TB, dir string, env []string, args ...string) testenv.Result {
 	t.Helper()
 	res := testenv.Run(t, dir, env, args...)
 	if res.ExitCode != 0 {
@@ -112,7 +112,7 @@ func readFile(t *testing.T, path string) string {
 
 // copyDir copies a context to a new directory, giving every file a new
 // mtime, as a fresh checkout would.
-func copyDir(t *testing.T, src string, mtime time.Time) string {
+func copyDir(t testing.TB, src string, mtime time.Time) string {
 	t.Helper()
 	dst := t.TempDir()
 	err := filepath.Walk(src, func(p string, info os.FileInfo, err error) error {

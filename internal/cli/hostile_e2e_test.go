@@ -66,7 +66,7 @@ func stepSeconds(t *testing.T, stderr string, n int) float64 {
 // kilnCPU runs kiln in dir with a home of its own and returns its
 // output and the CPU time it used (user + system): on a runner shared with
 // other jobs, wall time measures the neighbours as much as kiln.
-func kilnCPU(t *testing.T, home, dir string, args ...string) (string, time.Duration) {
+func kilnCPU(t testing.TB, home, dir string, args ...string) (string, time.Duration) {
 	t.Helper()
 	cmd := exec.CommandContext(t.Context(), testenv.Kiln(t), args...)
 	cmd.Dir = dir
