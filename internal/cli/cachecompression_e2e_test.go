@@ -293,6 +293,25 @@ func TestCacheOnlyLayerReusedInImage(t *testing.T) {
 		t.Errorf("from the re-encoded cache: %s, want %s", d, reusedDigest)
 	}
 
+	// A Dockerfile change that makes the build stage the final stage's
+	// base: its cached zstd layers are now the image's, and are gzip there.
+	dir, env = freshRunner(t, src, time.Unix(1715000000, 0))
+	based := strings.ReplaceAll(zstdDockerfile, "BASE", base)
+	based = based[:strings.LastIndex(based, "FROM ")] + "FROM build\nCOPY final.txt /final.txt\n"
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(based), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res = kiln(t, dir, append(env, epoch), "build", "--progress=plain", "--push", "-t", reg+"/zr/app:based",
+		"--cache-from", "type=registry,ref="+cacheRef, ".")
+	if !strings.Contains(res.Stderr, "2 cached layers recompressed for the image") {
+		t.Errorf("FROM build: the build stage's cached layers were not re-encoded once each:\n%s", res.Stderr)
+	}
+	basedImg := testenv.Pull(t, reg+"/zr/app:based")
+	checkGzipImage(t, basedImg)
+	if got := string(testenv.Tree(t, basedImg)["final.txt"].Content); got != "final\n" {
+		t.Errorf("final.txt = %q", got)
+	}
+
 	// Byte for byte what a build that never saw the zstd cache pushes.
 	dir, env = freshRunner(t, src, time.Unix(1730000000, 0))
 	kiln(t, dir, append(env, epoch), "build", "--progress=plain", "--target", "build", "--push", "-t", reg+"/zr/app:cold", ".")
