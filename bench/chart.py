@@ -12,7 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"docker": "#1d63ed", "buildah": "#892ca0", "kiln": "#e8590c", "floor": "#868e96"}
+COLORS = {"docker": "#1d63ed", "buildah": "#892ca0", "buildkit": "#2f9e44", "kiln": "#e8590c",
+          "floor": "#868e96"}
 
 
 def main(src, dst):
@@ -46,7 +47,8 @@ def main(src, dst):
     ax.set_ylabel("wall time, s (median, min–max; log scale)")
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels(labels, fontsize=8)
-    ax.set_title(f'Fresh-runner builds against a warm registry cache ({res["reps"]} runs each)')
+    ax.set_title(f'Fresh-runner builds against a warm registry cache; "-warm": local state kept '
+                 f'({res["reps"]} runs each)')
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

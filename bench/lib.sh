@@ -4,6 +4,7 @@
 
 SERVER_PIDS=()
 STARTED_DOCKERD=""
+BUILDKITD_PID=""
 REGPORT=""
 REG="" # the counting proxy in front of the registry: every peer goes through it
 
@@ -26,6 +27,7 @@ cleanup() {
 		kill "$STARTED_DOCKERD" 2>/dev/null || true
 		wait "$STARTED_DOCKERD" 2>/dev/null || true
 	fi
+	stop_buildkitd
 }
 
 # install_packages asks apt only for what is missing, so a prepared machine
@@ -49,6 +51,30 @@ build_tools() {
 	for t in countproxy mkbase hashctx mkcontext benchreport; do
 		(cd "$ROOT" && go build -o "$W/bin/$t" "./bench/cmd/$t")
 	done
+}
+
+# build_buildkit builds buildkitd and buildctl from the Go module proxy's
+# copy of BuildKit, once per version. `go install module@version` refuses
+# the module (its go.mod has exclude directives), so its source tree is
+# built as the main module instead.
+build_buildkit() {
+	BUILDKIT_BIN=$W/buildkit-$BUILDKIT_VERSION
+	export BUILDKIT_BIN # the timed recipe runs in a child bash
+	[[ -x $BUILDKIT_BIN/buildkitd && -x $BUILDKIT_BIN/buildctl ]] && return
+	log "building BuildKit $BUILDKIT_VERSION from the Go module proxy (once; minutes)"
+	local dir src=$W/buildkit-src
+	dir=$(cd / && go mod download -json "github.com/moby/buildkit@$BUILDKIT_VERSION" | jq -r .Dir)
+	[[ -d $dir ]] || die "go mod download github.com/moby/buildkit@$BUILDKIT_VERSION gave no directory"
+	rm -rf "$src" "$BUILDKIT_BIN.tmp"
+	cp -r "$dir" "$src"
+	chmod -R u+w "$src"
+	mkdir -p "$BUILDKIT_BIN.tmp"
+	(cd "$src" && GOFLAGS= CGO_ENABLED=0 go build -trimpath \
+		-ldflags "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" \
+		-o "$BUILDKIT_BIN.tmp/" ./cmd/buildkitd ./cmd/buildctl) >"$W/logs/buildkit-build.log" 2>&1 ||
+		die "building BuildKit failed; see $W/logs/buildkit-build.log"
+	rm -rf "$BUILDKIT_BIN"
+	mv "$BUILDKIT_BIN.tmp" "$BUILDKIT_BIN"
 }
 
 free_port() {
@@ -161,16 +187,15 @@ make_bases() {
 # tree is a file:// GOPROXY the builds use offline.
 make_goproxy() {
 	GOPROXY_DIR=$W/goproxy
-	[[ -f $W/goproxy.done ]] && return
+	local variants="base gomod gomod-warm"
+	[[ -f $W/goproxy.done && $(cat "$W/goproxy.done") == "$variants" ]] && return
 	log "go mod download for go-service (once)"
 	local tmp variant
 	rm -rf "$W/gomodcache" "$GOPROXY_DIR"
-	for variant in base gomod; do
+	for variant in $variants; do
 		tmp=$(mktemp -d)
 		cp -a "$BENCH/scenarios/go-service/app/." "$tmp/"
-		if [[ $variant == gomod ]]; then
-			sed -i 's|github.com/google/uuid v1.5.0|github.com/google/uuid v1.6.0|' "$tmp/go.mod"
-		fi
+		"$BENCH/scenarios/go-service/gen.sh" -edit "$tmp" "$variant"
 		# tidy fetches .mod and .zip files; download adds the .info files a
 		# file:// GOPROXY must also serve.
 		(cd "$tmp" && export GOMODCACHE="$W/gomodcache" GOFLAGS=-mod=mod GOTOOLCHAIN=local && go mod tidy && go mod download all)
@@ -181,17 +206,36 @@ make_goproxy() {
 	rm -rf "$GOPROXY_DIR/sumdb"
 	find "$GOPROXY_DIR" -name '*.lock' -delete
 	chmod -R u+w "$W/gomodcache"
-	touch "$W/goproxy.done"
+	echo "$variants" >"$W/goproxy.done"
 }
 
-# Scenario cases, in the order a CI history would produce them.
+# Scenario cases, in the order a CI history would produce them. A case
+# named X-warm is the warm laptop after X: run right after X on the local
+# state X left (nothing wiped, the same daemon), it builds a second change
+# of the same kind (see the scenarios' gen.sh), so both compile or copy the
+# same amount; only the peers in WARM_PEERS run it.
 cases_of() {
 	case $1 in
-	go-service) echo cold nochange gofile gomod ;;
+	go-service) echo cold nochange gofile gofile-warm gomod gomod-warm ;;
 	parallel-stages) echo cold nochange ;;
-	big-context) echo cold nochange onefile ;;
+	big-context) echo cold nochange onefile onefile-warm ;;
 	*) die "unknown scenario $1" ;;
 	esac
+}
+
+# WARM_PEERS keep local state a later build can use, and are measured as a
+# warm laptop too.
+WARM_PEERS="kiln buildkit"
+
+# peers_of prints the peers that run a case.
+peers_of() {
+	local case=$1 p
+	shift
+	for p in "$@"; do
+		if [[ $case != *-warm || " $WARM_PEERS " == *" $p "* ]]; then
+			printf '%s ' "$p"
+		fi
+	done
 }
 
 variant_of() {
@@ -243,6 +287,9 @@ write_machine() {
 		echo "os: $(. /etc/os-release && echo "$PRETTY_NAME")"
 		echo "docker: $("$DOCKER" version --format 'client {{.Client.Version}}, engine {{.Server.Version}}' 2>&1)"
 		echo "buildah: $(buildah --version)"
+		if [[ -n ${BUILDKIT_BIN:-} ]]; then
+			echo "buildkit: $("$BUILDKIT_BIN/buildctl" --version), $("$BUILDKIT_BIN/buildkitd" --version)"
+		fi
 		echo "runc: $(runc --version | head -1)"
 		echo "registry: $(docker-registry --version)"
 		echo "go: $(go version)"
@@ -305,21 +352,92 @@ recipe_buildah() {
 	buildah push --tls-verify=false "$repo:latest"
 }
 
-export -f recipe_kiln recipe_docker recipe_buildah
+# BuildKit as its CI docs run it: buildkitd with the OCI worker (runc), a
+# fresh daemon with an empty state directory for every fresh-runner case.
+# The loopback registry speaks plain HTTP.
+start_buildkitd() {
+	local state=$1 t0 t1 i
+	cat >"$W/buildkitd.toml" <<-EOF
+		[worker.oci]
+		  enabled = true
+		[worker.containerd]
+		  enabled = false
+		[registry."$REG"]
+		  http = true
+		  insecure = true
+	EOF
+	rm -f "$W/buildkitd.sock"
+	t0=$(date +%s.%N)
+	"$BUILDKIT_BIN/buildkitd" --config "$W/buildkitd.toml" --root "$state" \
+		--addr "unix://$W/buildkitd.sock" >>"$W/logs/buildkitd.log" 2>&1 &
+	BUILDKITD_PID=$!
+	for ((i = 0; i < 600; i++)); do
+		if "$BUILDKIT_BIN/buildctl" --addr "unix://$W/buildkitd.sock" debug workers >/dev/null 2>&1; then
+			t1=$(date +%s.%N)
+			awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", b-a}' >"$W/daemon.seconds"
+			return
+		fi
+		kill -0 "$BUILDKITD_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+	die "buildkitd did not start; see $W/logs/buildkitd.log"
+}
+
+stop_buildkitd() {
+	[[ -n $BUILDKITD_PID ]] || return 0
+	kill "$BUILDKITD_PID" 2>/dev/null || true
+	wait "$BUILDKITD_PID" 2>/dev/null || true
+	BUILDKITD_PID=""
+}
+
+# wipe_buildkit stops the daemon, deletes every state it had and starts a
+# new one; its start time goes to daemon.seconds, reported beside the build.
+wipe_buildkit() {
+	local name=$1 m
+	stop_buildkitd
+	while read -r m; do
+		umount -l "$m" 2>/dev/null || true
+	done < <(findmnt -rn -o TARGET | grep "^$W/buildkit-state-" | sort -r)
+	rm -rf "$W"/buildkit-state-*
+	start_buildkitd "$W/buildkit-state-$name"
+}
+
+# The recipe BuildKit's docs give for CI: registry cache, mode=max, an OCI
+# image manifest for the cache, imported back on the next runner.
+recipe_buildkit() {
+	local repo=$1 ctx=$2
+	"$BUILDKIT_BIN/buildctl" --addr "unix://$W/buildkitd.sock" build --progress=plain \
+		--frontend dockerfile.v0 --local context="$ctx" --local dockerfile="$ctx" \
+		--output "type=image,name=$repo:latest,push=true,registry.insecure=true" \
+		--export-cache "type=registry,ref=$repo:buildcache,mode=max,image-manifest=true,registry.insecure=true" \
+		--import-cache "type=registry,ref=$repo:buildcache,registry.insecure=true"
+}
+
+export -f recipe_kiln recipe_docker recipe_buildah recipe_buildkit
 
 json_string() { "$PY" -c 'import json, sys; print(json.dumps(sys.stdin.read()))'; }
 
-# measure wipes one peer's local state, resets the byte counters, times the
-# peer's recipe and appends one JSON line. A failed build is recorded, never
-# fatal.
+# measure wipes one peer's local state (not for a -warm case: that one
+# runs on the state the previous case left), resets the byte counters,
+# times the peer's recipe and appends one JSON line. A failed build is
+# recorded, never fatal.
 measure() {
 	local jsonl=$1 scenario=$2 case=$3 peer=$4 rep=$5
-	local ctx repo logf report start end rc=0 stats err='""'
+	local ctx repo logf report start end rc=0 stats err='""' daemon=null
 	ctx=$W/ctx/$scenario/$(variant_of "$scenario" "$case")
 	repo=$REG/apps/$scenario-$peer-r$rep
 	logf=$W/logs/$scenario-$case-$peer-r$rep.log
 	report=$W/kiln-reports/$scenario-$case-r$rep.json
-	"wipe_$peer" >"$logf" 2>&1 || log "warning: wiping $peer failed (see $logf)"
+	rm -f "$W/daemon.seconds"
+	if [[ $case == *-warm ]]; then
+		: >"$logf"
+	else
+		"wipe_$peer" "$scenario-$case" >"$logf" 2>&1 || log "warning: wiping $peer failed (see $logf)"
+	fi
+	if [[ -s $W/daemon.seconds ]]; then
+		daemon=$(cat "$W/daemon.seconds")
+		log "$scenario/$case rep $rep: $peer daemon started in $daemon s"
+	fi
 	sync
 	curl -fsS -X POST "http://$REG/_bench/reset"
 	log "$scenario/$case rep $rep: $peer"
@@ -335,9 +453,9 @@ measure() {
 	fi
 	jq -cn --arg scenario "$scenario" --arg case "$case" --arg peer "$peer" --argjson rep "$rep" \
 		--argjson rc "$rc" --arg t0 "$start" --arg t1 "$end" --argjson stats "$stats" \
-		--argjson error "$err" --arg log "${logf#"$BENCH"/}" \
+		--argjson error "$err" --arg log "${logf#"$BENCH"/}" --argjson daemon "$daemon" \
 		'{scenario: $scenario, case: $case, peer: $peer, rep: $rep, ok: ($rc == 0), exit_code: $rc,
-		  seconds: (($t1|tonumber) - ($t0|tonumber)), pulled_bytes: $stats.pulled,
+		  seconds: (($t1|tonumber) - ($t0|tonumber)), daemon_seconds: $daemon, pulled_bytes: $stats.pulled,
 		  pushed_bytes: $stats.pushed, requests: $stats.requests, log: $log, error: $error}' >>"$jsonl"
 }
 

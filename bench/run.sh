@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# kiln benchmarks: kiln against docker build (BuildKit) and buildah, each
-# measured as a fresh CI runner against a warm remote cache in a loopback
-# registry. Run as root from the repository root: `make bench`.
+# kiln benchmarks: kiln against the latest BuildKit (buildkitd + buildctl),
+# docker build and buildah, each measured as a fresh CI runner against a
+# warm remote cache in a loopback registry, and kiln and BuildKit also as a
+# warm laptop (local state kept). Run as root from the repository root:
+# `make bench`.
 #
 # Environment knobs (see bench/README.md):
 #   BENCH_REPS       repetitions of every case (default 3)
 #   BENCH_SCENARIOS  scenarios to run (default "go-service parallel-stages big-context")
-#   BENCH_PEERS      builders to compare (default "docker buildah kiln")
+#   BENCH_PEERS      builders to compare (default "docker buildah buildkit kiln")
 #   BENCH_RESULTS    where results go (default bench/results)
 #   BENCH_TIMEOUT    seconds before one build is killed and recorded as failed (default 900)
 set -euo pipefail
@@ -16,10 +18,11 @@ ROOT=$(dirname "$BENCH")
 W=$BENCH/.work
 REPS=${BENCH_REPS:-3}
 SCENARIOS=${BENCH_SCENARIOS:-"go-service parallel-stages big-context"}
-PEERS=${BENCH_PEERS:-"docker buildah kiln"}
+PEERS=${BENCH_PEERS:-"docker buildah buildkit kiln"}
 RESULTS=${BENCH_RESULTS:-$BENCH/results}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
 DOCKER=/usr/bin/docker # Debian's client; /usr/local/bin/docker may be another one
+BUILDKIT_VERSION=v0.34.2 # the latest release: go list -m -versions github.com/moby/buildkit
 PY=/usr/bin/python3    # Debian's python, the one python3-matplotlib serves
 export DOCKER W BENCH_TIMEOUT
 
@@ -36,8 +39,13 @@ main() {
 
 	install_packages
 	build_tools
+	if [[ " $PEERS " == *" buildkit "* ]]; then
+		build_buildkit
+	fi
 	start_registry
-	start_dockerd
+	if [[ " $PEERS " == *" docker "* ]]; then
+		start_dockerd
+	fi
 	make_bases
 	make_goproxy
 	make_contexts
@@ -53,10 +61,10 @@ main() {
 		for scenario in $SCENARIOS; do
 			for case in $(cases_of "$scenario"); do
 				# shellcheck disable=SC2086 # PEERS is a word list
-				for peer in $(rotate "$rep" $PEERS); do
+				for peer in $(peers_of "$case" $(rotate "$rep" $PEERS)); do
 					measure "$jsonl" "$scenario" "$case" "$peer" "$rep"
 				done
-				if [[ $case == nochange ]]; then
+				if [[ $case == nochange && " $PEERS " == *" kiln "* ]]; then
 					measure_floor "$jsonl" "$scenario" "$case" "$rep"
 				fi
 			done

@@ -1,6 +1,8 @@
 // Command benchreport turns the bench's raw run log (one JSON object per
 // measured build) into results.json (every run plus per-case summaries, the
-// input of chart.py) and results.md (the table the README shows).
+// input of chart.py) and results.md (the tables the README shows: fresh
+// runner against warm laptop for each tool that has both, then every peer
+// on a fresh runner with its ratio to kiln).
 package main
 
 import (
@@ -17,20 +19,23 @@ import (
 
 // Run is one measured build, as bench/lib.sh's measure writes it.
 type Run struct {
-	Scenario    string  `json:"scenario"`
-	Case        string  `json:"case"`
-	Peer        string  `json:"peer"`
-	Rep         int     `json:"rep"`
-	OK          bool    `json:"ok"`
-	ExitCode    int     `json:"exit_code"`
-	Seconds     float64 `json:"seconds"`
-	PulledBytes int64   `json:"pulled_bytes"`
-	PushedBytes int64   `json:"pushed_bytes"`
-	Requests    int64   `json:"requests"`
-	Log         string  `json:"log,omitempty"`
-	Error       string  `json:"error,omitempty"`
-	Files       int     `json:"files,omitempty"`
-	Bytes       int64   `json:"bytes,omitempty"`
+	Scenario string  `json:"scenario"`
+	Case     string  `json:"case"`
+	Peer     string  `json:"peer"`
+	Rep      int     `json:"rep"`
+	OK       bool    `json:"ok"`
+	ExitCode int     `json:"exit_code"`
+	Seconds  float64 `json:"seconds"`
+	// DaemonSeconds is how long a daemon-based peer's fresh daemon took to
+	// answer before the build; not part of Seconds.
+	DaemonSeconds *float64 `json:"daemon_seconds,omitempty"`
+	PulledBytes   int64    `json:"pulled_bytes"`
+	PushedBytes   int64    `json:"pushed_bytes"`
+	Requests      int64    `json:"requests"`
+	Log           string   `json:"log,omitempty"`
+	Error         string   `json:"error,omitempty"`
+	Files         int      `json:"files,omitempty"`
+	Bytes         int64    `json:"bytes,omitempty"`
 }
 
 // Stat summarizes one peer on one case over its successful runs.
@@ -42,7 +47,14 @@ type Stat struct {
 	Max          float64 `json:"max_seconds"`
 	MedianPulled int64   `json:"median_pulled_bytes"`
 	MedianPushed int64   `json:"median_pushed_bytes"`
+	// MedianDaemon is the median daemon start over the runs that had one.
+	MedianDaemon float64 `json:"median_daemon_seconds,omitempty"`
 }
+
+// warmSuffix marks a case run on the local state the case before it left
+// (bench/lib.sh's cases_of): the warm laptop after the fresh-runner case
+// without the suffix.
+const warmSuffix = "-warm"
 
 // Case is one scenario/case row of the table.
 type Case struct {
@@ -124,6 +136,7 @@ func summarize(runs []Run) ([]Case, []string) {
 			var st Stat
 			var secs []float64
 			var pulled, pushed []int64
+			var daemon []float64
 			for _, r := range rs {
 				if !r.OK {
 					st.Failures++
@@ -131,11 +144,15 @@ func summarize(runs []Run) ([]Case, []string) {
 				}
 				st.Runs++
 				secs = append(secs, r.Seconds)
+				if r.DaemonSeconds != nil {
+					daemon = append(daemon, *r.DaemonSeconds)
+				}
 				pulled = append(pulled, r.PulledBytes)
 				pushed = append(pushed, r.PushedBytes)
 			}
 			if len(secs) > 0 {
 				st.Median, st.MedianPulled, st.MedianPushed = median(secs), median(pulled), median(pushed)
+				st.MedianDaemon = median(daemon)
 				st.Min, st.Max = secs[0], secs[0]
 				for _, s := range secs {
 					st.Min, st.Max = min(st.Min, s), max(st.Max, s)
@@ -173,7 +190,50 @@ func timeCell(st Stat, ok bool) string {
 
 func mb(n int64) string { return fmt.Sprintf("%.0f", float64(n)/1e6) }
 
-// markdown renders the tables: wall times with ratios to kiln, then bytes.
+func ratioCell(num, den Stat, nok, dok bool) string {
+	if !nok || !dok || num.Runs == 0 || den.Runs == 0 || den.Median == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", num.Median/den.Median)
+}
+
+// warmPeers are the peers measured on a warm laptop too, in report order.
+func warmPeers(res Results) []string {
+	var ps []string
+	for _, p := range res.Peers {
+		for _, c := range res.Cases {
+			if _, ok := c.Peers[p]; ok && strings.HasSuffix(c.Case, warmSuffix) && !contains(ps, p) {
+				ps = append(ps, p)
+			}
+		}
+	}
+	return ps
+}
+
+// daemonPeers are the peers whose runs carry a daemon start time.
+func daemonPeers(res Results) []string {
+	var ps []string
+	for _, p := range res.Peers {
+		for _, c := range res.Cases {
+			if st, ok := c.Peers[p]; ok && st.MedianDaemon > 0 && !contains(ps, p) {
+				ps = append(ps, p)
+			}
+		}
+	}
+	return ps
+}
+
+func findCase(res Results, scenario, cas string) (Case, bool) {
+	for _, c := range res.Cases {
+		if c.Scenario == scenario && c.Case == cas {
+			return c, true
+		}
+	}
+	return Case{}, false
+}
+
+// markdown renders the tables: fresh runner against warm laptop, wall
+// times on a fresh runner with ratios to kiln, then bytes.
 func markdown(res Results) string {
 	var b strings.Builder
 	others := []string{}
@@ -182,35 +242,79 @@ func markdown(res Results) string {
 			others = append(others, p)
 		}
 	}
+	if warm := warmPeers(res); len(warm) > 0 {
+		fmt.Fprintf(&b, "Fresh runner against warm laptop, seconds, median [min–max] of %d runs. ", res.Reps)
+		b.WriteString("*fresh* wipes all local state before the build (a new CI runner, the registry cache warm); ")
+		b.WriteString("*warm* runs right after it on the local state it left (the same daemon, the same cache directory) ")
+		b.WriteString("and builds the next change of the same kind, pushing and exporting the cache as on CI. ")
+		b.WriteString("*fresh/warm* is what a fresh runner costs over a warm laptop (1.00× would be the promise); ")
+		b.WriteString("daemon start is not included (see the next table).\n\n| scenario / change |")
+		for _, p := range warm {
+			fmt.Fprintf(&b, " %s fresh | %s warm | %s fresh/warm |", p, p, p)
+		}
+		b.WriteString("\n|---|")
+		for range warm {
+			b.WriteString("---:|---:|---:|")
+		}
+		b.WriteString("\n")
+		for _, w := range res.Cases {
+			if !strings.HasSuffix(w.Case, warmSuffix) {
+				continue
+			}
+			fresh := strings.TrimSuffix(w.Case, warmSuffix)
+			f, _ := findCase(res, w.Scenario, fresh)
+			fmt.Fprintf(&b, "| %s / %s |", w.Scenario, fresh)
+			for _, p := range warm {
+				fs, fok := f.Peers[p]
+				ws, wok := w.Peers[p]
+				fmt.Fprintf(&b, " %s | %s | %s |", timeCell(fs, fok), timeCell(ws, wok), ratioCell(fs, ws, fok, wok))
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString("\n")
+	}
+	daemons := daemonPeers(res)
 	fmt.Fprintf(&b, "Wall time in seconds of the whole CI step on a fresh runner, median [min–max] of %d runs; ", res.Reps)
 	b.WriteString("*peer/kiln* is the peer's median divided by kiln's (above 1: kiln is faster). ")
+	if len(daemons) > 0 {
+		fmt.Fprintf(&b, "*%s start* is the median time its fresh daemon took to answer, before the build and not in its time; a CI job pays both. ", strings.Join(daemons, " start*, *"))
+	}
 	b.WriteString("The floor is hashing the context plus one manifest HEAD.\n\n")
 	b.WriteString("| scenario / case |")
 	for _, p := range res.Peers {
 		fmt.Fprintf(&b, " %s |", p)
 	}
+	for _, p := range daemons {
+		fmt.Fprintf(&b, " %s start |", p)
+	}
 	for _, p := range others {
 		fmt.Fprintf(&b, " %s/kiln |", p)
 	}
 	b.WriteString(" floor |\n|---|")
-	for range len(res.Peers) + len(others) + 1 {
+	for range len(res.Peers) + len(daemons) + len(others) + 1 {
 		b.WriteString("---:|")
 	}
 	b.WriteString("\n")
 	for _, c := range res.Cases {
+		if strings.HasSuffix(c.Case, warmSuffix) {
+			continue
+		}
 		fmt.Fprintf(&b, "| %s / %s |", c.Scenario, c.Case)
 		for _, p := range res.Peers {
 			st, ok := c.Peers[p]
 			fmt.Fprintf(&b, " %s |", timeCell(st, ok))
 		}
+		for _, p := range daemons {
+			if st, ok := c.Peers[p]; ok && st.MedianDaemon > 0 {
+				fmt.Fprintf(&b, " %.2f |", st.MedianDaemon)
+			} else {
+				b.WriteString(" – |")
+			}
+		}
 		k, kok := c.Peers["kiln"]
 		for _, p := range others {
 			st, ok := c.Peers[p]
-			if !ok || !kok || st.Runs == 0 || k.Runs == 0 || k.Median == 0 {
-				b.WriteString(" – |")
-				continue
-			}
-			fmt.Fprintf(&b, " %.2f× |", st.Median/k.Median)
+			fmt.Fprintf(&b, " %s |", ratioCell(st, k, ok, kok))
 		}
 		if f, ok := c.Peers["floor"]; ok && f.Runs > 0 {
 			fmt.Fprintf(&b, " %.3f |", f.Median)
