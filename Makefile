@@ -1,5 +1,6 @@
-# kiln's make targets. `make bench` runs the benchmarks against docker build
-# (BuildKit) and buildah (as root; about 30 minutes; see bench/README.md).
+# kiln's make targets. `make bench` runs the benchmarks against the latest
+# BuildKit, docker build and buildah, fresh runner and warm laptop (as root;
+# about 35 minutes, BENCH_PEERS="buildkit kiln" about 15; see bench/README.md).
 .PHONY: bench
 bench:
 	bash bench/run.sh
