@@ -21,9 +21,19 @@ import (
 	"github.com/kiln-build/kiln/internal/registry"
 )
 
+// refreshAfter is how stale an indexed record's LastUsed may get before
+// re-Putting it rewrites the index. Refreshing on every hit would make a
+// no-change build rewrite the whole index (and wait out the settle time)
+// to move timestamps; LRU order to within an hour loses nothing that
+// MaxAge and MaxEntries need.
+const refreshAfter = time.Hour
+
 // Put stages rec and its layer until Flush; nothing is sent now. LastUsed
 // is set to now, so re-Putting a record the build hit keeps it alive
-// through MaxAge and MaxEntries.
+// through MaxAge and MaxEntries. A record the index already holds as is
+// (same result, same step, its blob there), used within refreshAfter (or
+// a tenth of MaxAge, if that is shorter), is not staged: a build that
+// changed nothing sends nothing.
 func (c *Registry) Put(ctx context.Context, rec Record, l v1.Layer) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -41,8 +51,30 @@ func (c *Registry) Put(ctx context.Context, rec Record, l v1.Layer) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.fresh(rec) {
+		delete(c.staged, rec.Key)
+		return nil
+	}
 	c.staged[rec.Key] = &stagedRecord{rec: rec, layer: l}
 	return nil
+}
+
+// fresh reports whether the index already holds rec (but for LastUsed)
+// and its blob, used recently enough that rewriting the index only to
+// move LastUsed is not worth a write. c.mu is held.
+func (c *Registry) fresh(rec Record) bool {
+	have, ok := c.records[rec.Key]
+	if !ok || have.Layer != rec.Layer || have.StepID != rec.StepID {
+		return false
+	}
+	if !rec.Layer.IsZero() && !c.blobs[rec.Layer.Digest] {
+		return false
+	}
+	window := refreshAfter
+	if c.wo.MaxAge > 0 && c.wo.MaxAge/10 < window {
+		window = c.wo.MaxAge / 10
+	}
+	return rec.LastUsed.Sub(have.LastUsed) < window
 }
 
 // flushRounds bounds how often Flush rewrites the index when concurrent

@@ -261,6 +261,56 @@ func TestRegistry(t *testing.T) {
 		}
 	})
 
+	t.Run("re-putting what the index holds sends nothing until it is an hour stale", func(t *testing.T) {
+		// A no-change build re-Puts every record it hit; rewriting the
+		// index for that alone cost every such build a write and a settle.
+		ref := newRepo(host)
+		l, _ := newLayer(t)
+		start := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+		now := start
+		clock := func() time.Time { return now }
+		first := openReg(t, ref, nil)
+		first.SetWriteOptions(RegistryWriteOptions{Now: clock})
+		rec := record(t, "hit", "s", l, start)
+		if err := first.Put(ctx, rec, l); err != nil {
+			t.Fatal(err)
+		}
+		if err := first.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The cases run in order on one ref: each sees what the one
+		// before left.
+		for _, tc := range []struct {
+			after     time.Duration
+			step      string
+			wantPUTs  int
+			situation string
+		}{
+			{10 * time.Minute, "s", 0, "used 10 minutes ago"},
+			{10 * time.Minute, "renamed step", 1, "same key under another step ID"},
+			{2 * time.Hour, "renamed step", 1, "used 2 hours ago"},
+		} {
+			now = start.Add(tc.after)
+			c := &counter{}
+			w := openReg(t, ref, c)
+			w.SetWriteOptions(RegistryWriteOptions{Now: clock})
+			again := rec
+			again.StepID = tc.step
+			if err := w.Put(ctx, again, l); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.snapshot(); got.manifestPUTs != tc.wantPUTs || got.uploadStarts > tc.wantPUTs {
+				t.Errorf("%s: manifest PUTs %d, uploads %d (want %d)", tc.situation, got.manifestPUTs, got.uploadStarts, tc.wantPUTs)
+			}
+			if _, err := openReg(t, ref, nil).Get(ctx, rec.Key); err != nil {
+				t.Errorf("%s: record lost: %v", tc.situation, err)
+			}
+		}
+	})
+
 	t.Run("a layer from another repository is mounted", func(t *testing.T) {
 		srcRef, dstRef := newRepo(host), newRepo(host)
 		recs := putFlush(t, openReg(t, srcRef, nil), "shared")
