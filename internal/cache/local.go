@@ -29,7 +29,15 @@ type Local struct {
 	now func() time.Time
 	// lease, when set, pins the blobs Get and Put use (see SetLease).
 	lease *gc.Lease
+	// readOnly: lookups leave LastUsed as it was and Put fails (see
+	// SetReadOnly).
+	readOnly bool
 }
+
+// SetReadOnly makes the store one that is only looked at: Get no longer
+// refreshes LastUsed, and Put fails with ErrReadOnly. A dry run reads
+// kiln's cache this way so that it changes nothing on disk.
+func (l *Local) SetReadOnly() { l.readOnly = true }
 
 // marker is the content of the format marker file, kiln-cache.json.
 type marker struct {
@@ -122,6 +130,9 @@ func (l *Local) Get(ctx context.Context, key digest.Digest) (Record, error) {
 		if !l.hasBlob(rec.Layer) {
 			return Record{}, fmt.Errorf("%s: %s: blob %s missing: %w", l, key, rec.Layer.Digest, ErrNotFound)
 		}
+	}
+	if l.readOnly {
+		return rec, nil
 	}
 	now := l.now()
 	// Best effort: a read-only restored cache still answers lookups.
@@ -298,6 +309,9 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 // the new blob before its record exists, and holds the shared lock while
 // writing, so nobody takes its temporary file for a leftover.
 func (l *Local) Put(ctx context.Context, rec Record, layer v1.Layer) error {
+	if l.readOnly {
+		return fmt.Errorf("%s: put %s: %w", l, rec.Key, ErrReadOnly)
+	}
 	rec, err := prepare(rec, layer)
 	if err != nil {
 		return err

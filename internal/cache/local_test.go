@@ -112,6 +112,38 @@ func TestLocalGetRefreshesLastUsed(t *testing.T) {
 	}
 }
 
+// A read-only store (a dry run's) answers lookups and changes nothing.
+func TestLocalReadOnly(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	l := openLocal(t, dir)
+	lay, _ := newLayer(t)
+	rec := record(t, "g", "s", lay, time.Now())
+	if err := l.Put(ctx, rec, lay); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(l.recordPath(rec.Key), old, old); err != nil {
+		t.Fatal(err)
+	}
+	ro := openLocal(t, dir)
+	ro.SetReadOnly()
+	got, err := ro.Get(ctx, rec.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.LastUsed.Equal(old) {
+		t.Errorf("a read-only hit reports LastUsed %v, want %v", got.LastUsed, old)
+	}
+	if fi, err := os.Stat(l.recordPath(rec.Key)); err != nil || !fi.ModTime().Equal(old) {
+		t.Errorf("a read-only hit touched the record (%v, %v)", fi.ModTime(), err)
+	}
+	lay2, _ := newLayer(t)
+	if err := ro.Put(ctx, record(t, "h", "s", lay2, time.Now()), lay2); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("Put on a read-only store: %v, want ErrReadOnly", err)
+	}
+}
+
 func TestLocalConcurrentWriters(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()

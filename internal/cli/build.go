@@ -50,6 +50,7 @@ type buildFlags struct {
 	noCacheFilt  []string
 	report       string
 	maxCacheSize string
+	dryRun       bool
 }
 
 func (f *buildFlags) addFlags(cmd *cobra.Command) {
@@ -78,6 +79,7 @@ func (f *buildFlags) addFlags(cmd *cobra.Command) {
 	fl.StringArrayVar(&f.cacheTo, "cache-to", nil, `Cache export destinations (e.g., "type=registry,ref=user/app:cache,mode=max", "type=local,dest=path/to/dir")`)
 	fl.StringArrayVar(&f.noCacheFilt, "no-cache-filter", nil, "Do not use the cache for the specified stages")
 	fl.StringVar(&f.maxCacheSize, "max-cache-size", "", "Bound on kiln's directory, kept after every build by removing the least recently used (e.g. 20GB; 0: no bound; default: $KILN_MAX_CACHE_SIZE, else 10% of the filesystem, at most 20GB)")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "Print the build plan (each step: hit and where, or miss and why) and exit without running, writing or pushing anything")
 	fl.StringVar(&f.report, "report", "", "Write the build summary (each step: cached or built, duration, bytes moved, why it missed) to a JSON file")
 }
 
@@ -123,6 +125,9 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	if err != nil {
 		return err
 	}
+	if f.dryRun {
+		return dryRun(cmd, f, opts)
+	}
 	res, err := solver.Build(cmd.Context(), opts)
 	// Bounded after every build, a failed one too: it may have left
 	// layers and snapshots behind.
@@ -166,6 +171,23 @@ func runBuild(cmd *cobra.Command, f *buildFlags, contextDir string) error {
 	}
 	fmt.Fprintf(stdout, "%s %d bytes%s\n", res.Digest, res.Size, names)
 	return nil
+}
+
+// dryRun prints the plan of a build and runs nothing. It reads (the
+// context, cache indexes, base image manifests) and writes only what the
+// user asked for by name (--report), nor trims kiln's directory.
+func dryRun(cmd *cobra.Command, f *buildFlags, opts solver.Options) error {
+	opts.DryRun = true
+	res, err := solver.Build(cmd.Context(), opts)
+	if err != nil {
+		return err
+	}
+	if f.report != "" {
+		if err := writeJSON(f.report, report(res)); err != nil {
+			return fmt.Errorf("--report: %w", err)
+		}
+	}
+	return res.Plan.Text(cmd.OutOrStdout())
 }
 
 // options turns flags into build options, reading the Dockerfile and
@@ -588,6 +610,9 @@ func report(res *solver.Result) map[string]any {
 	r := map[string]any{"steps": steps, "totals": res.Totals, "failed": res.Failed}
 	if res.Failed {
 		r["error"] = res.Error
+	}
+	if res.Plan != nil {
+		r["plan"] = res.Plan
 	}
 	return r
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/kiln-build/kiln/internal/gc"
 	"github.com/kiln-build/kiln/internal/graph"
 	"github.com/kiln-build/kiln/internal/image"
+	"github.com/kiln-build/kiln/internal/plan"
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/registry"
 	"github.com/kiln-build/kiln/internal/snapshot"
@@ -79,8 +80,9 @@ type builder struct {
 	downloaded   atomic.Int64 // blob bytes fetched from registries
 	uploading    atomic.Bool  // a registry push is running: count layer reads as uploads
 
-	// keysOnly, set by tests, makes every layer step only record its key.
-	keysOnly *[]string
+	// planning: the build is deciding its plan (see buildStage); set
+	// before and cleared after the stages plan, never while they run.
+	planning bool
 
 	// ctx is the whole build's context. Lazy layers (cache hits, images
 	// named by --from) fetch with it when read, possibly long after the
@@ -177,7 +179,7 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		}
 		return &countingTransport{next: t, down: &b.downloaded}
 	}
-	if err := b.plan(ctx); err != nil {
+	if err := b.prepare(ctx); err != nil {
 		return nil, err
 	}
 	if err := b.beginState(); err != nil {
@@ -222,6 +224,26 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		// three independent stages no longer waits for a slot).
 		par = max(len(needed), 1)
 	}
+	// Plan every stage, then run what the plan left to do.
+	b.planning = true
+	for _, i := range needed {
+		b.stages[i].plan = plan.NewStage(b.stages[i].name)
+	}
+	err = b.graph.Run(ctx, needed, par, b.buildStage)
+	b.planning = false
+	if err != nil {
+		b.prefetches.wait()
+		return nil, err
+	}
+	p := &plan.Plan{}
+	for _, i := range needed {
+		p.Stages = append(p.Stages, b.stages[i].plan)
+	}
+	if o.DryRun {
+		res := &Result{Plan: p}
+		b.fillSteps(res)
+		return res, nil
+	}
 	err = b.graph.Run(ctx, needed, par, b.buildStage)
 	// The stages' contexts are cancelled now; nothing may still extract
 	// into the build's directory when it is removed.
@@ -229,10 +251,11 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if b.keysOnly != nil {
-		return &Result{}, nil
+	res, err := b.export(ctx, b.stages[b.target])
+	if res != nil {
+		res.Plan = p
 	}
-	return b.export(ctx, b.stages[b.target])
+	return res, err
 }
 
 // beginState takes this build's own directory under kiln's root (CacheDir;
@@ -296,11 +319,11 @@ func (b *builder) setPlatform() error {
 	return nil
 }
 
-// plan expands every FROM, finds each stage's dependencies, refuses what
+// prepare expands every FROM, finds each stage's dependencies, refuses what
 // kiln cannot build before any work starts, and resolves base images (their
 // manifests and configs only; layers stay in the registry until a step needs
 // files).
-func (b *builder) plan(ctx context.Context) error {
+func (b *builder) prepare(ctx context.Context) error {
 	df := b.df
 	globals, err := df.GlobalArgs(b.opts.BuildArgs, dockerfile.PlatformArgs(b.opts.Platform, b.opts.Platform))
 	if err != nil {
@@ -573,19 +596,35 @@ func countSteps(cmds []instructions.Command) int {
 	return n
 }
 
-// buildStage runs a stage's instructions in order.
+// buildStage runs a stage's instructions in order, from where it stands.
+//
+// It is called twice per stage: first while the build plans, when it
+// takes the stage as far as its steps hit and stops at the first step that
+// needs a result not yet made (a miss, or a --from of a stage that
+// misses), listing the rest as AfterMiss; then to run the rest.
 func (b *builder) buildStage(ctx context.Context, i int) error {
 	s := b.stages[i]
-	if j, ok := b.parentStage(i, s.def.BaseName); ok {
-		s.inherit(b.stages[j])
+	if !s.inherited {
+		if j, ok := b.parentStage(i, s.def.BaseName); ok {
+			if b.planning && !b.stages[j].complete() {
+				b.planRest(s, "depends on rebuilt stage "+b.stages[j].name, 0)
+				return nil
+			}
+			s.inherit(b.stages[j])
+		}
+		s.inherited = true
 	}
-	for _, cmd := range s.commands {
+	for ; s.next < len(s.commands); s.next++ {
+		cmd := s.commands[s.next]
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := b.df.Expand(cmd, s.vars); err != nil {
+		if s.expanded {
+			s.expanded = false // by the planning that stopped here
+		} else if err := b.df.Expand(cmd, s.vars); err != nil {
 			return err
 		}
+		s.line = dockerfile.StartLine(cmd.Location())
 		handled, err := b.dispatchConfig(s, cmd)
 		if err != nil {
 			return b.df.Wrap(cmd.Location(), fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), err))
@@ -593,11 +632,46 @@ func (b *builder) buildStage(ctx context.Context, i int) error {
 		if handled {
 			continue
 		}
-		if err := b.dispatchFiles(ctx, s, cmd); err != nil {
+		// WORKDIR sets it before its step; a stopped plan dispatches the
+		// command again.
+		wd := s.cfg.Config.WorkingDir
+		err = b.dispatchFiles(ctx, s, cmd)
+		var stop *stopPlan
+		if errors.As(err, &stop) {
+			s.cfg.Config.WorkingDir = wd
+			s.expanded = true
+			skip := 0
+			if stop.added {
+				skip = 1
+			}
+			b.planRest(s, stop.reason, skip)
+			return nil
+		}
+		if err != nil {
 			return b.df.Wrap(cmd.Location(), err)
 		}
 	}
 	return nil
+}
+
+// planRest lists the stage's layer steps from s.next on (after the first
+// skip of them) as AfterMiss: their keys depend on a result this build
+// makes. The first says why when reason is set.
+func (b *builder) planRest(s *stage, reason string, skip int) {
+	n := skip
+	for _, cmd := range s.commands[s.next:] {
+		switch cmd.(type) {
+		case *instructions.CopyCommand, *instructions.AddCommand, *instructions.RunCommand, *instructions.WorkdirCommand:
+		default:
+			continue
+		}
+		if n > 0 {
+			n--
+			continue
+		}
+		s.plan.Add(plan.Step{Name: fmt.Sprint(cmd), Line: dockerfile.StartLine(cmd.Location()), Status: plan.AfterMiss, Reason: reason})
+		reason = ""
+	}
 }
 
 // start announces a step and returns its progress id and start time.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/cachekey"
+	"github.com/kiln-build/kiln/internal/plan"
 	"github.com/kiln-build/kiln/internal/progress"
 )
 
@@ -82,6 +83,25 @@ type caches struct {
 	steps []*stepStat
 	// mounts are the cache mounts (id -> directory) steps that ran used.
 	mounts map[string]string
+	// missed are the keys the plan looked up and missed, with why: the
+	// build runs them without looking them up again.
+	missed map[digest.Digest]string
+}
+
+func (c *caches) planMiss(key digest.Digest, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.missed == nil {
+		c.missed = map[digest.Digest]string{}
+	}
+	c.missed[key] = reason
+}
+
+func (c *caches) plannedMiss(key digest.Digest) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.missed[key]
+	return r, ok
 }
 
 // failed adds a step that failed to the build summary.
@@ -109,17 +129,31 @@ func (b *builder) lookups(s *stage) bool {
 	return !b.opts.NoCache && !slices.Contains(b.opts.NoCacheFilter, s.def.Name)
 }
 
+// stopPlan ends a stage's planning at the step that needs a result this
+// build has yet to make: a miss (its plan step added already), or a --from
+// of a stage that misses. The stage resumes at that step when it runs.
+type stopPlan struct {
+	reason string // for the AfterMiss steps that follow
+	added  bool   // the stopping step is in the plan already (a miss)
+}
+
+func (e *stopPlan) Error() string { return "plan stops here: " + e.reason }
+
 // step runs one layer-producing instruction through the cache: a hit adds
 // the cached layer without downloading it; a miss runs exec, records the
 // result in kiln's local cache, and says why it missed when it can.
+//
+// While the build plans, a hit is taken as it is then (the lookup is the
+// whole cost of a hit, so planning it is doing it), and a miss is only
+// planned: step returns a *stopPlan without running it, and the stage
+// resumes with it when the build runs. A step the plan saw miss is run
+// again without a second lookup.
 func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx context.Context, id int) (v1.Layer, error)) error {
 	if s.seen == nil {
 		s.seen = map[string]int{}
 	}
 	s.seen[st.name]++
 	st.occurrence = s.seen[st.name]
-	id, start := b.start(s, st.name)
-	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
 	// The parent is the chain of results the step runs on, so a record is
 	// only ever used on top of the bytes it was built on.
 	st.inputs["parent"] = s.chain().String()
@@ -129,24 +163,35 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 		st.inputs["base"] = s.baseRef
 	}
 	key := cachekey.Key(st.op, st.inputs)
-	if b.keysOnly != nil {
-		// Tests pin keys without running anything.
-		*b.keysOnly = append(*b.keysOnly, fmt.Sprintf("%s %s => %s", s.name, st.name, key))
-		s.keys = append(s.keys, key)
-		s.diffIDs = append(s.diffIDs, cachekey.UnbuiltResult(key))
-		b.done(id, start)
-		return nil
+	if b.planning {
+		ps := plan.Step{ID: b.stepID(s, st), Name: st.name, Line: s.line, Key: key.String()}
+		if !st.keyAfter && b.lookups(s) {
+			if rec, layer, from, ok := b.lookup(ctx, key); ok {
+				ps.Status, ps.Store = plan.Hit, from
+				s.plan.Add(ps)
+				id, start := b.start(s, st.name)
+				b.hit(s, st, id, start, key, rec, layer, from)
+				return nil
+			}
+		}
+		ps.Status = plan.Miss
+		if st.keyAfter {
+			ps.Key, ps.Reason = "", "its input is known only once it runs (ADD of a URL without --checksum)"
+		} else {
+			ps.Reason = b.explain(ctx, s, st, key)
+		}
+		s.plan.Add(ps)
+		b.caches.planMiss(key, ps.Reason)
+		// It comes again when the stage resumes.
+		s.seen[st.name]--
+		return &stopPlan{added: true}
 	}
-	if !st.keyAfter && b.lookups(s) {
+	id, start := b.start(s, st.name)
+	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
+	reason, planned := b.caches.plannedMiss(key)
+	if !st.keyAfter && !planned && b.lookups(s) {
 		if rec, layer, from, ok := b.lookup(ctx, key); ok {
-			counted := b.counting(layer, &rep.uploaded)
-			// The record names its result, so the chain grows without
-			// fetching the layer.
-			b.addLayer(s, counted, key, digest.Digest(rec.Layer.DiffID.String()), st.history, rec.Created)
-			rep.Cached, rep.CacheFrom, rep.Key = true, from, key.String()
-			rep.Duration = time.Since(start)
-			b.caches.remember(usedRecord{rec: rec, layer: counted}, rep)
-			b.sink.Emit(progress.Event{ID: id, Status: progress.Cached, Duration: rep.Duration})
+			b.hit(s, st, id, start, key, rec, layer, from)
 			return nil
 		}
 	}
@@ -154,7 +199,10 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	// A miss: what it runs on downloads while it is explained and set up.
 	b.prefetch(ctx, s, st)
 	if !st.keyAfter {
-		rep.Reason = b.explain(ctx, s, st, key)
+		if !planned {
+			reason = b.explain(ctx, s, st, key)
+		}
+		rep.Reason = reason
 	}
 	l, err := exec(ctx, id)
 	rep.Downloaded = b.downloaded.Load() - down
@@ -190,6 +238,19 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	b.addLayer(s, counted, key, digest.Digest(diffID.String()), st.history, b.created)
 	b.done(id, start)
 	return nil
+}
+
+// hit adds a cached step's layer (lazy: nothing is fetched) and reports it.
+func (b *builder) hit(s *stage, st step, id int, start time.Time, key digest.Digest, rec cache.Record, layer v1.Layer, from string) {
+	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
+	counted := b.counting(layer, &rep.uploaded)
+	// The record names its result, so the chain grows without fetching
+	// the layer.
+	b.addLayer(s, counted, key, digest.Digest(rec.Layer.DiffID.String()), st.history, rec.Created)
+	rep.Cached, rep.CacheFrom, rep.Key = true, from, key.String()
+	rep.Duration = time.Since(start)
+	b.caches.remember(usedRecord{rec: rec, layer: counted}, rep)
+	b.sink.Emit(progress.Event{ID: id, Status: progress.Cached, Duration: rep.Duration})
 }
 
 // lookup finds key in the caches, in order, and returns the record with a

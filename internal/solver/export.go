@@ -12,6 +12,7 @@ import (
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/output"
 	"github.com/kiln-build/kiln/internal/ownership"
+	"github.com/kiln-build/kiln/internal/plan"
 	"github.com/kiln-build/kiln/internal/progress"
 	"github.com/kiln-build/kiln/internal/snapshot"
 )
@@ -37,6 +38,9 @@ type Result struct {
 	// its error: the steps that ran are in Steps, the rest is empty.
 	Failed bool
 	Error  string
+	// Plan is what the build predicted before running anything; all a
+	// dry run returns.
+	Plan *plan.Plan
 }
 
 // Totals sums the build summary.

@@ -208,6 +208,10 @@ func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) (*buildc
 // reached), an image by its manifest digest.
 func (b *builder) fromKey(ctx context.Context, from string) (string, error) {
 	if j, ok := b.df.StageIndex(from); ok {
+		if b.planning && !b.stages[j].complete() {
+			// Its chain is known once it is built.
+			return "", &stopPlan{reason: "depends on rebuilt stage " + b.stages[j].name}
+		}
 		return "stage:" + b.stages[j].chain().String(), nil
 	}
 	src, err := b.imageSource(ctx, from)

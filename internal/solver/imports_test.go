@@ -39,7 +39,7 @@ func TestImportRules(t *testing.T) {
 		t.Fatalf("go list found only %d packages", len(pkgs))
 	}
 	internal := func(name string) string { return mod + "internal/" + name }
-	pure := []string{internal("dockerfile"), internal("graph"), internal("progress")}
+	pure := []string{internal("dockerfile"), internal("graph"), internal("plan"), internal("progress")}
 	ioPkgs := []string{"os", "os/exec", "net", "net/http", "io/ioutil", "syscall"}
 	upper := []string{internal("solver"), internal("cli")}
 	for _, p := range pkgs {

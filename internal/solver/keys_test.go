@@ -3,12 +3,21 @@ package solver
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kiln-build/kiln/internal/cache"
+	"github.com/kiln-build/kiln/internal/cachekey"
+	"github.com/kiln-build/kiln/internal/plan"
 	"github.com/kiln-build/kiln/internal/progress"
 )
 
@@ -41,6 +50,13 @@ COPY --from=base /w/a.txt /from-stage
 RUN --mount=type=bind,from=base,source=/w,target=/b echo from-stage
 `
 
+// keysFor returns the key of every layer step, as "stage name => key".
+//
+// A plan knows a step's key once its parent's result is known, so the
+// keys are read from plans alone, never running a step: each step the
+// plan misses is given a stand-in result (cachekey.UnbuiltResult of its
+// key, a diffID no real layer has) in kiln's local cache, and the build is
+// planned again, until every step hits.
 func keysFor(t *testing.T, dockerfile string, files map[string]string, mutate func(*Options)) []string {
 	t.Helper()
 	dir := t.TempDir()
@@ -53,16 +69,52 @@ func keysFor(t *testing.T, dockerfile string, files map[string]string, mutate fu
 			t.Fatal(err)
 		}
 	}
-	o := Options{ContextDir: dir, Dockerfile: []byte(dockerfile), Parallelism: 1, TempDir: t.TempDir(), Progress: progress.Discard}
+	root := t.TempDir()
+	o := Options{ContextDir: dir, Dockerfile: []byte(dockerfile), Parallelism: 1, TempDir: t.TempDir(), CacheDir: root, DryRun: true, Progress: progress.Discard}
 	if mutate != nil {
 		mutate(&o)
 	}
-	var keys []string
-	b := &builder{opts: o, sink: progress.Discard, images: map[string]*stage{}, keysOnly: &keys}
-	if _, err := build(context.Background(), b); err != nil {
+	local, err := cache.OpenLocal(filepath.Join(root, "cache"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return keys
+	blob := static.NewLayer([]byte("a stand-in for a step never run"), types.OCILayer)
+	desc := cache.Descriptor{MediaType: types.OCILayer}
+	if desc.Digest, err = blob.Digest(); err != nil {
+		t.Fatal(err)
+	}
+	if desc.Size, err = blob.Size(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 100 {
+		res, err := Build(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		missed := false
+		for _, s := range res.Plan.Stages {
+			for _, st := range s.Steps {
+				keys = append(keys, fmt.Sprintf("%s %s => %s", s.Name, st.Name, st.Key))
+				if st.Status != plan.Miss {
+					continue
+				}
+				missed = true
+				key := digest.Digest(st.Key)
+				d := desc
+				d.DiffID, _ = v1.NewHash(cachekey.UnbuiltResult(key).String())
+				if err := local.Put(ctx, cache.Record{Key: key, Layer: d, StepID: st.ID}, blob); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if !missed {
+			return keys
+		}
+	}
+	t.Fatal("the plan never came to hit every step")
+	return nil
 }
 
 var keyFiles = map[string]string{

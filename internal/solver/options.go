@@ -23,6 +23,9 @@ type Options struct {
 	DockerfilePath string
 
 	Target string
+	// DryRun stops after the plan: nothing runs, nothing is written or
+	// exported; Result.Plan says what a build would do.
+	DryRun bool
 	// NoCache skips every cache lookup (results are still recorded);
 	// NoCacheFilter skips them for the named stages only.
 	NoCache       bool

@@ -15,6 +15,7 @@ import (
 	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/mount"
+	"github.com/kiln-build/kiln/internal/plan"
 	"github.com/kiln-build/kiln/internal/snapshot"
 )
 
@@ -58,6 +59,17 @@ type stage struct {
 	commands []instructions.Command
 
 	steps, step int // for progress names: "[name step/steps]"
+
+	// The build plans every stage before it runs any (see buildStage):
+	// next is the command a stage resumes at, expanded whether that command
+	// was expanded already, inherited whether the FROM <stage> parent's
+	// state was taken; plan is what planning predicted; line is the
+	// Dockerfile line of the command being dispatched.
+	next      int
+	expanded  bool
+	inherited bool
+	plan      plan.Stage
+	line      int
 
 	cmdSet        bool          // CMD was set in this stage (ENTRYPOINT keeps it)
 	startInterval time.Duration // HEALTHCHECK --start-interval, which ggcr's config lacks
@@ -127,6 +139,10 @@ func (s *stage) root(ctx context.Context, snap snapshot.Snapshotter, tmp string)
 func (s *stage) chain() digest.Digest {
 	return cachekey.Chain(s.baseKey, s.diffIDs)
 }
+
+// complete reports whether every command of the stage is done: planned
+// as hits, or built.
+func (s *stage) complete() bool { return s.inherited && s.next >= len(s.commands) }
 
 // inherit makes s start from parent's finished state (`FROM parent`).
 func (s *stage) inherit(parent *stage) {

@@ -21,22 +21,33 @@ func (b *builder) openCaches(ctx context.Context) (unlock func(), err error) {
 	if b.opts.CacheDir != "" {
 		dir = filepath.Join(b.opts.CacheDir, "cache")
 	}
-	local, err := cache.OpenLocal(dir)
-	if err != nil {
-		return nil, fmt.Errorf("kiln's local cache: %w", err)
+	unlock = func() {}
+	if _, err := os.Stat(dir); b.opts.DryRun && err != nil {
+		// A dry run creates nothing: no cache yet is a cache of nothing.
+	} else {
+		local, err := cache.OpenLocal(dir)
+		if err != nil {
+			return nil, fmt.Errorf("kiln's local cache: %w", err)
+		}
+		unlock, err = local.Lock(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("kiln's local cache: %w", err)
+		}
+		local.SetLease(b.lease)
+		if b.opts.DryRun {
+			local.SetReadOnly()
+		}
+		b.caches.local = local
+		b.caches.from = []cache.Store{local}
 	}
-	unlock, err = local.Lock(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("kiln's local cache: %w", err)
-	}
-	local.SetLease(b.lease)
-	b.caches.local = local
-	b.caches.from = []cache.Store{local}
 	for _, spec := range b.opts.CacheFrom {
 		st, err := b.openCache(ctx, spec, false)
 		if err != nil {
 			b.warn(fmt.Sprintf("--cache-from %s: %v (continuing without it)", spec, err))
 			continue
+		}
+		if l, ok := st.(*cache.Local); ok && b.opts.DryRun {
+			l.SetReadOnly()
 		}
 		b.caches.from = append(b.caches.from, st)
 	}
