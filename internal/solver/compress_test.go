@@ -36,7 +36,7 @@ COPY --from=other / /
 		if err := b.setPlatform(); err != nil {
 			t.Fatal(err)
 		}
-		if err := b.plan(context.Background()); err != nil {
+		if err := b.prepare(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		in := map[string]bool{}
