@@ -72,7 +72,7 @@ type builder struct {
 	// lease pins what this build uses in kiln's directory (disk.go).
 	lease *gc.Lease
 
-	caches caches
+	caches stepCache
 	// prefetches are the downloads misses started in the background.
 	prefetches prefetches
 	// recompressed holds layers re-encoded for force-compression outputs.

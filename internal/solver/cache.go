@@ -2,11 +2,9 @@ package solver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -67,63 +65,6 @@ type stepStat struct {
 	uploaded atomic.Int64
 }
 
-// usedRecord is a cache record this build produced or hit, with its layer,
-// for --cache-to.
-type usedRecord struct {
-	rec   cache.Record
-	layer v1.Layer
-}
-
-// caches holds the stores one build reads and writes.
-type caches struct {
-	local *cache.Local  // kiln's own, always written
-	from  []cache.Store // read in order: local first, then --cache-from
-	mu    sync.Mutex
-	used  map[digest.Digest]usedRecord
-	steps []*stepStat
-	// mounts are the cache mounts (id -> directory) steps that ran used.
-	mounts map[string]string
-	// missed are the keys the plan looked up and missed, with why: the
-	// build runs them without looking them up again.
-	missed map[digest.Digest]string
-}
-
-func (c *caches) planMiss(key digest.Digest, reason string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.missed == nil {
-		c.missed = map[digest.Digest]string{}
-	}
-	c.missed[key] = reason
-}
-
-func (c *caches) plannedMiss(key digest.Digest) (string, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r, ok := c.missed[key]
-	return r, ok
-}
-
-// failed adds a step that failed to the build summary.
-func (c *caches) failed(rep *stepStat, err error) {
-	rep.Error = err.Error()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.steps = append(c.steps, rep)
-}
-
-func (c *caches) remember(r usedRecord, rep *stepStat) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.used == nil {
-		c.used = map[digest.Digest]usedRecord{}
-	}
-	c.used[r.rec.Key] = r
-	if rep != nil {
-		c.steps = append(c.steps, rep)
-	}
-}
-
 // lookups reports whether steps of s may be served from the cache.
 func (b *builder) lookups(s *stage) bool {
 	return !b.opts.NoCache && !slices.Contains(b.opts.NoCacheFilter, s.def.Name)
@@ -166,7 +107,7 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	if b.planning {
 		ps := plan.Step{ID: b.stepID(s, st), Name: st.name, Line: s.line, Key: key.String()}
 		if !st.keyAfter && b.lookups(s) {
-			if rec, layer, from, ok := b.lookup(ctx, key); ok {
+			if rec, layer, from, ok := b.caches.lookup(ctx, key); ok {
 				ps.Status, ps.Store = plan.Hit, from
 				s.plan.Add(ps)
 				id, start := b.start(s, st.name)
@@ -190,7 +131,7 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
 	reason, planned := b.caches.plannedMiss(key)
 	if !st.keyAfter && !planned && b.lookups(s) {
-		if rec, layer, from, ok := b.lookup(ctx, key); ok {
+		if rec, layer, from, ok := b.caches.lookup(ctx, key); ok {
 			b.hit(s, st, id, start, key, rec, layer, from)
 			return nil
 		}
@@ -253,42 +194,13 @@ func (b *builder) hit(s *stage, st step, id int, start time.Time, key digest.Dig
 	b.sink.Emit(progress.Event{ID: id, Status: progress.Cached, Duration: rep.Duration})
 }
 
-// lookup finds key in the caches, in order, and returns the record with a
-// lazy layer: nothing is downloaded. A cache that cannot be read is a miss
-// with a warning, never a failed build.
-func (b *builder) lookup(ctx context.Context, key digest.Digest) (cache.Record, v1.Layer, string, bool) {
-	for _, st := range b.caches.from {
-		rec, err := st.Get(ctx, key)
-		if errors.Is(err, cache.ErrNotFound) {
-			continue
-		}
-		if err == nil {
-			var l v1.Layer
-			if l, err = st.Layer(b.ctx, rec); err == nil {
-				return rec, l, st.String(), true
-			}
-		}
-		b.warn(fmt.Sprintf("cache %s: %v (treated as a miss)", st, err))
-	}
-	return cache.Record{}, nil, "", false
-}
-
-// explain says which input changed since an earlier build of the same step.
+// explain says why a step of s missed: the cache was off for it, or the
+// input that changed since an earlier build of the same step.
 func (b *builder) explain(ctx context.Context, s *stage, st step, key digest.Digest) string {
 	if !b.lookups(s) {
 		return "cache disabled (--no-cache)"
 	}
-	id := b.stepID(s, st)
-	for _, c := range b.caches.from {
-		prev, err := c.Previous(ctx, id)
-		if err != nil || prev.Key == key {
-			continue
-		}
-		if why := cachekey.Explain(prev.Inputs, st.inputs, st.files); why != "" {
-			return why
-		}
-	}
-	return ""
+	return b.caches.explain(ctx, b.stepID(s, st), key, st.inputs, st.files)
 }
 
 // stepID names "the same step" across builds: its stage and instruction as
@@ -296,31 +208,6 @@ func (b *builder) explain(ctx context.Context, s *stage, st step, key digest.Dig
 // be found by comparing with the last run.
 func (b *builder) stepID(s *stage, st step) string {
 	return fmt.Sprintf("%s|%s|%d|%s", b.df.Name, s.name, st.occurrence, st.name)
-}
-
-// record describes a new layer for the cache.
-func record(key digest.Digest, stepID string, in cachekey.Inputs, l v1.Layer, created time.Time) (cache.Record, error) {
-	d, err := descriptor(l)
-	if err != nil {
-		return cache.Record{}, err
-	}
-	return cache.Record{Key: key, Layer: d, Created: created, LastUsed: time.Now().UTC(), StepID: stepID, Inputs: map[string]string(in)}, nil
-}
-
-func descriptor(l v1.Layer) (cache.Descriptor, error) {
-	var d cache.Descriptor
-	var err error
-	if d.MediaType, err = l.MediaType(); err != nil {
-		return d, err
-	}
-	if d.Digest, err = l.Digest(); err != nil {
-		return d, err
-	}
-	if d.DiffID, err = l.DiffID(); err != nil {
-		return d, err
-	}
-	d.Size, err = l.Size()
-	return d, err
 }
 
 // addLayer appends a step's layer (with its key and diffID) and its

@@ -21,6 +21,7 @@ func (b *builder) openCaches(ctx context.Context) (unlock func(), err error) {
 	if b.opts.CacheDir != "" {
 		dir = filepath.Join(b.opts.CacheDir, "cache")
 	}
+	b.caches.layerCtx, b.caches.warn = b.ctx, b.warn
 	unlock = func() {}
 	if _, err := os.Stat(dir); b.opts.DryRun && err != nil {
 		// A dry run creates nothing: no cache yet is a cache of nothing.
