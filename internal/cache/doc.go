@@ -143,6 +143,26 @@
 // (two records for one key: the last rename wins, and either is correct
 // because keys cover results).
 //
+// # What the records are
+//
+// Most records are build steps, keyed by internal/cachekey. Two other kinds
+// live beside them, ordinary records to every store (same format, same
+// MaxAge/MaxEntries bounds and local collection), told apart by keys whose
+// preimages no step key can have:
+//
+//   - cache-mount contents (RUN --mount=type=cache): key
+//     sha256("kiln.cachemount.v1\x00" + id), StepID "cache-mount|ID", the
+//     layer an archive of the directory (internal/solver/mountcache.go);
+//   - alternate encodings of base image layers: key
+//     sha256("kiln alt-encoding v1 zstd " + diffID), StepID
+//     "alt-encoding|zstd|DIFFID", the layer a zstd blob of exactly that
+//     diffID. A mode=max export writes one for each gzip base layer of at
+//     least 1 MiB that the build extracted; a later build extracts it in
+//     place of the base's own blob (zstd decodes several times faster than
+//     gzip) and checks the diffID as it does, falling back to the original
+//     when it differs. Images never reference these blobs
+//     (internal/solver/altlayers.go).
+//
 // # Inline cache
 //
 // A REF whose config is an image config is read as a read-only cache from

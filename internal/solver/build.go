@@ -73,6 +73,8 @@ type builder struct {
 	lease *gc.Lease
 
 	caches stepCache
+	// alts are the zstd copies of base layers (altlayers.go).
+	alts alternates
 	// prefetches are the downloads misses started in the background.
 	prefetches prefetches
 	// recompressed holds layers re-encoded for force-compression outputs.
@@ -204,6 +206,9 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		b.endState()
 	}()
 	b.layer.Dir, b.cacheLayer.Dir = b.tmp, b.tmp
+	b.alts.ctx, b.alts.cancel = context.WithCancel(ctx)
+	// Before the build's directory goes: transcodes write into it.
+	defer b.alts.stop()
 	b.mountsDir = filepath.Join(b.tmp, "mounts")
 	if o.CacheDir != "" {
 		b.mountsDir = filepath.Join(o.CacheDir, "mounts")

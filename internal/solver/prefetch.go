@@ -72,7 +72,7 @@ func (b *builder) prefetchLayers(ctx context.Context, s *stage) {
 	if !ok {
 		return // the copy snapshotter: Prepare copies everything anyway
 	}
-	layers, err := s.layers()
+	layers, _, err := b.snapshotLayers(ctx, s)
 	if err != nil || len(layers) == 0 {
 		return
 	}

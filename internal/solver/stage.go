@@ -100,17 +100,13 @@ func (s *stage) layers() ([]v1.Layer, error) {
 // mounted once and kept until the stage changes or the build ends. It goes
 // through the snapshotter, so each layer is fetched and extracted at most
 // once however many stages read it.
-func (s *stage) root(ctx context.Context, snap snapshot.Snapshotter, tmp string) (string, error) {
+func (s *stage) root(ctx context.Context, prepare func(context.Context, *stage) (snapshot.Active, error), tmp string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.rootfs != "" {
 		return s.rootfs, nil
 	}
-	ls, err := s.layers()
-	if err != nil {
-		return "", err
-	}
-	active, err := snap.Prepare(ctx, ls)
+	active, err := prepare(ctx, s)
 	if err != nil {
 		return "", fmt.Errorf("root filesystem of %s: %w", s.name, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/mount"
+	"github.com/kiln-build/kiln/internal/snapshot"
 )
 
 // mutate runs one filesystem-changing step (RUN, COPY, ADD, WORKDIR) in a
@@ -22,11 +23,7 @@ func (b *builder) mutate(ctx context.Context, s *stage, fn func(ctx context.Cont
 	if err != nil {
 		return nil, err
 	}
-	layers, err := s.layers()
-	if err != nil {
-		return nil, err
-	}
-	active, err := snap.Prepare(ctx, layers)
+	active, err := b.prepareSnapshot(ctx, snap, s)
 	if err != nil {
 		return nil, fmt.Errorf("prepare root filesystem (%s snapshotter): %w", snap.Name(), err)
 	}
@@ -172,7 +169,9 @@ func (b *builder) stageRoot(ctx context.Context, s *stage) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return s.root(ctx, snap, b.tmp)
+	return s.root(ctx, func(ctx context.Context, s *stage) (snapshot.Active, error) {
+		return b.prepareSnapshot(ctx, snap, s)
+	}, b.tmp)
 }
 
 // dropRoots unmounts every stage view at the end of a build.

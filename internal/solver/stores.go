@@ -135,6 +135,9 @@ func (b *builder) exportCache(ctx context.Context, spec CacheSpec, final *stage)
 		if err := b.exportMounts(ctx, w, spec); err != nil {
 			return err
 		}
+		if err := b.exportAlternates(ctx, w); err != nil {
+			return err
+		}
 	}
 	return w.Flush(ctx)
 }

@@ -52,6 +52,13 @@ type imageOptions struct {
 	tag     string
 	onBuild []string
 	config  []func(*v1.Config)
+	layers  []v1.Layer
+}
+
+// WithLayers appends layers above the busybox layer (gzip Docker layers:
+// a base as registries serve them).
+func WithLayers(ls ...v1.Layer) ImageOption {
+	return func(o *imageOptions) { o.layers = append(o.layers, ls...) }
 }
 
 // WithOnBuild sets the image's ONBUILD triggers (Dockerfile instructions).
@@ -126,6 +133,16 @@ func busyboxImage(t testing.TB, o imageOptions) (v1.Image, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("append layer: %w", err)
+	}
+	for _, l := range o.layers {
+		img, err = mutate.Append(img, mutate.Addendum{
+			Layer:     l,
+			MediaType: types.DockerLayer,
+			History:   v1.History{Created: v1.Time{Time: BusyboxEpoch}, CreatedBy: "kiln testenv: extra layer"},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("append layer: %w", err)
+		}
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
