@@ -75,8 +75,12 @@ type builder struct {
 	caches stepCache
 	// alts are the zstd copies of base layers (altlayers.go).
 	alts alternates
-	// prefetches are the downloads misses started in the background.
+	// prefetches are the downloads misses started in the background;
+	// planCtx is what those the plan starts run under: the planning
+	// stages' own contexts end with planning, long before the layers are
+	// needed.
 	prefetches prefetches
+	planCtx    context.Context
 	// recompressed holds layers re-encoded for force-compression outputs.
 	recompressed recompressed
 	downloaded   atomic.Int64 // blob bytes fetched from registries
@@ -231,12 +235,16 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	}
 	// Plan every stage, then run what the plan left to do.
 	b.planning = true
+	planCtx, cancelPrefetch := context.WithCancel(ctx)
+	defer cancelPrefetch()
+	b.planCtx = planCtx
 	for _, i := range needed {
 		b.stages[i].plan = plan.NewStage(b.stages[i].name)
 	}
 	err = b.graph.Run(ctx, needed, par, b.buildStage)
 	b.planning = false
 	if err != nil {
+		cancelPrefetch()
 		b.prefetches.wait()
 		return nil, err
 	}
@@ -250,8 +258,11 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		return res, nil
 	}
 	err = b.graph.Run(ctx, needed, par, b.buildStage)
-	// The stages' contexts are cancelled now; nothing may still extract
-	// into the build's directory when it is removed.
+	// The stages' contexts are cancelled now, and so are the plan's
+	// prefetches (every step that needed them has run or failed);
+	// nothing may still extract into the build's directory when it is
+	// removed.
+	cancelPrefetch()
 	b.prefetches.wait()
 	if err != nil {
 		return nil, err

@@ -123,6 +123,11 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 		}
 		s.plan.Add(ps)
 		b.caches.planMiss(key, ps.Reason)
+		if !b.opts.DryRun {
+			// What the miss runs on starts downloading now, while the
+			// other stages are planned and their contexts hashed.
+			b.prefetch(b.planCtx, s, st)
+		}
 		// It comes again when the stage resumes.
 		s.seen[st.name]--
 		return &stopPlan{added: true}
