@@ -172,8 +172,10 @@ type buildReport struct {
 		Downloaded int64  `json:"bytesDownloaded"`
 	} `json:"steps"`
 	Totals struct {
-		Steps, Cached        int
-		Downloaded, Uploaded int64
+		Steps      int   `json:"steps"`
+		Cached     int   `json:"cached"`
+		Downloaded int64 `json:"bytesDownloaded"`
+		Uploaded   int64 `json:"bytesUploaded"`
 	} `json:"totals"`
 }
 

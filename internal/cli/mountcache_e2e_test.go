@@ -52,3 +52,30 @@ func TestCacheMountSurvivesFreshRunner(t *testing.T) {
 		t.Errorf("a fully cached build downloaded a cache mount:\n%s", res.Stderr)
 	}
 }
+
+// TestReportCountsCacheMountUploads: the report's upload total is what
+// went up, cache-mount archives and zstd copies of base layers included
+// (they belong to no step, and were left out, so a build that pushed
+// megabytes of mount reported kilobytes).
+func TestReportCountsCacheMountUploads(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	p := newProxy(t, reg)
+	base = strings.Replace(base, reg, p.host, 1)
+	df := "FROM " + base + "\nRUN --mount=type=cache,id=big,target=/cache head -c 2097152 /dev/urandom > /cache/blob && echo done > /done\n"
+	src := writeContext(t, map[string]string{"Dockerfile": df})
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	report := filepath.Join(t.TempDir(), "report.json")
+	p.reset()
+	kiln(t, dir, env, "build", "--progress=plain", "--report", report,
+		"--cache-to", "type=registry,ref="+p.host+"/mounts/report:cache,mode=max", ".")
+	r := readReport(t, report)
+	p.mu.Lock()
+	up := p.up
+	p.mu.Unlock()
+	// The proxy also saw the index and its config, a few KiB.
+	if r.Totals.Uploaded > up || r.Totals.Uploaded < up-64<<10 || up < 2<<20 {
+		t.Errorf("report says %d bytes uploaded; the registry received %d (the mount alone is 2 MiB of random bytes)", r.Totals.Uploaded, up)
+	}
+}

@@ -392,14 +392,14 @@ func (b *builder) exportAlternates(ctx context.Context, w cache.Writer) error {
 		if old, err := w.Get(ctx, altKey(d)); err == nil && old.Layer.DiffID == d {
 			continue
 		}
-		if err := w.Put(ctx, b.altRecord(d, m.layer, now), m.layer); err != nil {
+		if err := w.Put(ctx, b.altRecord(d, m.layer, now), b.counting(m.layer, &b.caches.unstepped)); err != nil {
 			return fmt.Errorf("zstd copy of base layer %s: %w", d, err)
 		}
 	}
 	for _, f := range used {
 		rec := f.rec
 		rec.LastUsed = now
-		if err := w.Put(ctx, rec, f.layer); err != nil {
+		if err := w.Put(ctx, rec, b.counting(f.layer, &b.caches.unstepped)); err != nil {
 			return fmt.Errorf("zstd copy of base layer %s: %w", rec.Layer.DiffID, err)
 		}
 	}

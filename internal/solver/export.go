@@ -255,6 +255,7 @@ func (b *builder) fillSteps(res *Result) {
 		}
 		res.Totals.Uploaded += rep.Uploaded
 	}
+	res.Totals.Uploaded += b.caches.unstepped.Load()
 	res.Totals.Downloaded = b.downloaded.Load()
 	b.recompressed.mu.Lock()
 	res.Totals.Recompressed = b.recompressed.forImage

@@ -107,7 +107,7 @@ func (b *builder) exportMounts(ctx context.Context, w cache.Writer, spec CacheSp
 		if err != nil {
 			return fmt.Errorf("cache mount %s: %w", id, err)
 		}
-		if err := w.Put(ctx, rec, put); err != nil {
+		if err := w.Put(ctx, rec, b.counting(put, &b.caches.unstepped)); err != nil {
 			return fmt.Errorf("cache mount %s: %w", id, err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -35,6 +36,10 @@ type stepCache struct {
 	// missed are the keys the plan looked up and missed, with why: the
 	// build runs them without looking them up again.
 	missed map[digest.Digest]string
+	// unstepped counts the layer bytes a cache export uploads that no
+	// step made (cache-mount archives, zstd copies of base layers), so
+	// the report's total is what went up.
+	unstepped atomic.Int64
 
 	// layerCtx is the whole build's context: lazy layers of hits fetch
 	// with it when read, long after the step that found them returned.
