@@ -157,7 +157,7 @@
 //     sha256("kiln alt-encoding v1 zstd " + diffID), StepID
 //     "alt-encoding|zstd|DIFFID", the layer a zstd blob of exactly that
 //     diffID. A mode=max export writes one for each gzip base layer of at
-//     least 1 MiB that the build extracted; a later build extracts it in
+//     least 4 MiB that the build extracted; a later build extracts it in
 //     place of the base's own blob (zstd decodes several times faster than
 //     gzip) and checks the diffID as it does, falling back to the original
 //     when it differs. Images never reference these blobs

@@ -34,8 +34,8 @@ func TestFreshRunnerZstdBaseCopies(t *testing.T) {
 	reg := testenv.Registry(t)
 	var big []v1.Layer
 	for range 2 {
-		// Random bytes: gzip cannot shrink them under kiln's 1 MiB floor.
-		l, err := random.Layer(3<<20/2, types.DockerLayer)
+		// Random bytes: gzip cannot shrink them under kiln's 4 MiB floor.
+		l, err := random.Layer(5<<20, types.DockerLayer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,9 +94,16 @@ func TestFreshRunnerZstdBaseCopies(t *testing.T) {
 		}
 		alts, altNames = append(alts, rec), append(altNames, rec.Layer.Digest.String())
 	}
-	smallID, _ := small.DiffID()
-	if rec, err := st.Get(ctx, altKey(smallID)); err == nil {
-		t.Errorf("a 64 KiB base layer got a zstd copy too: %+v", rec.Layer)
+	// Below the floor: busybox (about 1 MiB) and a 64 KiB layer.
+	baseLayers, err := testenv.Pull(t, base).Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []v1.Layer{baseLayers[0], small} {
+		id, _ := l.DiffID()
+		if rec, err := st.Get(ctx, altKey(id)); err == nil {
+			t.Errorf("a base layer under 4 MiB got a zstd copy: %+v", rec.Layer)
+		}
 	}
 
 	// The reference: the changed build on a runner with no cache at all.
