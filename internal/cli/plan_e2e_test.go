@@ -302,6 +302,12 @@ func TestDryRunChangesNothing(t *testing.T) {
 	if _, err := os.Stat(localCache); err == nil {
 		t.Errorf("--dry-run wrote the type=local --cache-to %s", localCache)
 	}
+	// On a machine kiln has never run on, it creates no kiln directory.
+	newHome := t.TempDir()
+	kilnCPU(t, newHome, dir, "build", "--progress=plain", "--dry-run", "--cache-from", "type=registry,ref="+cacheRef, ".")
+	if des, err := os.ReadDir(newHome); err != nil || len(des) > 0 {
+		t.Errorf("--dry-run on a new machine left %v in its home (%v)", des, err)
+	}
 	// And it ran nothing: a real build afterwards still has the miss to run.
 	report := filepath.Join(t.TempDir(), "r.json")
 	kiln(t, dir, nil, "build", "--progress=plain", "--report", report, ".")

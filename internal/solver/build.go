@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -146,6 +147,14 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 }
 
 func build(ctx context.Context, b *builder) (*Result, error) {
+	if b.opts.DryRun && b.opts.CacheDir != "" {
+		// A dry run on a machine without kiln's directory has nothing in
+		// it to read, and making it would change the disk: it plans in a
+		// root of its own, removed afterwards.
+		if _, err := os.Stat(b.opts.CacheDir); errors.Is(err, fs.ErrNotExist) {
+			b.opts.CacheDir = ""
+		}
+	}
 	o := b.opts
 	b.ctx = ctx
 	if b.sink == nil {
