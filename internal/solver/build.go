@@ -644,12 +644,20 @@ func (b *builder) buildStage(ctx context.Context, i int) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		s.line = dockerfile.StartLine(cmd.Location())
+		if s.stopped != nil {
+			// Gathered by the planning that stopped here (WORKDIR's
+			// new directory included): only the work is left.
+			if err := b.runStopped(ctx, s); err != nil {
+				return b.df.Wrap(cmd.Location(), err)
+			}
+			continue
+		}
 		if s.expanded {
 			s.expanded = false // by the planning that stopped here
 		} else if err := b.df.Expand(cmd, s.vars); err != nil {
 			return err
 		}
-		s.line = dockerfile.StartLine(cmd.Location())
 		handled, err := b.dispatchConfig(s, cmd)
 		if err != nil {
 			return b.df.Wrap(cmd.Location(), fmt.Errorf("%s: %w", strings.ToUpper(cmd.Name()), err))
@@ -657,17 +665,16 @@ func (b *builder) buildStage(ctx context.Context, i int) error {
 		if handled {
 			continue
 		}
-		// WORKDIR sets it before its step; a stopped plan dispatches the
-		// command again.
-		wd := s.cfg.Config.WorkingDir
 		err = b.dispatchFiles(ctx, s, cmd)
 		var stop *stopPlan
 		if errors.As(err, &stop) {
-			s.cfg.Config.WorkingDir = wd
-			s.expanded = true
 			skip := 0
 			if stop.added {
 				skip = 1
+			} else {
+				// Gathering stopped before its step: the command is
+				// dispatched again, as expanded now.
+				s.expanded = true
 			}
 			b.planRest(s, stop.reason, skip)
 			return nil

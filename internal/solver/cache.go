@@ -71,8 +71,9 @@ func (b *builder) lookups(s *stage) bool {
 }
 
 // stopPlan ends a stage's planning at the step that needs a result this
-// build has yet to make: a miss (its plan step added already), or a --from
-// of a stage that misses. The stage resumes at that step when it runs.
+// build has yet to make: a miss (gathered and kept as the stage's
+// stopped step), or a --from of a stage that misses (the command is
+// dispatched again when the stage resumes).
 type stopPlan struct {
 	reason string // for the AfterMiss steps that follow
 	added  bool   // the stopping step is in the plan already (a miss)
@@ -80,16 +81,31 @@ type stopPlan struct {
 
 func (e *stopPlan) Error() string { return "plan stops here: " + e.reason }
 
+// execFunc makes a missed step's layer.
+type execFunc func(ctx context.Context, id int) (v1.Layer, error)
+
+// stoppedStep is the miss a stage's planning stopped at, as gathered then:
+// its inputs, key and the work that makes its layer depend on nothing the
+// rest of the build changes (the stage waits at it), so the stage resumes
+// by running it, without reading its inputs (the context files a COPY
+// hashes, the stages it names) a second time.
+type stoppedStep struct {
+	st     step
+	key    digest.Digest
+	reason string // why it missed, as the plan says
+	exec   execFunc
+}
+
 // step runs one layer-producing instruction through the cache: a hit adds
 // the cached layer without downloading it; a miss runs exec, records the
 // result in kiln's local cache, and says why it missed when it can.
 //
 // While the build plans, a hit is taken as it is then (the lookup is the
 // whole cost of a hit, so planning it is doing it), and a miss is only
-// planned: step returns a *stopPlan without running it, and the stage
-// resumes with it when the build runs. A step the plan saw miss is run
-// again without a second lookup.
-func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx context.Context, id int) (v1.Layer, error)) error {
+// planned: step keeps it as the stage's stopped step and returns a
+// *stopPlan without running it; the stage resumes with it (runStopped)
+// when the build runs.
+func (b *builder) step(ctx context.Context, s *stage, st step, exec execFunc) error {
 	if s.seen == nil {
 		s.seen = map[string]int{}
 	}
@@ -122,34 +138,48 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec func(ctx con
 			ps.Reason = b.explain(ctx, s, st, key)
 		}
 		s.plan.Add(ps)
-		b.caches.planMiss(key, ps.Reason)
 		if !b.opts.DryRun {
 			// What the miss runs on starts downloading now, while the
 			// other stages are planned and their contexts hashed.
 			b.prefetch(b.planCtx, s, st)
 		}
-		// It comes again when the stage resumes.
-		s.seen[st.name]--
+		s.stopped = &stoppedStep{st: st, key: key, reason: ps.Reason, exec: exec}
 		return &stopPlan{added: true}
 	}
 	id, start := b.start(s, st.name)
-	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name}}
-	reason, planned := b.caches.plannedMiss(key)
-	if !st.keyAfter && !planned && b.lookups(s) {
+	if !st.keyAfter && b.lookups(s) {
 		if rec, layer, from, ok := b.caches.lookup(ctx, key); ok {
 			b.hit(s, st, id, start, key, rec, layer, from)
 			return nil
 		}
 	}
-	down := b.downloaded.Load()
 	// A miss: what it runs on downloads while it is explained and set up.
 	b.prefetch(ctx, s, st)
+	reason := ""
 	if !st.keyAfter {
-		if !planned {
-			reason = b.explain(ctx, s, st, key)
-		}
-		rep.Reason = reason
+		reason = b.explain(ctx, s, st, key)
 	}
+	return b.build(ctx, s, st, id, start, key, reason, exec)
+}
+
+// runStopped runs the step s's planning stopped at: the plan looked it up
+// and missed, and started its prefetch.
+func (b *builder) runStopped(ctx context.Context, s *stage) error {
+	p := s.stopped
+	s.stopped = nil
+	id, start := b.start(s, p.st.name)
+	reason := p.reason
+	if p.st.keyAfter {
+		reason = ""
+	}
+	return b.build(ctx, s, p.st, id, start, p.key, reason, p.exec)
+}
+
+// build makes a missed step's layer with exec, records it in kiln's
+// local cache and adds it to the stage.
+func (b *builder) build(ctx context.Context, s *stage, st step, id int, start time.Time, key digest.Digest, reason string, exec execFunc) error {
+	rep := &stepStat{StepReport: StepReport{ID: id, Stage: s.name, Name: st.name, Reason: reason}}
+	down := b.downloaded.Load()
 	l, err := exec(ctx, id)
 	rep.Downloaded = b.downloaded.Load() - down
 	rep.Duration = time.Since(start)

@@ -61,11 +61,13 @@ type stage struct {
 	steps, step int // for progress names: "[name step/steps]"
 
 	// The build plans every stage before it runs any (see buildStage):
-	// next is the command a stage resumes at, expanded whether that command
-	// was expanded already, inherited whether the FROM <stage> parent's
-	// state was taken; plan is what planning predicted; line is the
-	// Dockerfile line of the command being dispatched.
+	// next is the command a stage resumes at, stopped that command's step
+	// when planning gathered it and saw it miss, expanded whether that
+	// command was expanded already, inherited whether the FROM <stage>
+	// parent's state was taken; plan is what planning predicted; line is
+	// the Dockerfile line of the command being dispatched.
 	next      int
+	stopped   *stoppedStep
 	expanded  bool
 	inherited bool
 	plan      plan.Stage

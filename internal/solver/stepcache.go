@@ -23,8 +23,7 @@ type usedRecord struct {
 }
 
 // stepCache is one build's step cache: the stores it reads and writes,
-// what it used (for --cache-to), the build summary, and what the plan saw
-// miss. The solver holds one; it knows stores and records, not stages.
+// what it used (for --cache-to) and the build summary. The solver holds one; it knows stores and records, not stages.
 type stepCache struct {
 	local *cache.Local  // kiln's own, always written
 	from  []cache.Store // read in order: local first, then --cache-from
@@ -33,9 +32,6 @@ type stepCache struct {
 	steps []*stepStat
 	// mounts are the cache mounts (id -> directory) steps that ran used.
 	mounts map[string]string
-	// missed are the keys the plan looked up and missed, with why: the
-	// build runs them without looking them up again.
-	missed map[digest.Digest]string
 	// unstepped counts the layer bytes a cache export uploads that no
 	// step made (cache-mount archives, zstd copies of base layers), so
 	// the report's total is what went up.
@@ -46,22 +42,6 @@ type stepCache struct {
 	layerCtx context.Context
 	// warn reports a store that cannot be read (a miss, never a failure).
 	warn func(string)
-}
-
-func (c *stepCache) planMiss(key digest.Digest, reason string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.missed == nil {
-		c.missed = map[digest.Digest]string{}
-	}
-	c.missed[key] = reason
-}
-
-func (c *stepCache) plannedMiss(key digest.Digest) (string, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r, ok := c.missed[key]
-	return r, ok
 }
 
 // failed adds a step that failed to the build summary.
