@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -232,6 +233,53 @@ cat /run/secrets/x; echo; stat -c %a /run/secrets/x`),
 			t.Errorf("host network: %q, host interfaces %v", out, ifs)
 		}
 	})
+
+	if name == "runc" {
+		// Every RUN's cgroup nests under one kiln group inside kiln's own:
+		// a CI job's limits hold its RUNs, and parallel RUNs share one
+		// group's CPU rather than taking a share each.
+		t.Run("cgroup", func(t *testing.T) {
+			own, err := os.ReadFile("/proc/self/cgroup")
+			if err != nil {
+				t.Fatal(err)
+			}
+			root := newTestRoot(t, rbindRoot)
+			out, errOut, err := runIn(t, ctx, ex, root, Spec{Args: sh("cat /proc/self/cgroup")})
+			if err != nil {
+				t.Fatalf("%v: %s", err, errOut)
+			}
+			ownPath := map[string]string{}
+			for _, l := range strings.Split(strings.TrimSpace(string(own)), "\n") {
+				f := strings.SplitN(l, ":", 3)
+				ownPath[f[1]] = f[2]
+			}
+			// runc puts a relative path under its own cgroup on v1, and
+			// under that cgroup's parent on a v2-only host (the own one
+			// holds processes, so it cannot delegate controllers).
+			_, v2only := ownPath[""]
+			v2only = v2only && len(ownPath) == 1
+			checked := 0
+			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+				f := strings.SplitN(l, ":", 3)
+				var want string
+				switch {
+				case v2only && f[1] == "":
+					want = path.Join(path.Dir(ownPath[""]), "kiln") + "/kiln-"
+				case f[1] == "cpu" || f[1] == "cpu,cpuacct" || f[1] == "memory" || f[1] == "pids":
+					want = path.Join(ownPath[f[1]], "kiln") + "/kiln-"
+				default:
+					continue
+				}
+				checked++
+				if !strings.HasPrefix(f[2], want) {
+					t.Errorf("RUN's %q cgroup is %s, want under %s", f[1], f[2], want)
+				}
+			}
+			if checked == 0 {
+				t.Errorf("no cgroup of the RUN's checked:\n%s", out)
+			}
+		})
+	}
 
 	t.Run("cancel", func(t *testing.T) {
 		root := newTestRoot(t, rbindRoot)

@@ -41,13 +41,6 @@ func (e *runcExecutor) Run(ctx context.Context, spec Spec) (err error) {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	cfg, err := json.Marshal(ociSpec(r, spec))
-	if err != nil {
-		return fmt.Errorf("runc executor: encode config.json: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(r.dir, "config.json"), cfg, 0o600); err != nil {
-		return fmt.Errorf("runc executor: write config.json: %w", err)
-	}
 	var idb [8]byte
 	_, _ = rand.Read(idb[:])
 	c := runcContainer{
@@ -55,6 +48,13 @@ func (e *runcExecutor) Run(ctx context.Context, spec Spec) (err error) {
 		state: e.cfg.RuncRoot,
 		log:   filepath.Join(r.dir, "runc.log"),
 		id:    "kiln-" + hex.EncodeToString(idb[:]),
+	}
+	cfg, err := json.Marshal(ociSpec(r, spec, c.id))
+	if err != nil {
+		return fmt.Errorf("runc executor: encode config.json: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(r.dir, "config.json"), cfg, 0o600); err != nil {
+		return fmt.Errorf("runc executor: write config.json: %w", err)
 	}
 	if c.state == "" {
 		c.state = filepath.Join(r.dir, "state")
@@ -152,7 +152,14 @@ func (c runcContainer) logErrors() string {
 // ociSpec is the runtime-spec config: BuildKit's (containerd's default
 // spec without /run, with resolv.conf and hosts, new privileges allowed, no
 // rlimits) minus seccomp and the cgroup mount.
-func ociSpec(r *run, spec Spec) *specs.Spec {
+//
+// Container id's cgroup is kiln/id, relative, which runc places under
+// kiln's own cgroup (cgroup v1; under its parent on v2): every RUN of every
+// kiln on the host then shares one group, as BuildKit's share buildkit/,
+// and stays inside the limits of the CI job that started kiln. Without a
+// path runc made each container a cgroup of its own beside the job's, so
+// N parallel RUNs took N shares of the host's CPU.
+func ociSpec(r *run, spec Spec, id string) *specs.Spec {
 	caps := capNames()
 	umask := uint32(0o022)
 	s := &specs.Spec{
@@ -173,6 +180,7 @@ func ociSpec(r *run, spec Spec) *specs.Spec {
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace},
 				{Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
 			},
+			CgroupsPath:   "kiln/" + id,
 			MaskedPaths:   maskedPaths,
 			ReadonlyPaths: readonlyPaths,
 			Resources: &specs.LinuxResources{
