@@ -7,12 +7,12 @@
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$BENCH/.." && pwd)
-W=$BENCH/.work
 PY=python3
 DOCKER=docker
 BENCH_TIMEOUT=900
 # shellcheck source=lib.sh
 source "$BENCH/lib.sh"
+W=$(work_dir)
 mkdir -p "$W/logs" "$W/bin"
 trap cleanup EXIT
 

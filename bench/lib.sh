@@ -1,9 +1,11 @@
 # shellcheck shell=bash
 # Functions for bench/run.sh: setup, servers, peers' recipes, measurement.
-# Sourced, never run; expects BENCH, ROOT, W, DOCKER, PY and BENCH_TIMEOUT.
+# Sourced, never run; expects BENCH, ROOT, DOCKER, PY and BENCH_TIMEOUT, and
+# W (from work_dir) before anything but work_dir is called.
 
 SERVER_PIDS=()
 STARTED_DOCKERD=""
+PAUSED_PIDS=() # daemons frozen while another peer builds; thawed on exit
 BUILDKITD_PID=""
 REGPORT=""
 REG="" # the counting proxy in front of the registry: every peer goes through it
@@ -14,9 +16,31 @@ die() {
 	exit 1
 }
 
+# work_dir prints the run's work directory (GBs: registry store, base
+# images, BuildKit's source tree, extracted golang layers) and makes it if
+# need be. It lives outside the repository, in $BENCH_WORK or one directory
+# per checkout under /var/tmp/kiln-bench, so that nothing that walks the
+# tree (`gofmt -l ./bench`, editors, grep) meets its Go files; bench/.work
+# is a symlink to it, which walkers do not follow. A bench/.work directory
+# left by an older run is moved there (a rename: same filesystem, so its
+# cached setup is kept).
+work_dir() {
+	local link=$BENCH/.work w
+	w=${BENCH_WORK:-/var/tmp/kiln-bench/$(printf '%s' "$ROOT" | tr -c 'A-Za-z0-9.-' _)}
+	if [[ -d $link && ! -L $link ]]; then
+		[[ -e $w ]] && die "both $link and $w exist: remove one (or set BENCH_WORK)"
+		mkdir -p "$(dirname "$w")"
+		mv "$link" "$w" || die "moving $link to $w failed"
+	fi
+	mkdir -p "$w"
+	ln -sfn "$w" "$link"
+	readlink -f "$w"
+}
+
 # cleanup stops every server this run started, and only those.
 cleanup() {
 	local pid
+	thaw_all
 	for pid in "${SERVER_PIDS[@]}"; do
 		kill "$pid" 2>/dev/null || true
 	done
@@ -385,6 +409,7 @@ start_buildkitd() {
 
 stop_buildkitd() {
 	[[ -n $BUILDKITD_PID ]] || return 0
+	kill -CONT "$BUILDKITD_PID" 2>/dev/null || true # a frozen one would never see the TERM
 	kill "$BUILDKITD_PID" 2>/dev/null || true
 	wait "$BUILDKITD_PID" 2>/dev/null || true
 	BUILDKITD_PID=""
@@ -415,6 +440,67 @@ recipe_buildkit() {
 
 export -f recipe_kiln recipe_docker recipe_buildah recipe_buildkit
 
+# daemon_pids prints the processes a peer keeps running between builds:
+# buildkitd, and dockerd with the containerd it started; kiln and buildah
+# have none.
+daemon_pids() {
+	local d
+	case $1 in
+	buildkit) [[ -z $BUILDKITD_PID ]] || echo "$BUILDKITD_PID" ;;
+	docker)
+		for d in $(pidof dockerd); do
+			echo "$d"
+			pgrep -P "$d" || true
+		done
+		;;
+	esac
+}
+
+# quiesce leaves only one peer's daemon running for its build: every other
+# peer's daemon is frozen (SIGSTOP), so none of its background work
+# (writeback, GC, cache pruning after its last build) lands in this build's
+# time, while its state stays as it was for its own warm case; the peer's
+# own daemon is thawed (SIGCONT) and does that deferred work in its own
+# time. "floor" freezes them all. Nothing is restarted or dropped.
+quiesce() {
+	local peer=$1 p pid frozen=""
+	for p in $PEERS; do
+		[[ $p != "$peer" ]] || continue
+		for pid in $(daemon_pids "$p"); do
+			if kill -STOP "$pid" 2>/dev/null; then
+				PAUSED_PIDS+=("$pid")
+				frozen+=" $p:$pid"
+			fi
+		done
+	done
+	[[ -z $frozen ]] || log "  frozen during $peer's build:$frozen"
+	for pid in $(daemon_pids "$peer"); do
+		kill -CONT "$pid" 2>/dev/null || true
+	done
+}
+
+# thaw_all wakes every daemon quiesce froze, so none is left stopped.
+thaw_all() {
+	local pid
+	for pid in "${PAUSED_PIDS[@]}"; do
+		kill -CONT "$pid" 2>/dev/null || true
+	done
+	PAUSED_PIDS=()
+}
+
+# settle waits for the disk: sync returns when the dirty pages earlier
+# builds and the wipe left are written, so their writeback does not run
+# during the next build. The page cache is kept (a runner's is warm too).
+settle() {
+	sync
+}
+
+# load1 prints the 1-minute load average, recorded beside every build: on a
+# shared machine it says how much else was running.
+load1() {
+	cut -d' ' -f1 /proc/loadavg
+}
+
 json_string() { "$PY" -c 'import json, sys; print(json.dumps(sys.stdin.read()))'; }
 
 # measure wipes one peer's local state (not for a -warm case: that one
@@ -423,12 +509,13 @@ json_string() { "$PY" -c 'import json, sys; print(json.dumps(sys.stdin.read()))'
 # recorded, never fatal.
 measure() {
 	local jsonl=$1 scenario=$2 case=$3 peer=$4 rep=$5
-	local ctx repo logf report start end rc=0 stats err='""' daemon=null
+	local ctx repo logf report start end rc=0 stats err='""' daemon=null load
 	ctx=$W/ctx/$scenario/$(variant_of "$scenario" "$case")
 	repo=$REG/apps/$scenario-$peer-r$rep
 	logf=$W/logs/$scenario-$case-$peer-r$rep.log
 	report=$W/kiln-reports/$scenario-$case-r$rep.json
 	rm -f "$W/daemon.seconds"
+	quiesce "$peer"
 	if [[ $case == *-warm ]]; then
 		: >"$logf"
 	else
@@ -438,9 +525,10 @@ measure() {
 		daemon=$(cat "$W/daemon.seconds")
 		log "$scenario/$case rep $rep: $peer daemon started in $daemon s"
 	fi
-	sync
+	settle
+	load=$(load1)
 	curl -fsS -X POST "http://$REG/_bench/reset"
-	log "$scenario/$case rep $rep: $peer"
+	log "$scenario/$case rep $rep: $peer (load $load)"
 	start=$(date +%s.%N)
 	timeout "$BENCH_TIMEOUT" bash -c 'set -euo pipefail; "$@"' _ "recipe_$peer" "$repo" "$ctx" "$report" >>"$logf" 2>&1 || rc=$?
 	end=$(date +%s.%N)
@@ -453,9 +541,9 @@ measure() {
 	fi
 	jq -cn --arg scenario "$scenario" --arg case "$case" --arg peer "$peer" --argjson rep "$rep" \
 		--argjson rc "$rc" --arg t0 "$start" --arg t1 "$end" --argjson stats "$stats" \
-		--argjson error "$err" --arg log "${logf#"$BENCH"/}" --argjson daemon "$daemon" \
+		--argjson error "$err" --arg log ".work/${logf#"$W"/}" --argjson daemon "$daemon" --argjson load "$load" \
 		'{scenario: $scenario, case: $case, peer: $peer, rep: $rep, ok: ($rc == 0), exit_code: $rc,
-		  seconds: (($t1|tonumber) - ($t0|tonumber)), daemon_seconds: $daemon, pulled_bytes: $stats.pulled,
+		  seconds: (($t1|tonumber) - ($t0|tonumber)), daemon_seconds: $daemon, load1: $load, pulled_bytes: $stats.pulled,
 		  pushed_bytes: $stats.pushed, requests: $stats.requests, log: $log, error: $error}' >>"$jsonl"
 }
 
@@ -464,7 +552,8 @@ measure() {
 measure_floor() {
 	local jsonl=$1 scenario=$2 case=$3 rep=$4 ctx out rc=0
 	ctx=$W/ctx/$scenario/$(variant_of "$scenario" "$case")
-	sync
+	quiesce floor
+	settle
 	out=$("$W/bin/hashctx" -dir "$ctx" -manifest-url "http://$REG/v2/apps/$scenario-kiln-r$rep/manifests/latest") || rc=$?
 	if ((rc != 0)); then
 		log "warning: floor measurement failed for $scenario"

@@ -11,11 +11,11 @@
 #   BENCH_PEERS      builders to compare (default "docker buildah buildkit kiln")
 #   BENCH_RESULTS    where results go (default bench/results)
 #   BENCH_TIMEOUT    seconds before one build is killed and recorded as failed (default 900)
+#   BENCH_WORK       the work directory (default /var/tmp/kiln-bench/<checkout>; bench/.work links to it)
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
-W=$BENCH/.work
 REPS=${BENCH_REPS:-3}
 SCENARIOS=${BENCH_SCENARIOS:-"go-service parallel-stages big-context"}
 PEERS=${BENCH_PEERS:-"docker buildah buildkit kiln"}
@@ -24,10 +24,11 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
 DOCKER=/usr/bin/docker # Debian's client; /usr/local/bin/docker may be another one
 BUILDKIT_VERSION=v0.34.2 # the latest release: go list -m -versions github.com/moby/buildkit
 PY=/usr/bin/python3    # Debian's python, the one python3-matplotlib serves
-export DOCKER W BENCH_TIMEOUT
 
 # shellcheck source=bench/lib.sh
 source "$BENCH/lib.sh"
+W=$(work_dir)
+export DOCKER W BENCH_TIMEOUT
 
 main() {
 	[[ $(id -u) == 0 ]] || die "run as root: kiln, buildah and dockerd need it for RUN"

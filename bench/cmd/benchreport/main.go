@@ -29,13 +29,16 @@ type Run struct {
 	// DaemonSeconds is how long a daemon-based peer's fresh daemon took to
 	// answer before the build; not part of Seconds.
 	DaemonSeconds *float64 `json:"daemon_seconds,omitempty"`
-	PulledBytes   int64    `json:"pulled_bytes"`
-	PushedBytes   int64    `json:"pushed_bytes"`
-	Requests      int64    `json:"requests"`
-	Log           string   `json:"log,omitempty"`
-	Error         string   `json:"error,omitempty"`
-	Files         int      `json:"files,omitempty"`
-	Bytes         int64    `json:"bytes,omitempty"`
+	// Load1 is the machine's 1-minute load average just before the build:
+	// how much else was running on a shared machine.
+	Load1       *float64 `json:"load1,omitempty"`
+	PulledBytes int64    `json:"pulled_bytes"`
+	PushedBytes int64    `json:"pushed_bytes"`
+	Requests    int64    `json:"requests"`
+	Log         string   `json:"log,omitempty"`
+	Error       string   `json:"error,omitempty"`
+	Files       int      `json:"files,omitempty"`
+	Bytes       int64    `json:"bytes,omitempty"`
 }
 
 // Stat summarizes one peer on one case over its successful runs.
@@ -223,6 +226,23 @@ func daemonPeers(res Results) []string {
 	return ps
 }
 
+// loadRange is the lowest and highest load average recorded before a build.
+func loadRange(runs []Run) (lo, hi float64, ok bool) {
+	for _, r := range runs {
+		if r.Load1 == nil {
+			continue
+		}
+		if !ok || *r.Load1 < lo {
+			lo = *r.Load1
+		}
+		if !ok || *r.Load1 > hi {
+			hi = *r.Load1
+		}
+		ok = true
+	}
+	return lo, hi, ok
+}
+
 func findCase(res Results, scenario, cas string) (Case, bool) {
 	for _, c := range res.Cases {
 		if c.Scenario == scenario && c.Case == cas {
@@ -359,6 +379,9 @@ func markdown(res Results) string {
 			}
 			b.WriteString("  ```\n")
 		}
+	}
+	if lo, hi, ok := loadRange(res.Runs); ok {
+		fmt.Fprintf(&b, "\n1-minute load average just before each build: %.2f–%.2f (other peers' daemons frozen during each build).\n", lo, hi)
 	}
 	fmt.Fprintf(&b, "\nTotal run time %s (%s → %s). Machine:\n\n```\n%s```\n",
 		(time.Duration(res.Seconds) * time.Second).String(), res.Started, res.Finished, res.Machine)

@@ -44,3 +44,24 @@ func TestMarkdownFreshOverWarm(t *testing.T) {
 		t.Errorf("want %q in\n%s", wantFresh, fresh)
 	}
 }
+
+// On a shared machine the load beside the numbers says how far to trust
+// them: the report gives its range, and says nothing when no run had one.
+func TestMarkdownLoadRange(t *testing.T) {
+	runs := []Run{
+		{Scenario: "go-service", Case: "gofile", Peer: "kiln", Rep: 1, OK: true, Seconds: 9, Load1: f(1.5)},
+		{Scenario: "go-service", Case: "gofile", Peer: "buildkit", Rep: 1, OK: true, Seconds: 29, Load1: f(0.25)},
+		{Scenario: "go-service", Case: "gofile", Peer: "kiln", Rep: 2, OK: true, Seconds: 9},
+	}
+	res := Results{Reps: 2, Runs: runs}
+	res.Cases, res.Peers = summarize(runs)
+	if md := markdown(res); !strings.Contains(md, "load average just before each build: 0.25–1.50") {
+		t.Errorf("load range missing:\n%s", md)
+	}
+	for i := range runs {
+		runs[i].Load1 = nil
+	}
+	if md := markdown(res); strings.Contains(md, "load average") {
+		t.Errorf("a load range with no loads recorded:\n%s", md)
+	}
+}
