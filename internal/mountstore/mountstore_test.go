@@ -1,0 +1,435 @@
+package mountstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/cache"
+)
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func write(t *testing.T, p string, data []byte, mode fs.FileMode) {
+	t.Helper()
+	must(t, os.MkdirAll(filepath.Dir(p), 0o755))
+	must(t, os.WriteFile(p, data, mode))
+	must(t, os.Chmod(p, mode))
+}
+
+func random(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	_, err := rand.Read(b)
+	must(t, err)
+	return b
+}
+
+// dump describes a tree as a user would compare it: every entry's type,
+// mode, owner, size, contents, mtime, link target, xattrs, and which
+// entries are one inode.
+func dump(t *testing.T, dir string) string {
+	t.Helper()
+	var lines []string
+	inodes := map[uint64]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		var st unix.Stat_t
+		must(t, unix.Lstat(p, &st))
+		line := fmt.Sprintf("%s %o %d:%d", rel, st.Mode, st.Uid, st.Gid)
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			b, err := os.ReadFile(p)
+			must(t, err)
+			line += fmt.Sprintf(" size=%d sha=%x mtime=%d", len(b), sha256.Sum256(b), st.Mtim.Nano())
+			if first, ok := inodes[st.Ino]; ok {
+				line += " same-inode-as=" + first
+			} else {
+				inodes[st.Ino] = rel
+			}
+			if v, err := unixGetxattr(p, "user.k"); err == nil {
+				line += " xattr=" + v
+			}
+		case unix.S_IFLNK:
+			l, err := os.Readlink(p)
+			must(t, err)
+			line += " -> " + l
+		case unix.S_IFDIR:
+			line += fmt.Sprintf(" mtime=%d", st.Mtim.Nano())
+		}
+		lines = append(lines, line)
+		return nil
+	})
+	must(t, err)
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+func unixGetxattr(p, name string) (string, error) {
+	b := make([]byte, 256)
+	n, err := unix.Lgetxattr(p, name, b)
+	if err != nil {
+		return "", err
+	}
+	return string(b[:n]), nil
+}
+
+// fixture makes a mount with every kind of entry kiln keeps.
+func fixture(t *testing.T) string {
+	dir := filepath.Join(t.TempDir(), "m")
+	must(t, os.MkdirAll(dir, 0o750))
+	for i := range 200 {
+		write(t, filepath.Join(dir, "small", fmt.Sprintf("%02x", i%16), fmt.Sprintf("f%d", i)), random(t, 100+i*37), 0o644)
+	}
+	write(t, filepath.Join(dir, "big.bin"), random(t, 3<<20+12345), 0o600)
+	write(t, filepath.Join(dir, "exe"), []byte("#!/bin/sh\n"), 0o4755)
+	write(t, filepath.Join(dir, "empty"), nil, 0o640)
+	must(t, os.MkdirAll(filepath.Join(dir, "empty-dir", "deeper"), 0o700))
+	must(t, os.Symlink("big.bin", filepath.Join(dir, "link")))
+	must(t, os.Symlink("/nowhere/at/all", filepath.Join(dir, "dangling")))
+	must(t, os.Link(filepath.Join(dir, "exe"), filepath.Join(dir, "small", "hard")))
+	owned := filepath.Join(dir, "owned")
+	write(t, owned, []byte("mine"), 0o644)
+	must(t, os.Lchown(owned, 1234, 5678))
+	must(t, os.Lchown(filepath.Join(dir, "dangling"), 42, 43))
+	must(t, os.Chown(filepath.Join(dir, "empty-dir"), 7, 8))
+	if err := unix.Lsetxattr(owned, "user.k", []byte("v"), 0); err != nil {
+		t.Logf("no user xattrs here: %v", err)
+	}
+	past := time.Date(2020, 1, 2, 3, 4, 5, 6, time.UTC)
+	must(t, os.Chtimes(filepath.Join(dir, "empty-dir"), past, past))
+	must(t, os.Chtimes(filepath.Join(dir, "big.bin"), past, past))
+	return dir
+}
+
+func needRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (chown) and CI=true")
+		}
+		t.Skip("needs root")
+	}
+}
+
+func store(t *testing.T) *cache.Local {
+	l, err := cache.OpenLocal(filepath.Join(t.TempDir(), "cache"))
+	must(t, err)
+	return l
+}
+
+func save(t *testing.T, st cache.Writer, dir string, o SaveOptions) SaveResult {
+	t.Helper()
+	ctx := context.Background()
+	if o.Base == nil {
+		if m, _, err := Load(ctx, st, "id"); err == nil {
+			o.Base = m
+		}
+	}
+	sink := Sink{W: st, ID: "id"}
+	res, err := Save(ctx, dir, sink, o)
+	must(t, err)
+	_, err = sink.Commit(ctx, res.Manifest)
+	must(t, err)
+	must(t, st.Flush(ctx))
+	return res
+}
+
+func restore(t *testing.T, st cache.Store, dir string, o RestoreOptions) RestoreResult {
+	t.Helper()
+	ctx := context.Background()
+	m, _, err := Load(ctx, st, "id")
+	must(t, err)
+	must(t, os.MkdirAll(dir, 0o700))
+	res, err := Restore(ctx, dir, m, Source{Store: st}, o)
+	must(t, err)
+	return res
+}
+
+func TestRestoredTreeIsTheSavedTree(t *testing.T) {
+	needRoot(t)
+	src := fixture(t)
+	st := store(t)
+	want := dump(t, src)
+	s := save(t, st, src, SaveOptions{})
+	if s.NewPacks == 0 || s.Files != 204 {
+		t.Fatalf("first save: %+v", s)
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	r := restore(t, st, dst, RestoreOptions{})
+	if r.Missing != 0 || len(r.Problems) != 0 || r.Files != 204 {
+		t.Fatalf("restore: %+v", r)
+	}
+	if got := dump(t, dst); got != want {
+		t.Errorf("restored tree differs\n got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestSmallChangeUploadsAboutTheChange(t *testing.T) {
+	src := fixture(t)
+	write(t, filepath.Join(src, "large.bin"), random(t, 24<<20), 0o644)
+	st := store(t)
+	first := save(t, st, src, SaveOptions{})
+	// One small file changed, one added, the large file appended to.
+	write(t, filepath.Join(src, "small", "00", "f0"), []byte("changed"), 0o644)
+	write(t, filepath.Join(src, "new"), random(t, 5000), 0o644)
+	f, err := os.OpenFile(filepath.Join(src, "large.bin"), os.O_APPEND|os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.Write(random(t, 1000))
+	must(t, err)
+	must(t, f.Close())
+	second := save(t, st, src, SaveOptions{State: first.State})
+	// The append re-packs the large file's last chunk (at most chunkMax).
+	if second.Uploaded > chunkMax+64<<10 || second.Uploaded*8 > first.Uploaded {
+		t.Errorf("second save uploaded %d bytes (first %d), want about the change", second.Uploaded, first.Uploaded)
+	}
+	if second.NewFiles != 3 {
+		t.Errorf("second save packed %d files, want 3", second.NewFiles)
+	}
+	third := save(t, st, src, SaveOptions{State: second.State})
+	if third.Uploaded != 0 || third.NewFiles != 0 {
+		t.Errorf("unchanged save uploaded %d bytes, %d files", third.Uploaded, third.NewFiles)
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	restore(t, st, dst, RestoreOptions{})
+	if got, want := dump(t, dst), dump(t, src); got != want {
+		t.Errorf("restore after incremental saves differs\n got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// failingSink fails after n new packs, as an interrupted save would stop.
+type failingSink struct {
+	Sink
+	n int
+}
+
+func (f *failingSink) PutPack(ctx context.Context, p Pack, b []byte) error {
+	if f.n == 0 {
+		return errors.New("interrupted")
+	}
+	f.n--
+	return f.Sink.PutPack(ctx, p, b)
+}
+
+func TestInterruptedSaveLeavesThePreviousManifest(t *testing.T) {
+	src := fixture(t)
+	st := store(t)
+	save(t, st, src, SaveOptions{})
+	want := dump(t, src)
+	write(t, filepath.Join(src, "more.bin"), random(t, 20<<20), 0o644)
+	m, _, err := Load(context.Background(), st, "id")
+	must(t, err)
+	if _, err := Save(context.Background(), src, &failingSink{Sink: Sink{W: st, ID: "id"}, n: 1}, SaveOptions{Base: m}); err == nil {
+		t.Fatal("save with a failing store succeeded")
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	r := restore(t, st, dst, RestoreOptions{})
+	if r.Missing != 0 {
+		t.Fatalf("restore: %+v", r)
+	}
+	if got := dump(t, dst); got != want {
+		t.Errorf("after an interrupted save the restore differs from the previous save")
+	}
+}
+
+func TestConcurrentSavesLeaveAValidManifest(t *testing.T) {
+	st := store(t)
+	a, b := fixture(t), fixture(t)
+	var wg sync.WaitGroup
+	for _, d := range []string{a, b} {
+		wg.Go(func() {
+			sink := Sink{W: st, ID: "id"}
+			res, err := Save(context.Background(), d, sink, SaveOptions{})
+			if err == nil {
+				_, err = sink.Commit(context.Background(), res.Manifest)
+			}
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	dst := filepath.Join(t.TempDir(), "r")
+	r := restore(t, st, dst, RestoreOptions{})
+	got := dump(t, dst)
+	if r.Missing != 0 || (got != dump(t, a) && got != dump(t, b)) {
+		t.Errorf("after two concurrent saves the restore is neither tree (missing %d)", r.Missing)
+	}
+}
+
+func TestDamagedPackCostsOnlyItsFiles(t *testing.T) {
+	src := fixture(t)
+	write(t, filepath.Join(src, "large.bin"), random(t, 20<<20), 0o644)
+	st := store(t)
+	save(t, st, src, SaveOptions{})
+	m, _, err := Load(context.Background(), st, "id")
+	must(t, err)
+	if len(m.Packs) < 2 {
+		t.Fatalf("fixture made %d packs, want several", len(m.Packs))
+	}
+	// Flip a byte of the first pack's blob.
+	p := filepath.Join(st.Dir(), "blobs", "sha256", m.Packs[0].Digest.Encoded())
+	b, err := os.ReadFile(p)
+	must(t, err)
+	b[len(b)/2] ^= 0xff
+	must(t, os.WriteFile(p, b, 0o644))
+	dst := filepath.Join(t.TempDir(), "r")
+	must(t, os.MkdirAll(dst, 0o755))
+	r, err := Restore(context.Background(), dst, m, Source{Store: st}, RestoreOptions{})
+	must(t, err)
+	if r.Missing == 0 || len(r.Problems) == 0 {
+		t.Fatalf("damaged pack: %+v, want missing files and a problem", r)
+	}
+	// Every file restored has the saved bytes; the others are absent.
+	for _, e := range m.Entries {
+		if e.Type != TypeFile {
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join(dst, e.Path))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		must(t, err)
+		want, err := os.ReadFile(filepath.Join(src, e.Path))
+		must(t, err)
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s restored with wrong bytes", e.Path)
+		}
+	}
+}
+
+type countingSource struct {
+	Source
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingSource) OpenPack(ctx context.Context, p Pack) (io.ReadCloser, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return c.Source.OpenPack(ctx, p)
+}
+
+func TestRestoreKeepsFilesAlreadyPresent(t *testing.T) {
+	src := fixture(t)
+	st := store(t)
+	save(t, st, src, SaveOptions{})
+	dst := filepath.Join(t.TempDir(), "r")
+	first := restore(t, st, dst, RestoreOptions{})
+	m, _, err := Load(context.Background(), st, "id")
+	must(t, err)
+	for _, s := range []*State{first.State, nil} {
+		cs := &countingSource{Source: Source{Store: st}}
+		r, err := Restore(context.Background(), dst, m, cs, RestoreOptions{State: s})
+		must(t, err)
+		if cs.n != 0 || r.Fetched != 0 || r.Kept != 204 {
+			t.Errorf("restore over the same files (state %v): fetched %d packs, kept %d", s != nil, cs.n, r.Kept)
+		}
+	}
+	// One file changed locally: only its pack is fetched, and it is
+	// put back.
+	write(t, filepath.Join(dst, "small", "00", "f0"), []byte("local edit"), 0o644)
+	cs := &countingSource{Source: Source{Store: st}}
+	r, err := Restore(context.Background(), dst, m, cs, RestoreOptions{})
+	must(t, err)
+	if cs.n != 1 || r.Files != 1 {
+		t.Errorf("one changed file: fetched %d packs, wrote %d files; want 1, 1", cs.n, r.Files)
+	}
+	if dump(t, dst) != dump(t, src) {
+		t.Error("the changed file was not restored")
+	}
+}
+
+func TestSizeCapDropsLeastRecentlyUsed(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "m")
+	base := time.Now().Add(-time.Hour)
+	for i := range 10 {
+		p := filepath.Join(dir, fmt.Sprintf("f%d", i))
+		write(t, p, random(t, 1000), 0o644)
+		at := base.Add(time.Duration(i) * time.Minute)
+		must(t, os.Chtimes(p, at, at))
+	}
+	// f0 is the oldest by mtime but was just read.
+	must(t, os.Chtimes(filepath.Join(dir, "f0"), time.Now(), base))
+	st := store(t)
+	res := save(t, st, dir, SaveOptions{MaxSize: 5500})
+	if res.Evicted != 5 || res.Bytes != 5000 {
+		t.Fatalf("cap 5500 over 10x1000 bytes: %+v", res)
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	restore(t, st, dst, RestoreOptions{})
+	for i := range 10 {
+		_, err := os.Stat(filepath.Join(dst, fmt.Sprintf("f%d", i)))
+		kept := i == 0 || i >= 6
+		if (err == nil) != kept {
+			t.Errorf("f%d: present=%v, want %v", i, err == nil, kept)
+		}
+	}
+}
+
+func TestHostileManifestsStayInside(t *testing.T) {
+	for _, p := range []string{"../x", "/abs", "a/../../x", "", "a//b"} {
+		m := &Manifest{Version: Version, Entries: []Entry{{Path: p, Type: TypeDir}}}
+		if err := m.Validate(); !errors.Is(err, ErrBadManifest) {
+			t.Errorf("path %q: Validate = %v, want ErrBadManifest", p, err)
+		}
+	}
+	if err := (&Manifest{Version: Version, Entries: []Entry{{Path: "h", Type: TypeHardlink, Link: "/etc/passwd"}}}).Validate(); !errors.Is(err, ErrBadManifest) {
+		t.Errorf("hardlink outside: %v", err)
+	}
+	// Symlinks pointing out are followed only inside the mount.
+	st := store(t)
+	src := filepath.Join(t.TempDir(), "s")
+	write(t, filepath.Join(src, "x"), []byte("payload"), 0o644)
+	save(t, st, src, SaveOptions{})
+	m, _, err := Load(context.Background(), st, "id")
+	must(t, err)
+	outside := t.TempDir()
+	var file Entry
+	for _, e := range m.Entries {
+		if e.Type == TypeFile {
+			file = e
+		}
+	}
+	m.Entries = []Entry{
+		{Path: ".", Type: TypeDir, Mode: 0o755},
+		{Path: "esc", Type: TypeSymlink, Link: outside},
+		{Path: "up", Type: TypeSymlink, Link: "../../../../../../" + outside},
+	}
+	for _, p := range []string{"esc/pwned", "up/pwned", "esc/sub/pwned"} {
+		f := file
+		f.Path = p
+		m.Entries = append(m.Entries, f)
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	must(t, os.MkdirAll(dst, 0o755))
+	if _, err := Restore(context.Background(), dst, m, Source{Store: st}, RestoreOptions{}); err != nil {
+		t.Logf("restore refused: %v", err)
+	}
+	des, err := os.ReadDir(outside)
+	must(t, err)
+	if len(des) != 0 {
+		t.Errorf("restore wrote outside the mount: %v", des)
+	}
+}

@@ -1,0 +1,552 @@
+package mountstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"sort"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/kiln-build/kiln/internal/archive"
+)
+
+// PackSource is where Restore fetches packs from.
+type PackSource interface {
+	// OpenPack returns p's compressed bytes. The reader may, but need
+	// not, verify them: Restore checks every chunk it uses.
+	OpenPack(ctx context.Context, p Pack) (io.ReadCloser, error)
+}
+
+// RestoreOptions tune Restore.
+type RestoreOptions struct {
+	// Parallel bounds the packs fetched at once (default 4).
+	Parallel int
+	// State is what the runner recorded of dir, if anything: files whose
+	// stat matches are kept without being read.
+	State *State
+}
+
+// RestoreResult says what Restore did.
+type RestoreResult struct {
+	// Files and Bytes are the regular files written from packs.
+	Files int
+	Bytes int64
+	// Kept is the files (and KeptBytes their bytes) already in dir with
+	// the manifest's contents, so not fetched.
+	Kept      int
+	KeptBytes int64
+	// Fetched is the compressed bytes of the packs read.
+	Fetched int64
+	// Missing is the files left out because a pack they needed could not
+	// be fetched or did not match its digests; Problems says why.
+	Missing  int
+	Problems []error
+	// State is dir as restored, for the next Save.
+	State *State
+}
+
+// Restore makes dir hold m: it fetches the packs holding chunks dir lacks,
+// in parallel, and writes each chunk, once its digest checked, as its pack
+// arrives. Every path stays inside dir. A pack that fails costs only the
+// files that needed it (see RestoreResult.Missing); the error is for the
+// local failures and cancellation that leave dir unusable.
+func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o RestoreOptions) (RestoreResult, error) {
+	if err := m.Validate(); err != nil {
+		return RestoreResult{}, err
+	}
+	root, err := archive.OpenRoot(dir)
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	defer root.Close()
+	r := &restorer{root: root, m: m, files: map[int]*fileProgress{}}
+	res := RestoreResult{State: &State{Files: map[string]FileState{}}}
+	if err := r.layout(); err != nil {
+		return res, err
+	}
+	// Which chunks are needed, from which packs, for which files.
+	type target struct {
+		entry  int
+		offset int64
+	}
+	type piece struct {
+		digest  digest.Digest
+		off, sz int64
+		targets []target
+	}
+	needs := map[int]map[int64]*piece{}
+	for i, e := range m.Entries {
+		if e.Type != TypeFile {
+			continue
+		}
+		kept, err := r.present(i, o.State)
+		if err != nil {
+			return res, err
+		}
+		if kept {
+			res.Kept++
+			res.KeptBytes += e.Size
+			continue
+		}
+		r.files[i] = &fileProgress{}
+		var off int64
+		for _, c := range e.Chunks {
+			pm := needs[c.Pack]
+			if pm == nil {
+				pm = map[int64]*piece{}
+				needs[c.Pack] = pm
+			}
+			p := pm[c.Offset]
+			if p == nil {
+				p = &piece{digest: c.Digest, off: c.Offset, sz: c.Size}
+				pm[c.Offset] = p
+			}
+			if p.digest != c.Digest || p.sz != c.Size {
+				return res, fmt.Errorf("%w: %s: two chunks at one place of pack %d", ErrBadManifest, e.Path, c.Pack)
+			}
+			p.targets = append(p.targets, target{entry: i, offset: off})
+			off += c.Size
+		}
+	}
+	packs := make([]int, 0, len(needs))
+	for p := range needs {
+		packs = append(packs, p)
+	}
+	sort.Ints(packs)
+
+	type arrived struct {
+		pack   int
+		data   []byte
+		pieces []*piece
+		err    error
+	}
+	ch := make(chan arrived, 2)
+	par := o.Parallel
+	if par <= 0 {
+		par = 4
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxPackRaw), zstd.WithDecoderConcurrency(par))
+	if err != nil {
+		return res, err
+	}
+	defer dec.Close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(par)
+	fetchedBy := make([]int64, len(packs))
+	go func() {
+		for i, pi := range packs {
+			pieces := make([]*piece, 0, len(needs[pi]))
+			for _, p := range needs[pi] {
+				pieces = append(pieces, p)
+			}
+			sort.Slice(pieces, func(a, b int) bool { return pieces[a].off < pieces[b].off })
+			g.Go(func() error {
+				p := m.Packs[pi]
+				data, n, err := fetchPack(gctx, src, dec, p)
+				fetchedBy[i] = n
+				if err == nil {
+					for _, pc := range pieces {
+						if pc.off+pc.sz > int64(len(data)) {
+							err = fmt.Errorf("pack %s: chunk %s past its end", p.Digest, pc.digest)
+							break
+						}
+						if digest.FromBytes(data[pc.off:pc.off+pc.sz]) != pc.digest {
+							err = fmt.Errorf("pack %s: chunk %s: %w", p.Digest, pc.digest, errDigest)
+							break
+						}
+					}
+				}
+				select {
+				case ch <- arrived{pack: pi, data: data, pieces: pieces, err: err}:
+				case <-gctx.Done():
+				}
+				return nil
+			})
+		}
+		g.Wait()
+		close(ch)
+	}()
+	var werr error
+	for a := range ch {
+		if werr != nil {
+			continue
+		}
+		if a.err != nil {
+			res.Problems = append(res.Problems, a.err)
+			continue
+		}
+		for _, pc := range a.pieces {
+			for _, t := range pc.targets {
+				if err := r.write(t.entry, t.offset, a.data[pc.off:pc.off+pc.sz]); err != nil {
+					werr = err
+				}
+			}
+		}
+	}
+	if werr == nil {
+		werr = ctx.Err()
+	}
+	for _, n := range fetchedBy {
+		res.Fetched += n
+	}
+	if werr != nil {
+		return res, werr
+	}
+	files, bytes, missing, err := r.finish(res.State)
+	res.Files, res.Bytes, res.Missing = files, bytes, missing
+	return res, err
+}
+
+var errDigest = errors.New("digest mismatch")
+
+// fetchPack reads and decompresses one pack, bounded in size.
+func fetchPack(ctx context.Context, src PackSource, dec *zstd.Decoder, p Pack) ([]byte, int64, error) {
+	rc, err := src.OpenPack(ctx, p)
+	if err != nil {
+		return nil, 0, fmt.Errorf("pack %s: %w", p.Digest, err)
+	}
+	defer rc.Close()
+	comp, err := io.ReadAll(io.LimitReader(rc, p.Size+1))
+	n := int64(len(comp))
+	if err != nil {
+		return nil, n, fmt.Errorf("pack %s: %w", p.Digest, err)
+	}
+	if n != p.Size || digest.FromBytes(comp) != p.Digest {
+		return nil, n, fmt.Errorf("pack %s: %w", p.Digest, errDigest)
+	}
+	data, err := dec.DecodeAll(comp, nil)
+	if err != nil {
+		return nil, n, fmt.Errorf("pack %s: %w", p.Digest, err)
+	}
+	return data, n, nil
+}
+
+type fileProgress struct {
+	created bool
+	written int64
+}
+
+// restorer writes a manifest's entries under one Root. It is used by one
+// goroutine.
+type restorer struct {
+	root  *archive.Root
+	m     *Manifest
+	files map[int]*fileProgress // files to be written, by entry index
+}
+
+func splitPath(p string) (dir, name string) {
+	d, n := path.Split(p)
+	if d == "" {
+		return ".", n
+	}
+	return path.Clean(d), n
+}
+
+// layout makes the directories and symlinks, parents first.
+func (r *restorer) layout() error {
+	for _, e := range r.m.Entries {
+		switch e.Type {
+		case TypeDir:
+			if _, _, err := r.root.Dir(e.Path, true); err != nil {
+				return fmt.Errorf("cache mount dir %s: %w", e.Path, err)
+			}
+		case TypeSymlink:
+			d, name := splitPath(e.Path)
+			fd, _, err := r.root.Dir(d, true)
+			if err != nil {
+				return fmt.Errorf("cache mount symlink %s: %w", e.Path, err)
+			}
+			if err := clear(fd, name); err != nil {
+				return fmt.Errorf("cache mount symlink %s: %w", e.Path, err)
+			}
+			if err := unix.Symlinkat(e.Link, fd, name); err != nil {
+				return fmt.Errorf("cache mount symlink %s: %w", e.Path, err)
+			}
+			r.root.Invalidate(d)
+		}
+	}
+	return nil
+}
+
+// clear removes a non-directory at name, if any.
+func clear(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return err
+}
+
+// present reports whether entry i is in dir already with its contents:
+// by the runner's state, or else by reading it against its chunks.
+func (r *restorer) present(i int, s *State) (bool, error) {
+	e := r.m.Entries[i]
+	d, name := splitPath(e.Path)
+	fd, _, err := r.root.Dir(d, false)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return false, nil
+	}
+	if err != nil {
+		return false, nil
+	}
+	var st unix.Stat_t
+	if unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != e.Size {
+		return false, nil
+	}
+	if s != nil {
+		if fs, ok := s.Files[e.Path]; ok && fs.matches(&st) && sameChunks(fs.Chunks, e.Chunks) {
+			return true, nil
+		}
+	}
+	f, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, nil
+	}
+	defer unix.Close(f)
+	var off int64
+	for _, c := range e.Chunks {
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(fdReaderAt(f), off, c.Size)); err != nil {
+			return false, nil
+		}
+		if digest.NewDigest(digest.SHA256, h) != c.Digest {
+			return false, nil
+		}
+		off += c.Size
+	}
+	return true, nil
+}
+
+func sameChunks(a []ChunkName, b []Chunk) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Digest != b[i].Digest || a[i].Size != b[i].Size {
+			return false
+		}
+	}
+	return true
+}
+
+type fdReaderAt int
+
+func (f fdReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := unix.Pread(int(f), p, off)
+	if err == nil && n < len(p) {
+		err = io.EOF
+	}
+	if n < 0 {
+		n = 0
+	}
+	return n, err
+}
+
+// write puts one verified chunk at its offset of file entry i, creating
+// the file (replacing whatever was there) on its first chunk.
+func (r *restorer) write(i int, off int64, data []byte) error {
+	e := r.m.Entries[i]
+	fp := r.files[i]
+	d, name := splitPath(e.Path)
+	fd, _, err := r.root.Dir(d, true)
+	if err != nil {
+		return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+	}
+	flags := unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	if !fp.created {
+		if err := clear(fd, name); err != nil {
+			return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+		}
+		flags |= unix.O_CREAT | unix.O_EXCL
+	}
+	f, err := unix.Openat(fd, name, flags, 0o600)
+	if err != nil {
+		return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+	}
+	fp.created = true
+	defer unix.Close(f)
+	for len(data) > 0 {
+		n, err := unix.Pwrite(f, data, off)
+		if err != nil {
+			return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+		}
+		data, off = data[n:], off+int64(n)
+		fp.written += int64(n)
+	}
+	return nil
+}
+
+// finish removes files left incomplete, makes empty files and hardlinks,
+// and applies metadata: files first, then directories deepest first so
+// their times are the last thing written.
+func (r *restorer) finish(s *State) (files int, bytes int64, missing int, err error) {
+	complete := map[string]bool{}
+	for i, e := range r.m.Entries {
+		if e.Type != TypeFile {
+			continue
+		}
+		fp, ok := r.files[i]
+		if !ok { // kept
+			complete[e.Path] = true
+			continue
+		}
+		d, name := splitPath(e.Path)
+		fd, _, err := r.root.Dir(d, true)
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("cache mount file %s: %w", e.Path, err)
+		}
+		if fp.written != e.Size {
+			if fp.created {
+				if err := clear(fd, name); err != nil {
+					return 0, 0, 0, fmt.Errorf("cache mount file %s: %w", e.Path, err)
+				}
+			}
+			missing++
+			continue
+		}
+		if !fp.created { // empty
+			if err := clear(fd, name); err != nil {
+				return 0, 0, 0, fmt.Errorf("cache mount file %s: %w", e.Path, err)
+			}
+			f, err := unix.Openat(fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+			if err != nil {
+				return 0, 0, 0, fmt.Errorf("cache mount file %s: %w", e.Path, err)
+			}
+			unix.Close(f)
+		}
+		complete[e.Path] = true
+		files++
+		bytes += e.Size
+	}
+	for _, e := range r.m.Entries {
+		switch e.Type {
+		case TypeFile:
+			if !complete[e.Path] {
+				continue
+			}
+			st, err := r.meta(e)
+			if err != nil {
+				return 0, 0, 0, err
+			}
+			fs := statOf(&st)
+			for _, c := range e.Chunks {
+				fs.Chunks = append(fs.Chunks, ChunkName{Digest: c.Digest, Size: c.Size})
+			}
+			s.Files[e.Path] = fs
+		case TypeSymlink:
+			if _, err := r.meta(e); err != nil {
+				return 0, 0, 0, err
+			}
+		case TypeHardlink:
+			if !complete[e.Link] {
+				missing++
+				continue
+			}
+			if err := r.link(e); err != nil {
+				return 0, 0, 0, err
+			}
+		}
+	}
+	for i := len(r.m.Entries) - 1; i >= 0; i-- {
+		if e := r.m.Entries[i]; e.Type == TypeDir {
+			if _, err := r.meta(e); err != nil {
+				return 0, 0, 0, err
+			}
+		}
+	}
+	return files, bytes, missing, nil
+}
+
+// link makes hardlink e to the file it names, inside the root.
+func (r *restorer) link(e Entry) error {
+	td, tname := splitPath(e.Link)
+	tfd, _, err := r.root.Dir(td, false)
+	if err != nil {
+		return fmt.Errorf("cache mount hardlink %s: %w", e.Path, err)
+	}
+	dup, err := unix.Dup(tfd)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dup)
+	d, name := splitPath(e.Path)
+	fd, _, err := r.root.Dir(d, true)
+	if err != nil {
+		return fmt.Errorf("cache mount hardlink %s: %w", e.Path, err)
+	}
+	if err := clear(fd, name); err != nil {
+		return fmt.Errorf("cache mount hardlink %s: %w", e.Path, err)
+	}
+	if err := unix.Linkat(dup, tname, fd, name, 0); err != nil {
+		return fmt.Errorf("cache mount hardlink %s: %w", e.Path, err)
+	}
+	return nil
+}
+
+// meta applies e's owner, mode, xattrs and times through an O_PATH
+// descriptor of the entry itself, so nothing is followed out of the root.
+func (r *restorer) meta(e Entry) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	d, name := splitPath(e.Path)
+	var pfd int
+	var err error
+	if e.Path == "." {
+		pfd, err = unix.Dup(r.root.FD())
+	} else {
+		var fd int
+		if fd, _, err = r.root.Dir(d, false); err == nil {
+			pfd, err = unix.Openat(fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+	}
+	if err != nil {
+		return st, fmt.Errorf("cache mount %s: %w", e.Path, err)
+	}
+	defer unix.Close(pfd)
+	if err := unix.Fstat(pfd, &st); err != nil {
+		return st, err
+	}
+	link := st.Mode&unix.S_IFMT == unix.S_IFLNK
+	if (e.Type == TypeSymlink) != link {
+		// A later entry replaced this one (a hostile manifest naming a
+		// path twice in two forms cannot pass Validate; this is a guard).
+		return st, fmt.Errorf("cache mount %s: not a %s", e.Path, e.Type)
+	}
+	if err := unix.Fchownat(pfd, "", e.UID, e.GID, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL) {
+		return st, fmt.Errorf("cache mount %s: chown: %w", e.Path, err)
+	}
+	proc := fmt.Sprintf("/proc/self/fd/%d", pfd)
+	if !link {
+		if err := unix.Chmod(proc, e.Mode); err != nil {
+			return st, fmt.Errorf("cache mount %s: chmod: %w", e.Path, err)
+		}
+		for k, v := range e.Xattrs {
+			// Best effort, as for layers: a filesystem or namespace
+			// may refuse some names.
+			_ = unix.Setxattr(proc, k, v, 0)
+		}
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(e.MTime), unix.NsecToTimespec(e.MTime)}
+	if err := unix.UtimesNanoAt(pfd, "", ts, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		// Older kernels refuse AT_EMPTY_PATH here: go through the parent.
+		if e.Path != "." {
+			if fd, _, derr := r.root.Dir(d, false); derr == nil {
+				err = unix.UtimesNanoAt(fd, name, ts, unix.AT_SYMLINK_NOFOLLOW)
+			}
+		}
+		if err != nil {
+			return st, fmt.Errorf("cache mount %s: times: %w", e.Path, err)
+		}
+	}
+	if err := unix.Fstat(pfd, &st); err != nil {
+		return st, err
+	}
+	return st, nil
+}
