@@ -194,6 +194,7 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		}
 		return &countingTransport{next: t, down: &b.downloaded}
 	}
+	defer b.startStores(ctx)()
 	if err := b.prepare(ctx); err != nil {
 		return nil, err
 	}
@@ -265,6 +266,13 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 		res := &Result{Plan: p}
 		b.fillSteps(res)
 		return res, nil
+	}
+	// Whatever a step reads the stores for beyond its lookup (cache
+	// mounts, zstd copies of base layers) sees every one.
+	if err := b.caches.ready(ctx); err != nil {
+		cancelPrefetch()
+		b.prefetches.wait()
+		return nil, err
 	}
 	err = b.graph.Run(ctx, needed, par, b.buildStage)
 	// The stages' contexts are cancelled now, and so are the plan's

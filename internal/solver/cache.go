@@ -131,6 +131,11 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec execFunc) er
 				return nil
 			}
 		}
+		// What a miss reads beyond its lookup (cache mounts, zstd copies
+		// of base layers) sees every store.
+		if err := b.caches.ready(ctx); err != nil {
+			return err
+		}
 		ps.Status = plan.Miss
 		if st.keyAfter {
 			ps.Key, ps.Reason = "", "its input is known only once it runs (ADD of a URL without --checksum)"
@@ -152,6 +157,9 @@ func (b *builder) step(ctx context.Context, s *stage, st step, exec execFunc) er
 			b.hit(s, st, id, start, key, rec, layer, from)
 			return nil
 		}
+	}
+	if err := b.caches.ready(ctx); err != nil {
+		return err
 	}
 	// A miss: what it runs on downloads while it is explained and set up.
 	b.prefetch(ctx, s, st)

@@ -25,8 +25,19 @@ type usedRecord struct {
 // stepCache is one build's step cache: the stores it reads and writes,
 // what it used (for --cache-to) and the build summary. The solver holds one; it knows stores and records, not stages.
 type stepCache struct {
-	local *cache.Local  // kiln's own, always written
-	from  []cache.Store // read in order: local first, then --cache-from
+	local *cache.Local // kiln's own, always written
+	// sources are the stores read, in the user's order: local first, then
+	// each --cache-from, possibly still opening. A lookup asks them all
+	// at once and takes the first in this order that has the record.
+	sources []*source
+	// asking bounds the store reads in flight across the build.
+	asking chan struct{}
+	// from is sources once every one has opened, without those that
+	// failed to; set by ready, and read only after it returned (by this
+	// goroutine or one it started).
+	from      []cache.Store
+	readyOnce sync.Once
+
 	mu    sync.Mutex
 	used  map[digest.Digest]usedRecord
 	steps []*stepStat
@@ -64,39 +75,145 @@ func (c *stepCache) remember(r usedRecord, rep *stepStat) {
 	}
 }
 
-// lookup finds key in the caches, in order, and returns the record with a
-// lazy layer: nothing is downloaded. A cache that cannot be read is a miss
-// with a warning, never a failed build.
-func (c *stepCache) lookup(ctx context.Context, key digest.Digest) (cache.Record, v1.Layer, string, bool) {
-	for _, st := range c.from {
-		rec, err := st.Get(ctx, key)
-		if errors.Is(err, cache.ErrNotFound) {
-			continue
+// source is one store a build reads, opened in the background: a
+// registry cache reads its index when opened, and that read overlaps
+// resolving base images and hashing the context.
+type source struct {
+	done  chan struct{} // closed once the store is open, or failed to
+	store cache.Store   // nil if it failed to open (warned about then)
+}
+
+// opened is a source whose store is open already.
+func opened(st cache.Store) *source {
+	s := &source{done: make(chan struct{}), store: st}
+	close(s.done)
+	return s
+}
+
+func (s *source) wait(ctx context.Context) (cache.Store, error) {
+	select {
+	case <-s.done:
+		return s.store, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// maxAsking bounds the store reads in flight at once: a lookup asks every
+// store, and as many stages as run at once may look up.
+const maxAsking = 8
+
+// ready waits until every store has opened (or failed to) and sets from.
+func (c *stepCache) ready(ctx context.Context) error {
+	for _, src := range c.sources {
+		if _, err := src.wait(ctx); err != nil {
+			return err
 		}
-		if err == nil {
-			var l v1.Layer
-			if l, err = st.Layer(c.layerCtx, rec); err == nil {
-				return rec, l, st.String(), true
+	}
+	c.readyOnce.Do(func() {
+		for _, src := range c.sources {
+			if src.store != nil {
+				c.from = append(c.from, src.store)
 			}
 		}
-		c.warn(fmt.Sprintf("cache %s: %v (treated as a miss)", st, err))
+	})
+	return nil
+}
+
+// answer is what one store said to one question.
+type answer[T any] struct {
+	v   T
+	ok  bool
+	err error
+}
+
+// firstAnswer asks every store at once and returns the answer of the
+// first one, in the user's order, that has one: what asking them one after
+// another would return, without waiting for each in turn. A store that
+// fails is warned about (with what) only if a sequential walk would have
+// asked it, and counts as having no answer; the stores after the one that
+// answers are cancelled.
+func firstAnswer[T any](ctx context.Context, c *stepCache, what string, ask func(context.Context, cache.Store) (T, bool, error)) (T, bool) {
+	answers := make([]chan answer[T], len(c.sources))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel() // before the wait: the stores not needed stop
+	for i, src := range c.sources {
+		ch := make(chan answer[T], 1)
+		answers[i] = ch
+		wg.Go(func() {
+			st, err := src.wait(actx)
+			if err != nil || st == nil {
+				ch <- answer[T]{err: err}
+				return
+			}
+			select {
+			case c.asking <- struct{}{}:
+			case <-actx.Done():
+				ch <- answer[T]{err: actx.Err()}
+				return
+			}
+			defer func() { <-c.asking }()
+			v, ok, err := ask(actx, st)
+			ch <- answer[T]{v: v, ok: ok, err: err}
+		})
 	}
-	return cache.Record{}, nil, "", false
+	for i, ch := range answers {
+		a := <-ch
+		if a.ok {
+			return a.v, true
+		}
+		if a.err != nil && ctx.Err() == nil && what != "" {
+			c.warn(fmt.Sprintf("cache %s: %v (%s)", c.sources[i].store, a.err, what))
+		}
+	}
+	var zero T
+	return zero, false
+}
+
+// found is a record a lookup found, with its lazy layer and its store.
+type found struct {
+	rec   cache.Record
+	layer v1.Layer
+	from  string
+}
+
+// lookup finds key in the caches and returns the record with a lazy layer
+// from the first store, in order, that has it: nothing is downloaded. A
+// cache that cannot be read is a miss with a warning, never a failed
+// build.
+func (c *stepCache) lookup(ctx context.Context, key digest.Digest) (cache.Record, v1.Layer, string, bool) {
+	f, ok := firstAnswer(ctx, c, "treated as a miss", func(ctx context.Context, st cache.Store) (found, bool, error) {
+		rec, err := st.Get(ctx, key)
+		if errors.Is(err, cache.ErrNotFound) {
+			return found{}, false, nil
+		}
+		if err != nil {
+			return found{}, false, err
+		}
+		l, err := st.Layer(c.layerCtx, rec)
+		if err != nil {
+			return found{}, false, err
+		}
+		return found{rec: rec, layer: l, from: st.String()}, true, nil
+	})
+	return f.rec, f.layer, f.from, ok
 }
 
 // explain says which input changed since an earlier build of the step
-// named id (see builder.stepID), now keyed key with inputs in.
+// named id (see builder.stepID), now keyed key with inputs in: the first
+// store, in order, whose earlier record explains it.
 func (c *stepCache) explain(ctx context.Context, id string, key digest.Digest, in cachekey.Inputs, files []cachekey.File) string {
-	for _, st := range c.from {
+	why, _ := firstAnswer(ctx, c, "", func(ctx context.Context, st cache.Store) (string, bool, error) {
 		prev, err := st.Previous(ctx, id)
 		if err != nil || prev.Key == key {
-			continue
+			return "", false, nil
 		}
-		if why := cachekey.Explain(prev.Inputs, in, files); why != "" {
-			return why
-		}
-	}
-	return ""
+		why := cachekey.Explain(prev.Inputs, in, files)
+		return why, why != "", nil
+	})
+	return why
 }
 
 // record describes a new layer for the cache.

@@ -7,21 +7,65 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/kiln-build/kiln/internal/cache"
 )
 
-// openCaches opens kiln's local cache (always) and every --cache-from. A
-// --cache-from that cannot be read is skipped with a warning: a cache is
-// an accelerator, never a reason to fail a build.
+// startStores starts opening every --cache-from at once, in the
+// background, as the build begins: a registry cache reads its index when
+// it opens, and those reads then overlap resolving the base images and
+// hashing the context instead of preceding them; the first lookup waits
+// for them. A --cache-from that cannot be read is skipped with a warning:
+// a cache is an accelerator, never a reason to fail a build. stop cancels
+// the opens still under way and waits for them.
+func (b *builder) startStores(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	// Few: each is one or two small reads, and the user lists a handful.
+	limit := make(chan struct{}, 4)
+	b.caches.sources = make([]*source, len(b.opts.CacheFrom))
+	for i, spec := range b.opts.CacheFrom {
+		src := &source{done: make(chan struct{})}
+		b.caches.sources[i] = src
+		wg.Go(func() {
+			defer close(src.done)
+			select {
+			case limit <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			defer func() { <-limit }()
+			st, err := b.openCache(ctx, spec, false)
+			if err != nil {
+				if ctx.Err() == nil {
+					b.warn(fmt.Sprintf("--cache-from %s: %v (continuing without it)", spec, err))
+				}
+				return
+			}
+			if l, ok := st.(*cache.Local); ok && b.opts.DryRun {
+				l.SetReadOnly()
+			}
+			src.store = st
+		})
+	}
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+// openCaches opens kiln's local cache (always) and puts it first, before
+// the --cache-from stores startStores is opening.
 func (b *builder) openCaches(ctx context.Context) (unlock func(), err error) {
 	dir := filepath.Join(b.tmp, "cache")
 	if b.opts.CacheDir != "" {
 		dir = filepath.Join(b.opts.CacheDir, "cache")
 	}
 	b.caches.layerCtx, b.caches.warn = b.ctx, b.warn
+	b.caches.asking = make(chan struct{}, maxAsking)
 	unlock = func() {}
 	if _, err := os.Stat(dir); b.opts.DryRun && err != nil {
 		// A dry run creates nothing: no cache yet is a cache of nothing.
@@ -39,18 +83,7 @@ func (b *builder) openCaches(ctx context.Context) (unlock func(), err error) {
 			local.SetReadOnly()
 		}
 		b.caches.local = local
-		b.caches.from = []cache.Store{local}
-	}
-	for _, spec := range b.opts.CacheFrom {
-		st, err := b.openCache(ctx, spec, false)
-		if err != nil {
-			b.warn(fmt.Sprintf("--cache-from %s: %v (continuing without it)", spec, err))
-			continue
-		}
-		if l, ok := st.(*cache.Local); ok && b.opts.DryRun {
-			l.SetReadOnly()
-		}
-		b.caches.from = append(b.caches.from, st)
+		b.caches.sources = append([]*source{opened(local)}, b.caches.sources...)
 	}
 	return unlock, nil
 }
