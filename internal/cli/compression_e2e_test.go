@@ -2,8 +2,10 @@ package cli_test
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -75,9 +77,10 @@ func TestOutputCompressionOptions(t *testing.T) {
 		"big.txt":    strings.Repeat("kiln compresses this line very well\n", 1<<15), // 1.1 MiB
 	})
 	out := t.TempDir()
-	build := func(name, attrs string) v1.Image {
+	build := func(name, attrs string, flags ...string) v1.Image {
 		dest := filepath.Join(out, name)
-		kiln(t, dir, nil, "build", "--progress=plain", "-o", "type=oci,tar=false,dest="+dest+","+attrs, ".")
+		args := append([]string{"build", "--progress=plain", "-o", "type=oci,tar=false,dest=" + dest + "," + attrs}, flags...)
+		kiln(t, dir, nil, append(args, ".")...)
 		return layoutImage(t, dest)
 	}
 	layers := func(img v1.Image) []v1.Descriptor {
@@ -88,9 +91,11 @@ func TestOutputCompressionOptions(t *testing.T) {
 		return m.Layers
 	}
 
-	// compression-level: 0 stores, 9 compresses hard.
-	stored := layers(build("level0", "compression=gzip,compression-level=0"))
-	best := layers(build("level9", "compression=gzip,compression-level=9"))
+	// compression-level: 0 stores, 9 compresses hard. It applies to the
+	// layers a build writes (a cached layer keeps its encoding unless
+	// force-compression, as in BuildKit), so each of these writes its own.
+	stored := layers(build("level0", "compression=gzip,compression-level=0", "--no-cache"))
+	best := layers(build("level9", "compression=gzip,compression-level=9", "--no-cache"))
 	if n := stored[len(stored)-1].Size; n < 1<<20 {
 		t.Errorf("compression-level=0: new layer is %d bytes, want it stored (over 1 MiB)", n)
 	}
@@ -116,5 +121,56 @@ func TestOutputCompressionOptions(t *testing.T) {
 	}
 	if got, want := cf.RootFS.DiffIDs[0], baseDiff.RootFS.DiffIDs[0]; got != want {
 		t.Errorf("force-compression changed the base layer's content: diffID %s, want %s", got, want)
+	}
+}
+
+// A cache key names what a step makes, not how its blob is encoded: a
+// fresh runner asking a zstd image hits every step a gzip build cached,
+// and gets the cached layers re-encoded for its image, as BuildKit
+// converts its cache's blobs. Keyed by the output's compression, it
+// rebuilt everything.
+func TestOutputCompressionSharesTheCache(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	src := writeContext(t, map[string]string{
+		"Dockerfile": "FROM " + base + "\nCOPY a.txt /a.txt\nRUN echo built >/built.txt\n",
+		"a.txt":      "a\n",
+	})
+	cacheRef := reg + "/cache/enc:c"
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/enc:gzip",
+		"--cache-to", "type=registry,ref="+cacheRef+",mode=max", ".")
+
+	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+	report := filepath.Join(t.TempDir(), "report.json")
+	dest := filepath.Join(t.TempDir(), "oci")
+	kiln(t, dir, env, "build", "--progress=plain", "-o", "type=oci,tar=false,compression=zstd,dest="+dest,
+		"--cache-from", "type=registry,ref="+cacheRef, "--report", report, ".")
+	r := readReport(t, report)
+	if r.Totals.Steps != 2 || r.Totals.Cached != 2 {
+		t.Errorf("a zstd build after a gzip one: %d of %d steps cached, want 2 of 2: %+v", r.Totals.Cached, r.Totals.Steps, r.Steps)
+	}
+	img := layoutImage(t, dest)
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range m.Layers[1:] {
+		if l.MediaType != types.OCILayerZStd {
+			t.Errorf("cached layer %d of the zstd image is %s", i+1, l.MediaType)
+		}
+	}
+	// The same files as the gzip image, layer for layer.
+	gz, err := testenv.Pull(t, reg+"/enc:gzip").ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	zs, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(gz.RootFS.DiffIDs, zs.RootFS.DiffIDs) {
+		t.Errorf("diffIDs of the zstd image %v, want the gzip image's %v", zs.RootFS.DiffIDs, gz.RootFS.DiffIDs)
 	}
 }

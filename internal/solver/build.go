@@ -738,14 +738,15 @@ func (b *builder) fail(id int, start time.Time, err error) {
 	b.sink.Emit(progress.Event{ID: id, Status: progress.Failed, Duration: time.Since(start), Err: err})
 }
 
-// keyOptions are the build options that change every layer's bytes, and so
-// belong in every cache key.
+// keyOptions are the build options that change every layer's contents,
+// and so belong in every cache key. The output's compression does not: a
+// key names what a step makes (its diffID, on top of its parent's), not
+// how the blob is encoded, and the export re-encodes a cached layer whose
+// encoding is not the image's (imageEncoding), as BuildKit converts its
+// cache's blobs. Keyed by compression, a build asking zstd missed every
+// step a gzip build had cached.
 func (b *builder) keyOptions() map[string]string {
-	opts := map[string]string{"compression": string(b.layer.Compression)}
-	if b.layer.Level != nil {
-		// Only when set, so keys of builds that never asked stay as they were.
-		opts["compression-level"] = fmt.Sprint(*b.layer.Level)
-	}
+	opts := map[string]string{}
 	if b.opts.Epoch != nil {
 		opts["source-date-epoch"] = fmt.Sprint(b.opts.Epoch.Unix())
 	}
