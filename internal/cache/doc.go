@@ -150,9 +150,11 @@
 // MaxAge/MaxEntries bounds and local collection), told apart by keys whose
 // preimages no step key can have:
 //
-//   - cache-mount contents (RUN --mount=type=cache): key
-//     sha256("kiln.cachemount.v1\x00" + id), StepID "cache-mount|ID", the
-//     layer an archive of the directory (internal/solver/mountcache.go);
+//   - cache-mount contents (RUN --mount=type=cache), content-addressed:
+//     a manifest per mount (key sha256("kiln.cachemount.v2\x00" + id),
+//     StepID "cache-mount|ID") and its packs (key
+//     sha256("kiln.cachemount.pack.v1\x00" + pack digest), StepID
+//     "cache-mount-pack|ID"); format in internal/mountstore;
 //   - alternate encodings of base image layers: key
 //     sha256("kiln alt-encoding v1 zstd " + diffID), StepID
 //     "alt-encoding|zstd|DIFFID", the layer a zstd blob of exactly that

@@ -374,6 +374,13 @@ func parseCacheSpec(v string, to bool) (solver.CacheSpec, error) {
 			if err := parseCacheCompression(&spec, k, val); err != nil {
 				return spec, err
 			}
+		case "cache-mount-max-size":
+			if !to {
+				return spec, fmt.Errorf("cache-mount-max-size= belongs to --cache-to")
+			}
+			if spec.MountMaxSize, err = parseSize(val); err != nil || spec.MountMaxSize <= 0 {
+				return spec, fmt.Errorf("cache-mount-max-size=%s: want a size such as 2GiB", val)
+			}
 		case "oci-mediatypes", "image-manifest":
 			// The cache manifest is always a standard OCI image manifest.
 		default:
@@ -607,7 +614,7 @@ func report(res *solver.Result) map[string]any {
 	if steps == nil {
 		steps = []solver.StepReport{}
 	}
-	r := map[string]any{"steps": steps, "totals": res.Totals, "failed": res.Failed}
+	r := map[string]any{"steps": steps, "totals": res.Totals, "failed": res.Failed, "mounts": res.Mounts}
 	if res.Failed {
 		r["error"] = res.Error
 	}

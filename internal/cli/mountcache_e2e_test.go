@@ -54,7 +54,7 @@ func TestCacheMountSurvivesFreshRunner(t *testing.T) {
 }
 
 // TestReportCountsCacheMountUploads: the report's upload total is what
-// went up, cache-mount archives and zstd copies of base layers included
+// went up, cache-mount packs and zstd copies of base layers included
 // (they belong to no step, and were left out, so a build that pushed
 // megabytes of mount reported kilobytes).
 func TestReportCountsCacheMountUploads(t *testing.T) {

@@ -45,7 +45,7 @@ var altLevel = 1
 
 // altKey is the cache key of the zstd copy of the layer with diffID d. Its
 // preimage shares no prefix with a step key's (internal/cachekey) or a
-// cache mount's (mountKey).
+// cache mount's (mountstore.Key).
 func altKey(d v1.Hash) digest.Digest {
 	return digest.FromString("kiln alt-encoding v1 zstd " + d.String())
 }

@@ -74,6 +74,8 @@ type builder struct {
 	lease *gc.Lease
 
 	caches stepCache
+	// mountReps are the cache mounts restored and saved (mountcache.go).
+	mountReps mountReports
 	// alts are the zstd copies of base layers (altlayers.go).
 	alts alternates
 	// prefetches are the downloads misses started in the background;

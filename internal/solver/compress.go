@@ -115,8 +115,8 @@ func (b *builder) recompress(ctx context.Context, l v1.Layer, opts image.LayerOp
 }
 
 // Blobs only the cache holds — layers of stages outside the image's FROM
-// chain (a build stage whose files reach the image through COPY --from)
-// and cache-mount archives — are encoded with b.cacheLayer (zstd unless a
+// chain (a build stage whose files reach the image through COPY --from) —
+// are encoded with b.cacheLayer (zstd unless a
 // --cache-to says otherwise): only kiln reads them. Layers of the image's
 // own FROM chain keep the output's encoding. Keys never name the layer's
 // encoding, so a cache-only layer may later be wanted in an image (another

@@ -34,6 +34,8 @@ type Result struct {
 	// built, with durations and bytes moved; Totals adds them up.
 	Steps  []StepReport
 	Totals Totals
+	// Mounts are the cache mounts restored or saved, by id.
+	Mounts []MountReport
 	// Failed and Error are set on the Result a failed build returns with
 	// its error: the steps that ran are in Steps, the rest is empty.
 	Failed bool
@@ -256,6 +258,7 @@ func (b *builder) fillSteps(res *Result) {
 		res.Totals.Uploaded += rep.Uploaded
 	}
 	res.Totals.Uploaded += b.caches.unstepped.Load()
+	res.Mounts = b.mountReps.list()
 	res.Totals.Downloaded = b.downloaded.Load()
 	b.recompressed.mu.Lock()
 	res.Totals.Recompressed = b.recompressed.forImage

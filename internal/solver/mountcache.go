@@ -2,34 +2,82 @@ package solver
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"os"
 	"sort"
+	"sync"
 	"time"
 
-	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/kiln-build/kiln/internal/archive"
 	"github.com/kiln-build/kiln/internal/cache"
-	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/lock"
+	"github.com/kiln-build/kiln/internal/mountstore"
 	"github.com/kiln-build/kiln/internal/progress"
-	"github.com/kiln-build/kiln/internal/snapshot"
 )
 
 // RUN --mount=type=cache contents travel with the cache: BuildKit cannot
 // export them (moby/buildkit#1474, #1512), so every fresh runner loses its
-// module and compiler caches. kiln stores each cache mount's contents as
-// one more record of the cache, under a key derived from the mount id
-// alone, whose "layer" is an archive of the directory. They are exported
-// with mode=max only when a step that used them ran, and restored only
-// when a step that mounts them misses and the runner has no such
-// directory yet.
+// module and compiler caches. kiln keeps them content-addressed in the
+// cache's own store (internal/mountstore): exported with mode=max only
+// when a step that used them ran, uploading only packs the --cache-to
+// lacks; restored only when a step that mounts them misses and the runner
+// has no such directory yet, from the first --cache-from that has them.
 
-// mountKey is the cache key a cache mount's contents are stored under.
-func mountKey(id string) digest.Digest {
-	return digest.FromString("kiln.cachemount.v1\x00" + id)
+// MountReport is one cache mount in the build summary.
+type MountReport struct {
+	ID string `json:"id"`
+	// RestoredFrom names the store the contents came from ("" when none
+	// had them or the runner had the directory already).
+	RestoredFrom   string  `json:"restoredFrom,omitempty"`
+	RestoredFiles  int     `json:"restoredFiles,omitempty"`
+	RestoredBytes  int64   `json:"restoredBytes,omitempty"`  // file bytes written
+	FetchedBytes   int64   `json:"fetchedBytes,omitempty"`   // pack bytes downloaded
+	MissingFiles   int     `json:"missingFiles,omitempty"`   // left out: a pack was damaged or gone
+	RestoreSeconds float64 `json:"restoreSeconds,omitempty"` //
+	// SavedTo names the --cache-to the mount was saved to; SavedFiles and
+	// SavedBytes are what its manifest holds, UploadedFiles and
+	// UploadedBytes what had to be packed and sent (bytes compressed),
+	// EvictedFiles what cache-mount-max-size left out.
+	SavedTo       string  `json:"savedTo,omitempty"`
+	SavedFiles    int     `json:"savedFiles,omitempty"`
+	SavedBytes    int64   `json:"savedBytes,omitempty"`
+	UploadedFiles int     `json:"uploadedFiles,omitempty"`
+	UploadedBytes int64   `json:"uploadedBytes,omitempty"`
+	EvictedFiles  int     `json:"evictedFiles,omitempty"`
+	SaveSeconds   float64 `json:"saveSeconds,omitempty"`
+}
+
+// mountReports collects MountReports by id.
+type mountReports struct {
+	mu sync.Mutex
+	by map[string]*MountReport
+}
+
+func (r *mountReports) update(id string, f func(*MountReport)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.by == nil {
+		r.by = map[string]*MountReport{}
+	}
+	m := r.by[id]
+	if m == nil {
+		m = &MountReport{ID: id}
+		r.by[id] = m
+	}
+	f(m)
+}
+
+// list is the reports sorted by id.
+func (r *mountReports) list() []MountReport {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]MountReport, 0, len(r.by))
+	for _, m := range r.by {
+		out = append(out, *m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
 // mountUsed notes that a running step used the cache mount id.
@@ -42,41 +90,70 @@ func (b *builder) mountUsed(id, dir string) {
 	b.caches.mounts[id] = dir
 }
 
-// restoreMount fills dir with the contents of cache mount id from the first
-// --cache-from that has them. It reports whether it did. A cache that
-// fails is a warning, never a failed build.
-func (b *builder) restoreMount(ctx context.Context, id, dir string) (bool, error) {
-	key := mountKey(id)
+// mountStatePath is where the runner remembers what it restored or saved
+// of a cache mount directory (mountstore.State), beside it.
+func mountStatePath(dir string) string { return dir + ".state" }
+
+// restoreMount fills dir, a fresh directory that becomes cache mount id's
+// (statePath: its state file), from the first --cache-from that has it.
+// It reports whether it did. A store that fails is a warning and an empty
+// mount, a damaged pack a warning and a mount without the files it held;
+// never a failed build.
+func (b *builder) restoreMount(ctx context.Context, id, dir, statePath string) (bool, error) {
 	for _, st := range b.caches.from {
-		rec, err := st.Get(ctx, key)
-		if errors.Is(err, cache.ErrNotFound) {
+		start := time.Now()
+		m, _, err := mountstore.Load(ctx, st, id)
+		if mountstore.IsMissing(err) {
 			continue
 		}
+		var res mountstore.RestoreResult
 		if err == nil {
-			err = func() error {
-				l, err := st.Layer(b.ctx, rec)
-				if err != nil {
-					return err
-				}
-				rc, err := l.Uncompressed()
-				if err != nil {
-					return err
-				}
-				defer rc.Close()
-				return snapshot.Apply(ctx, dir, rc)
-			}()
+			res, err = mountstore.Restore(ctx, dir, m, mountstore.Source{Store: st}, mountstore.RestoreOptions{})
 		}
-		if err == nil {
-			b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("restored cache mount %s from %s (%s)", id, st, humanBytes(rec.Layer.Size))})
-			return true, nil
+		if ctx.Err() != nil {
+			return false, ctx.Err()
 		}
-		b.warn(fmt.Sprintf("cache mount %s from %s: %v (starting empty)", id, st, err))
+		if err != nil {
+			b.warn(fmt.Sprintf("cache mount %s from %s: %v (starting empty)", id, st, err))
+			if err := emptyDir(dir); err != nil {
+				return false, err
+			}
+			continue
+		}
+		if res.Missing > 0 {
+			b.warn(fmt.Sprintf("cache mount %s from %s: %d files left out: %v", id, st, res.Missing, res.Problems))
+		}
+		if err := mountstore.WriteState(statePath, res.State); err != nil {
+			return false, fmt.Errorf("cache mount %s: %w", id, err)
+		}
+		took := time.Since(start)
+		b.mountReps.update(id, func(r *MountReport) {
+			r.RestoredFrom, r.RestoredFiles, r.RestoredBytes = st.String(), res.Files, res.Bytes
+			r.FetchedBytes, r.MissingFiles, r.RestoreSeconds = res.Fetched, res.Missing, took.Seconds()
+		})
+		b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("restored cache mount %s from %s: %d files, %s (%s fetched) in %s",
+			id, st, res.Files, humanBytes(res.Bytes), humanBytes(res.Fetched), took.Round(time.Millisecond))})
+		return true, nil
 	}
 	return false, nil
 }
 
-// exportMounts archives the cache mounts the build's running steps used
-// and puts them into w, unless w already holds exactly these contents.
+// emptyDir removes what a failed restore left in dir.
+func emptyDir(dir string) error {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, de := range des {
+		if err := os.RemoveAll(dir + "/" + de.Name()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// exportMounts saves the cache mounts the build's running steps used
+// into w: the packs w lacks, then each mount's manifest.
 func (b *builder) exportMounts(ctx context.Context, w cache.Writer, spec CacheSpec) error {
 	b.caches.mu.Lock()
 	ids := make([]string, 0, len(b.caches.mounts))
@@ -87,30 +164,55 @@ func (b *builder) exportMounts(ctx context.Context, w cache.Writer, spec CacheSp
 	b.caches.mu.Unlock()
 	sort.Strings(ids)
 	for _, id := range ids {
-		l, ok, err := b.archiveMount(ctx, id, dirs[id])
-		if err != nil {
-			return fmt.Errorf("archive cache mount %s: %w", id, err)
-		}
-		if !ok {
-			continue
-		}
-		d, err := descriptor(l)
-		if err != nil {
-			return err
-		}
-		key := mountKey(id)
-		if old, err := w.Get(ctx, key); err == nil && old.Layer.DiffID == d.DiffID {
-			continue // unchanged: nothing to upload
-		}
-		rec := cache.Record{Key: key, Layer: d, Created: time.Now().UTC(), StepID: "cache-mount|" + id, Inputs: map[string]string{"mount": id}}
-		rec, put, err := b.cacheForced(ctx, spec, rec, l)
-		if err != nil {
-			return fmt.Errorf("cache mount %s: %w", id, err)
-		}
-		if err := w.Put(ctx, rec, b.counting(put, &b.caches.unstepped)); err != nil {
+		if err := b.saveMount(ctx, w, spec, id, dirs[id]); err != nil {
 			return fmt.Errorf("cache mount %s: %w", id, err)
 		}
 	}
+	return nil
+}
+
+// DefaultMountMaxSize bounds each cache mount saved to a --cache-to
+// without cache-mount-max-size=.
+const DefaultMountMaxSize = 2 << 30
+
+func (b *builder) saveMount(ctx context.Context, w cache.Writer, spec CacheSpec, id, dir string) error {
+	start := time.Now()
+	unlock, ok, err := b.lockMount(ctx, id, dir)
+	if err != nil || !ok {
+		return err
+	}
+	defer unlock()
+	base, _, err := mountstore.Load(ctx, w, id)
+	if err != nil && !mountstore.IsMissing(err) {
+		b.warn(fmt.Sprintf("cache mount %s: %v (saving it whole)", id, err))
+	}
+	maxSize := spec.MountMaxSize
+	if maxSize == 0 {
+		maxSize = DefaultMountMaxSize
+	}
+	sink := mountstore.Sink{W: w, ID: id, Wrap: func(l v1.Layer) v1.Layer { return b.counting(l, &b.caches.unstepped) }}
+	res, err := mountstore.Save(ctx, dir, sink, mountstore.SaveOptions{Base: base, State: mountstore.ReadState(mountStatePath(dir)), MaxSize: maxSize})
+	if err != nil {
+		return err
+	}
+	mb, err := sink.Commit(ctx, res.Manifest)
+	if err != nil {
+		return err
+	}
+	if err := mountstore.WriteState(mountStatePath(dir), res.State); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	b.mountReps.update(id, func(r *MountReport) {
+		r.SavedTo, r.SavedFiles, r.SavedBytes = w.String(), res.Files, res.Bytes
+		r.UploadedFiles, r.UploadedBytes, r.EvictedFiles = res.NewFiles, res.Uploaded+mb, res.Evicted
+		r.SaveSeconds = took.Seconds()
+	})
+	msg := fmt.Sprintf("saved cache mount %s to %s: %d files, %s; %d new files packed, %s to upload", id, w, res.Files, humanBytes(res.Bytes), res.NewFiles, humanBytes(res.Uploaded+mb))
+	if res.Evicted > 0 {
+		msg += fmt.Sprintf("; %d least recently used files (%s) over the %s cap left out", res.Evicted, humanBytes(res.EvictedBytes), humanBytes(maxSize))
+	}
+	b.sink.Emit(progress.Event{Status: progress.Summary, Log: msg})
 	return nil
 }
 
@@ -118,11 +220,11 @@ func (b *builder) exportMounts(ctx context.Context, w cache.Writer, spec CacheSp
 // other users of it (a RUN of a concurrent build) to finish.
 var mountArchiveWait = 30 * time.Second
 
-// archiveMount archives cache mount id while holding its lock exclusively,
-// so no step of this or another kiln writes it meanwhile (a torn archive
-// would be restored on every fresh runner). When the lock is not free
-// within mountArchiveWait, the mount is skipped with a warning: ok is false.
-func (b *builder) archiveMount(ctx context.Context, id, dir string) (*image.Layer, bool, error) {
+// lockMount holds cache mount id's lock exclusively while it is saved, so
+// no step of this or another kiln writes it meanwhile (a torn save would
+// be restored on every fresh runner). When the lock is not free within
+// mountArchiveWait, the mount is skipped with a warning: ok is false.
+func (b *builder) lockMount(ctx context.Context, id, dir string) (unlock func(), ok bool, err error) {
 	wctx, cancel := context.WithTimeout(ctx, mountArchiveWait)
 	defer cancel()
 	held, err := lock.Acquire(wctx, dir+".lock", lock.Exclusive)
@@ -133,25 +235,5 @@ func (b *builder) archiveMount(ctx context.Context, id, dir string) (*image.Laye
 		b.warn(fmt.Sprintf("cache mount %s not exported: still in use by another build after %s (%v)", id, mountArchiveWait, err))
 		return nil, false, nil
 	}
-	defer held.Unlock()
-	// Cache-only: encoded as the cache's blobs are (compress.go).
-	l, err := archiveDir(ctx, dir, b.cacheLayer)
-	return l, err == nil, err
-}
-
-// archiveDir writes a directory's whole tree as a deterministic layer. It
-// walks through descriptors (archive.Walk): a tree of any depth in linear
-// time.
-func archiveDir(ctx context.Context, dir string, opts image.LayerOptions) (*image.Layer, error) {
-	var paths []string
-	err := archive.Walk(ctx, dir, func(e *archive.Entry) error {
-		if e.Stat.Mode&unix.S_IFMT != unix.S_IFSOCK {
-			paths = append(paths, e.Rel)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return image.WriteLayer(ctx, dir, image.Changes{Paths: paths}, opts)
+	return held.Unlock, true, nil
 }

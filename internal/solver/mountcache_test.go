@@ -25,10 +25,10 @@ func (r *recordSink) Emit(e progress.Event) {
 	r.events = append(r.events, e)
 }
 
-// A cache mount in use by another build is archived once it is free, and
-// skipped with a warning when it stays busy past the bound: never archived
+// A cache mount in use by another build is saved once it is free, and
+// skipped with a warning when it stays busy past the bound: never saved
 // while written.
-func TestArchiveMountWaitsForItsLock(t *testing.T) {
+func TestSaveMountWaitsForItsLock(t *testing.T) {
 	old := mountArchiveWait
 	mountArchiveWait = 300 * time.Millisecond
 	t.Cleanup(func() { mountArchiveWait = old })
@@ -46,7 +46,7 @@ func TestArchiveMountWaitsForItsLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if _, ok, err := b.archiveMount(context.Background(), "m", dir); err != nil || ok {
+	if _, ok, err := b.lockMount(context.Background(), "m", dir); err != nil || ok {
 		t.Fatalf("busy mount: ok=%v err=%v, want skipped", ok, err)
 	}
 	if d := time.Since(start); d < mountArchiveWait || d > 5*time.Second {
@@ -56,8 +56,9 @@ func TestArchiveMountWaitsForItsLock(t *testing.T) {
 		t.Errorf("events %+v, want one warning naming the mount", sink.events)
 	}
 	go func() { time.Sleep(100 * time.Millisecond); held.Unlock() }()
-	l, ok, err := b.archiveMount(context.Background(), "m", dir)
-	if err != nil || !ok || l == nil {
-		t.Fatalf("mount freed while waiting: ok=%v err=%v, want archived", ok, err)
+	unlock, ok, err := b.lockMount(context.Background(), "m", dir)
+	if err != nil || !ok {
+		t.Fatalf("mount freed while waiting: ok=%v err=%v, want locked", ok, err)
 	}
+	unlock()
 }

@@ -245,7 +245,7 @@ func (b *builder) seedCache(ctx context.Context, m *instructions.Mount, id, dir 
 	}
 	defer os.RemoveAll(tmp)
 	if m.From == "" && !b.prefetchTried(id) {
-		restored, err := b.restoreMount(ctx, id, tmp)
+		restored, err := b.restoreMount(ctx, id, tmp, mountStatePath(dir))
 		if err != nil {
 			return err
 		}

@@ -88,14 +88,18 @@ type CacheSpec struct {
 	MaxAge      time.Duration
 	MaxEntries  int
 	// Compression is BuildKit's cache-to compression=, for the blobs only
-	// the cache holds (layers of stages outside the image's FROM chain,
-	// cache-mount archives): "" is zstd, unlike BuildKit's gzip, since
+	// the cache holds (layers of stages outside the image's FROM chain;
+	// cache mounts are always zstd, internal/mountstore): "" is zstd, unlike BuildKit's gzip, since
 	// only kiln ever reads them. CompressionLevel is compression-level
 	// (nil: the library default). ForceCompression re-encodes every blob
 	// exported to this cache, image layers and earlier builds' included.
 	Compression      string
 	CompressionLevel *int
 	ForceCompression bool
+	// MountMaxSize is cache-mount-max-size= on --cache-to: the bytes of
+	// files each cache mount keeps, least recently used dropped first (0:
+	// DefaultMountMaxSize).
+	MountMaxSize int64
 }
 
 func (c CacheSpec) String() string {

@@ -120,7 +120,7 @@ func (b *builder) prefetchMounts(ctx context.Context, s *stage, c *instructions.
 		b.prefetches.mu.Unlock()
 		b.prefetches.wg.Go(func() {
 			defer close(mp.done)
-			restored, err := b.restoreMount(ctx, id, tmp)
+			restored, err := b.restoreMount(ctx, id, tmp, mountStatePath(dir))
 			mp.restored = err == nil && restored
 		})
 	}

@@ -44,7 +44,7 @@ type stepCache struct {
 	// mounts are the cache mounts (id -> directory) steps that ran used.
 	mounts map[string]string
 	// unstepped counts the layer bytes a cache export uploads that no
-	// step made (cache-mount archives, zstd copies of base layers), so
+	// step made (cache-mount packs and manifests, zstd copies of base layers), so
 	// the report's total is what went up.
 	unstepped atomic.Int64
 

@@ -1,0 +1,259 @@
+package cli_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kiln-build/kiln/internal/testenv"
+)
+
+// mountDockerfile fills a cache mount with every kind of entry on its
+// first use, appends the input to a log on every use, and dumps the tree
+// as the step found it (/out/before) and as it left it (/out/after): type,
+// mode, owner, mtime, link count, symlink target and content digest.
+func mountDockerfile(base string) string {
+	dump := `dump() { (cd /cache && find . -mindepth 1 | sort | while read f; do stat -c '%n %F %a %u %g %Y %h' "$f"; if [ -L "$f" ]; then readlink "$f"; elif [ -f "$f" ]; then md5sum < "$f"; fi; done); }`
+	fill := `mkdir -p /cache/d/empty/deeper /cache/d/private && chmod 700 /cache/d/private && ` +
+		`echo hi > /cache/d/f && chown 1234:5678 /cache/d/f && chmod 4755 /cache/d/f && ` +
+		`ln -s f /cache/d/link && ln -s /etc/passwd /cache/abs && ln /cache/d/f /cache/d/hard && ` +
+		`head -c 3000000 /dev/urandom > /cache/big && mkdir /cache/s && for i in $(seq 1 300); do echo $i > /cache/s/$i; done && ` +
+		`touch /cache/.made`
+	return "FROM " + base + "\nCOPY input.txt /input.txt\n" +
+		"RUN --mount=type=cache,id=tree,target=/cache " + dump + "; mkdir -p /out; " +
+		"if [ -e /cache/.made ]; then dump > /out/before; else " + fill + "; fi; " +
+		"cat /input.txt >> /cache/log && dump > /out/after\n"
+}
+
+func outFile(t *testing.T, ref, name string) string {
+	t.Helper()
+	e, ok := testenv.Tree(t, testenv.Pull(t, ref))["out/"+name]
+	if !ok {
+		t.Fatalf("%s has no /out/%s", ref, name)
+	}
+	return string(e.Content)
+}
+
+type mountReport struct {
+	Mounts []struct {
+		ID            string `json:"id"`
+		RestoredFrom  string `json:"restoredFrom"`
+		RestoredFiles int    `json:"restoredFiles"`
+		RestoredBytes int64  `json:"restoredBytes"`
+		SavedFiles    int    `json:"savedFiles"`
+		SavedBytes    int64  `json:"savedBytes"`
+		UploadedFiles int    `json:"uploadedFiles"`
+		UploadedBytes int64  `json:"uploadedBytes"`
+	} `json:"mounts"`
+}
+
+func readMountReport(t *testing.T, path string) mountReport {
+	t.Helper()
+	var r mountReport
+	if err := json.Unmarshal([]byte(readFile(t, path)), &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Mounts) != 1 {
+		t.Fatalf("report has %d mounts, want 1: %s", len(r.Mounts), readFile(t, path))
+	}
+	return r
+}
+
+// blobBytes is the bytes of the blobs in a local cache directory, by name.
+func blobBytes(t *testing.T, dir string) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	des, _ := os.ReadDir(filepath.Join(dir, "blobs", "sha256"))
+	for _, de := range des {
+		if fi, err := de.Info(); err == nil {
+			out[de.Name()] = fi.Size()
+		}
+	}
+	return out
+}
+
+// A cache mount saved by one runner is restored on a fresh one exactly
+// as it was saved (contents, modes, owners, times, symlinks, hardlinks,
+// empty directories); the second save, after a one-line change, uploads
+// about that line, not the mount; a build whose RUN hits downloads no
+// mount content. Through the real registry, and with type=local.
+func TestCacheMountStoreMovesOnlyChanges(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	for _, kind := range []string{"registry", "local"} {
+		t.Run(kind, func(t *testing.T) {
+			p := newProxy(t, reg)
+			localDir := filepath.Join(t.TempDir(), "cache")
+			to := "type=registry,ref=" + p.host + "/ms/" + kind + ":cache"
+			from := to
+			if kind == "local" {
+				to, from = "type=local,dest="+localDir, "type=local,src="+localDir
+			}
+			src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
+			dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+			kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/"+kind+":1", "--cache-to", to, ".")
+			saved := outFile(t, reg+"/ms/"+kind+":1", "after")
+			if !strings.Contains(saved, "./d/hard regular file 4755 1234 5678") || !strings.Contains(saved, "./d/empty/deeper directory") {
+				t.Fatalf("the first build did not make the tree:\n%s", saved)
+			}
+
+			dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+			if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			before := blobBytes(t, localDir)
+			p.reset()
+			report := filepath.Join(t.TempDir(), "r.json")
+			res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/"+kind+":2", "--report", report, "--cache-from", from, "--cache-to", to, ".")
+			if got := outFile(t, reg+"/ms/"+kind+":2", "before"); got != saved {
+				t.Errorf("restored tree differs from the saved one\n got:\n%s\nwant:\n%s", got, saved)
+			}
+			var up int64
+			if kind == "registry" {
+				p.mu.Lock()
+				up = p.up
+				p.mu.Unlock()
+			} else {
+				for name, n := range blobBytes(t, localDir) {
+					if _, ok := before[name]; !ok {
+						up += n
+					}
+				}
+			}
+			r := readMountReport(t, report).Mounts[0]
+			// The mount is over 3 MB of random bytes; the change is one
+			// line. What went up besides the step layers and the index
+			// is a small pack and the manifest.
+			if up > 150<<10 {
+				t.Errorf("a one-line change uploaded %d bytes (the mount holds %d):\n%s", up, r.SavedBytes, res.Stderr)
+			}
+			if r.RestoredFrom == "" || r.RestoredFiles != 304 || r.SavedFiles != 304 || r.UploadedFiles != 1 || r.UploadedBytes > 64<<10 || r.SavedBytes < 3000000 {
+				t.Errorf("report: %+v", r)
+			}
+
+			// Every step hits: no mount content moves.
+			dir, env = freshRunner(t, src, time.Unix(1720000000, 0))
+			if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p.reset()
+			res = kiln(t, dir, env, "build", "--progress=plain", "--cache-from", from, ".")
+			if strings.Contains(res.Stderr, "restored cache mount") {
+				t.Errorf("a fully cached build restored the mount:\n%s", res.Stderr)
+			}
+			if kind == "registry" {
+				p.mu.Lock()
+				var down int64
+				for _, n := range p.gets {
+					down += n
+				}
+				p.mu.Unlock()
+				if down > 64<<10 {
+					t.Errorf("a fully cached build downloaded %d blob bytes", down)
+				}
+			}
+		})
+	}
+}
+
+// A save interrupted while it uploads leaves the previous manifest: the
+// next runner restores the earlier contents.
+func TestInterruptedMountSaveKeepsThePrevious(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	p := newProxy(t, reg)
+	cacheRef := p.host + "/ms/int:cache"
+	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/int:1", "--cache-to", "type=registry,ref="+cacheRef, ".")
+	saved := outFile(t, reg+"/ms/int:1", "after")
+
+	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.stall = true
+	p.mu.Unlock()
+	cmd := exec.Command(testenv.Kiln(t), "build", "--progress=plain", "--cache-from", "type=registry,ref="+cacheRef, "--cache-to", "type=registry,ref="+cacheRef, ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.stalled:
+	case <-time.After(90 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("the upload never started:\n%s", out)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("kiln did not stop within 30s of SIGINT")
+	}
+	p.mu.Lock()
+	p.stall = false
+	p.mu.Unlock()
+
+	dir, env = freshRunner(t, src, time.Unix(1720000000, 0))
+	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("three\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/int:3", "--cache-from", "type=registry,ref="+cacheRef, ".")
+	if got := outFile(t, reg+"/ms/int:3", "before"); got != saved {
+		t.Errorf("after an interrupted save the restored mount is not the previous one\n got:\n%s\nwant:\n%s", got, saved)
+	}
+}
+
+// Two runners saving one mount id to one cache at once leave a manifest
+// that restores whole to one of their trees.
+func TestConcurrentMountSavesLeaveOneWhole(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	cacheRef := reg + "/ms/conc:cache"
+	var wg sync.WaitGroup
+	after := make([]string, 2)
+	for i, input := range []string{"a\n", "b\n"} {
+		src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": input})
+		dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+		tag := reg + "/ms/conc:" + strings.TrimSpace(input)
+		wg.Go(func() {
+			res := testenv.Run(t, dir, env, "build", "--progress=plain", "--push", "-t", tag, "--cache-to", "type=registry,ref="+cacheRef, ".")
+			if res.ExitCode != 0 {
+				t.Errorf("concurrent build %d failed:\n%s", i, res.Stderr)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for i, tag := range []string{"a", "b"} {
+		after[i] = outFile(t, reg+"/ms/conc:"+tag, "after")
+	}
+	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "c\n"})
+	dir, env := freshRunner(t, src, time.Unix(1710000000, 0))
+	res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/conc:c", "--cache-from", "type=registry,ref="+cacheRef, ".")
+	if strings.Contains(res.Stderr, "left out") || strings.Contains(res.Stderr, "starting empty") {
+		t.Errorf("restore warned:\n%s", res.Stderr)
+	}
+	if got := outFile(t, reg+"/ms/conc:c", "before"); got != after[0] && got != after[1] {
+		t.Errorf("the restored mount is neither saved tree:\n%s", got)
+	}
+}
