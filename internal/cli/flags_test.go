@@ -94,3 +94,18 @@ func TestCacheToCompression(t *testing.T) {
 		t.Errorf("--cache-from with compression=: %+v, %v (want it ignored)", spec, err)
 	}
 }
+
+func TestParseCacheMountMaxSize(t *testing.T) {
+	spec, err := parseCacheSpec("type=registry,ref=r/c:1,cache-mount-max-size=512MiB", true)
+	if err != nil || spec.MountMaxSize != 512<<20 {
+		t.Fatalf("got %d, %v; want 512 MiB", spec.MountMaxSize, err)
+	}
+	for _, bad := range []string{"cache-mount-max-size=lots", "cache-mount-max-size=0", "cache-mount-max-size=-1G"} {
+		if _, err := parseCacheSpec("type=local,dest=/x,"+bad, true); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+	if _, err := parseCacheSpec("type=local,src=/x,cache-mount-max-size=1G", false); err == nil {
+		t.Error("cache-mount-max-size accepted on --cache-from")
+	}
+}

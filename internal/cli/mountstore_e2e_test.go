@@ -257,3 +257,30 @@ func TestConcurrentMountSavesLeaveOneWhole(t *testing.T) {
 		t.Errorf("the restored mount is neither saved tree:\n%s", got)
 	}
 }
+
+// cache-mount-max-size keeps the most recently used files of a mount that
+// outgrew it; the others are not saved, and a fresh runner lacks them.
+func TestCacheMountMaxSizeDropsLeastRecentlyUsed(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	cacheRef := reg + "/ms/cap:cache"
+	// Ten files of 100 kB: f0 is the oldest, f9 the newest.
+	df := "FROM " + base + "\nCOPY input.txt /input.txt\n" +
+		"RUN --mount=type=cache,id=cap,target=/cache mkdir -p /out && ls /cache > /out/before; " +
+		"if [ ! -e /cache/f0 ]; then for i in 0 1 2 3 4 5 6 7 8 9; do head -c 100000 /dev/urandom > /cache/f$i; touch -t 20200101010$i /cache/f$i; done; fi\n"
+	src := writeContext(t, map[string]string{"Dockerfile": df, "input.txt": "one\n"})
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	res := kiln(t, dir, env, "build", "--progress=plain", "--cache-to", "type=registry,ref="+cacheRef+",cache-mount-max-size=450kB", ".")
+	if !strings.Contains(res.Stderr, "least recently used files") {
+		t.Errorf("no eviction reported:\n%s", res.Stderr)
+	}
+	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/cap:2", "--cache-from", "type=registry,ref="+cacheRef, ".")
+	if got, want := outFile(t, reg+"/ms/cap:2", "before"), "f6\nf7\nf8\nf9\n"; got != want {
+		t.Errorf("the capped mount holds\n%s\nwant the four newest:\n%s", got, want)
+	}
+}
