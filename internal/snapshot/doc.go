@@ -47,7 +47,11 @@
 // compressed bytes and the tar are hashed on the way: a blob that does not
 // match its digest or diffID fails with [ErrLayerDigest] and leaves no
 // directory, and a cancelled extraction removes its temporary directory.
-// bench/extract.sh times this path against `curl | tar -xzf`.
+// A layer that is a [TarTee] also gets a copy of its tar as it is
+// inflated (to encode it again without inflating twice), closed as whole
+// only when the tar's diffID matched; a copy that falls behind is given up
+// ([ErrTeeBehind]) after a bounded wait, never holding the extraction up
+// for long. bench/extract.sh times this path against `curl | tar -xzf`.
 //
 // Extracted layers and committed trees are caches of layer blobs, not
 // state: [Store] lists them for package gc, last used = the directory's

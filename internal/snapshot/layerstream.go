@@ -22,7 +22,8 @@ var ErrLayerDigest = errors.New("layer digest mismatch")
 // bytes arrive (from the network for a remote layer: no temporary file) and
 // decompressed by internal/archive's decoders (klauspost's gzip, about twice
 // the standard library's speed, which go-containerregistry's Uncompressed
-// uses). Both the compressed bytes and the tar are hashed on the way
+// uses). A layer that is a TarTee gets its copy of the tar from here. Both
+// the compressed bytes and the tar are hashed on the way
 // through: the stream ends in an error wrapping ErrLayerDigest, instead of
 // io.EOF, when either differs from what the layer claims, so the caller
 // must read it to its end (see drain) before keeping anything made of it.
@@ -41,7 +42,7 @@ func openLayer(ctx context.Context, l v1.Layer) (io.ReadCloser, error) {
 		}
 		// Read ahead here too: a read blocked on a connection that stopped
 		// sending then still ends when ctx does.
-		ra := newReadAhead(ctx, newHashCheck(rc, "diffID", diffID))
+		ra := newReadAhead(ctx, newHashCheck(rc, "diffID", diffID), teeOf(l))
 		return &layerStream{Reader: ra, close: func() error {
 			err := rc.Close()
 			ra.stop()
@@ -62,7 +63,7 @@ func openLayer(ctx context.Context, l v1.Layer) (io.ReadCloser, error) {
 		_ = rc.Close()
 		return nil, fmt.Errorf("open layer %s: %w", digest, err)
 	}
-	ra := newReadAhead(ctx, newHashCheck(dr, "diffID", diffID))
+	ra := newReadAhead(ctx, newHashCheck(dr, "diffID", diffID), teeOf(l))
 	return &layerStream{
 		Reader: ra,
 		blob:   blob,
@@ -92,6 +93,7 @@ const (
 // whose file creation waits on the disk, the decoder keeps going meanwhile.
 type readAhead struct {
 	ctx     context.Context
+	tee     *tarTee // nil: no copy wanted
 	full    chan chunk
 	free    chan []byte
 	done    chan struct{}
@@ -107,9 +109,10 @@ type chunk struct {
 	err error
 }
 
-func newReadAhead(ctx context.Context, src io.Reader) *readAhead {
+func newReadAhead(ctx context.Context, src io.Reader, tee *tarTee) *readAhead {
 	ra := &readAhead{
 		ctx:    ctx,
+		tee:    tee,
 		full:   make(chan chunk, readAheadChunks),
 		free:   make(chan []byte, readAheadChunks),
 		done:   make(chan struct{}),
@@ -124,6 +127,10 @@ func newReadAhead(ctx context.Context, src io.Reader) *readAhead {
 
 func (ra *readAhead) produce(src io.Reader) {
 	defer close(ra.exited)
+	if ra.tee != nil {
+		// A stream stopped before its end leaves an incomplete copy.
+		defer ra.tee.end(errTeeStopped)
+	}
 	for {
 		var buf []byte
 		select {
@@ -142,6 +149,15 @@ func (ra *readAhead) produce(src io.Reader) {
 		case ra.full <- chunk{b: buf[:n], err: err}:
 		case <-ra.done:
 			return
+		}
+		if ra.tee != nil {
+			// After the hand-over: extraction never waits for the copy
+			// of a chunk it already has. The buffer stays as it is
+			// until this goroutine takes it from free again.
+			ra.tee.put(buf[:n], ra.done)
+			if err != nil {
+				ra.tee.finish(err)
+			}
 		}
 		if err != nil {
 			return

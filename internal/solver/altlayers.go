@@ -2,10 +2,8 @@ package solver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -14,7 +12,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/kiln-build/kiln/internal/archive"
 	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/snapshot"
@@ -31,9 +28,9 @@ import (
 // the original). Only what the snapshotter extracts changes: the image is
 // always assembled from the base's own layers.
 //
-// The copy is made from the original's compressed bytes as the build's own
-// extraction reads them (teeLayer: no second download), transcoded in the
-// background, and Put at cache export.
+// The copy is encoded from the original's tar as the build's own extraction
+// inflates it (teeLayer: no second download, no second inflate) and Put at
+// cache export.
 
 // altMinSize: smaller layers (a busybox-sized base) inflate in tens of
 // milliseconds; a second blob is not worth its upload and index entry.
@@ -72,14 +69,12 @@ type foundAlt struct {
 	used  bool
 }
 
-// madeAlt is one copy in the making. busy is held by the read teeing the
-// original into src; done is closed when the transcode has finished.
+// madeAlt is one attempt at a copy; layer and err are set when done is
+// closed.
 type madeAlt struct {
-	busy    bool
-	started bool
-	done    chan struct{}
-	layer   *image.Layer
-	err     error
+	done  chan struct{}
+	layer *image.Layer
+	err   error
 }
 
 // stop cancels the transcodes still running and waits for them: nothing
@@ -213,145 +208,77 @@ func (b *builder) prepareSnapshot(ctx context.Context, snap snapshot.Snapshotter
 	return snap.Prepare(ctx, layers)
 }
 
-// teeLayer is a base layer whose compressed bytes, as the snapshotter
-// reads them, are also written to a file in the build's directory; a read
-// that reaches the end starts the zstd transcode of that file.
+// teeLayer is a base layer whose uncompressed tar, as the snapshotter's
+// extraction inflates and verifies it, is also encoded as the zstd copy
+// (snapshot.TarTee): each base layer is inflated once, and a hit, which
+// extracts nothing, makes no copy.
 type teeLayer struct {
 	v1.Layer
 	b      *builder
 	diffID v1.Hash
 }
 
-func (t *teeLayer) Compressed() (io.ReadCloser, error) {
-	rc, err := t.Layer.Compressed()
-	if err != nil {
-		return nil, err
-	}
-	m := t.b.claimAlternate(t.diffID)
-	if m == nil {
-		return rc, nil
-	}
-	f, err := os.CreateTemp(t.b.tmp, "alt-src-*.gz")
-	if err != nil {
-		t.b.releaseAlternate(t.diffID)
-		return rc, nil
-	}
-	return &teeReader{rc: rc, f: f, t: t}, nil
-}
+var _ snapshot.TarTee = (*teeLayer)(nil)
 
-// claimAlternate returns the copy of diffID d to make, or nil when it is
-// being made or was made already.
-func (b *builder) claimAlternate(d v1.Hash) *madeAlt {
-	b.alts.mu.Lock()
-	defer b.alts.mu.Unlock()
-	if b.alts.made == nil {
-		b.alts.made = map[v1.Hash]*madeAlt{}
-	}
-	m, ok := b.alts.made[d]
-	if !ok {
-		m = &madeAlt{done: make(chan struct{})}
-		b.alts.made[d] = m
-	}
-	if m.busy || m.started {
+// TeeTar starts the transcode of the tar the extraction is about to read,
+// fed through a pipe; none when the copy is made or being made already.
+// The pipe's writer is the snapshotter's to close: with an error when the
+// tar was not whole or not the layer's, which fails Recompress, as does
+// a tar whose diffID Recompress finds is not the layer's.
+func (t *teeLayer) TeeTar() snapshot.TarWriter {
+	b := t.b
+	m := b.claimAlternate(t.diffID)
+	if m == nil {
 		return nil
 	}
-	m.busy = true
-	return m
-}
-
-// releaseAlternate gives up a claim whose read did not reach the end, so
-// another read may tee.
-func (b *builder) releaseAlternate(d v1.Hash) {
-	b.alts.mu.Lock()
-	defer b.alts.mu.Unlock()
-	if m := b.alts.made[d]; m != nil {
-		m.busy = false
-	}
-}
-
-type teeReader struct {
-	rc     io.ReadCloser
-	f      *os.File
-	t      *teeLayer
-	failed bool // the file could not be written: no copy from this read
-	eof    bool
-	closed bool
-}
-
-func (r *teeReader) Read(p []byte) (int, error) {
-	n, err := r.rc.Read(p)
-	if n > 0 && !r.failed {
-		if _, werr := r.f.Write(p[:n]); werr != nil {
-			r.failed = true
-		}
-	}
-	if errors.Is(err, io.EOF) {
-		r.eof = true
-	}
-	return n, err
-}
-
-func (r *teeReader) Close() error {
-	err := r.rc.Close()
-	if r.closed {
-		return err
-	}
-	r.closed = true
-	path := r.f.Name()
-	ferr := r.f.Close()
-	b, d := r.t.b, r.t.diffID
-	if !r.eof || r.failed || ferr != nil {
-		os.Remove(path)
-		b.releaseAlternate(d)
-		return err
-	}
-	b.alts.mu.Lock()
-	m := b.alts.made[d]
-	m.busy, m.started = false, true
-	b.alts.mu.Unlock()
+	pr, pw := io.Pipe()
 	b.alts.wg.Go(func() {
 		defer close(m.done)
-		defer os.Remove(path)
+		// Closing the reader unblocks the snapshotter's writer when the
+		// transcode stops early (cancelled, or its file failed).
+		defer pr.Close()
 		opts := b.cacheLayer
 		opts.Compression, opts.Level, opts.OCI = image.Zstd, &altLevel, true
 		ctx := b.alts.ctx
 		if ctx == nil {
 			ctx = context.Background()
 		}
-		m.layer, m.err = image.Recompress(ctx, &fileLayer{Layer: r.t.Layer, path: path}, opts)
+		m.layer, m.err = image.Recompress(ctx, &pipeLayer{Layer: t.Layer, r: pr}, opts)
 	})
-	return err
+	return pw
 }
 
-// fileLayer is a layer whose compressed bytes were saved to path; the
-// transcode reads them from there (Recompress checks the diffID).
-type fileLayer struct {
+// claimAlternate returns a new attempt at the copy of diffID d, or nil
+// when the copy was made or is being made. A failed attempt (its
+// extraction cancelled, say) leaves the next extraction free to try.
+func (b *builder) claimAlternate(d v1.Hash) *madeAlt {
+	b.alts.mu.Lock()
+	defer b.alts.mu.Unlock()
+	if b.alts.made == nil {
+		b.alts.made = map[v1.Hash]*madeAlt{}
+	}
+	if m, ok := b.alts.made[d]; ok {
+		select {
+		case <-m.done:
+			if m.err == nil {
+				return nil
+			}
+		default:
+			return nil
+		}
+	}
+	m := &madeAlt{done: make(chan struct{})}
+	b.alts.made[d] = m
+	return m
+}
+
+// pipeLayer is a layer whose uncompressed tar is read from r, once.
+type pipeLayer struct {
 	v1.Layer
-	path string
+	r *io.PipeReader
 }
 
-func (l *fileLayer) Uncompressed() (io.ReadCloser, error) {
-	f, err := os.Open(l.path)
-	if err != nil {
-		return nil, err
-	}
-	dr, _, err := archive.Decompress(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &readCloser{Reader: dr, close: func() error {
-		dr.Close()
-		return f.Close()
-	}}, nil
-}
-
-type readCloser struct {
-	io.Reader
-	close func() error
-}
-
-func (r *readCloser) Close() error { return r.close() }
+func (l *pipeLayer) Uncompressed() (io.ReadCloser, error) { return l.r, nil }
 
 // exportAlternates puts into w the zstd copies this build made that w
 // lacks, and again the copies it used (which keeps them from ageing out
@@ -375,11 +302,7 @@ func (b *builder) exportAlternates(ctx context.Context, w cache.Writer) error {
 	for _, d := range made {
 		b.alts.mu.Lock()
 		m := b.alts.made[d]
-		started := m.started
 		b.alts.mu.Unlock()
-		if !started {
-			continue
-		}
 		select {
 		case <-m.done:
 		case <-ctx.Done():
