@@ -133,7 +133,8 @@ func (s Sink) PutPack(ctx context.Context, p Pack, compressed []byte) error {
 }
 
 // Commit puts the manifest, after every pack it names. It returns the
-// manifest blob's compressed size.
+// bytes it adds to the store: the manifest blob's compressed size, or 0
+// when the store's manifest is this one already.
 func (s Sink) Commit(ctx context.Context, m *Manifest) (int64, error) {
 	comp, raw, err := m.Encode()
 	if err != nil {
@@ -144,10 +145,14 @@ func (s Sink) Commit(ctx context.Context, m *Manifest) (int64, error) {
 		return 0, err
 	}
 	rec := cache.Record{Key: Key(s.ID), StepID: StepID(s.ID), Inputs: map[string]string{"mount": s.ID}}
+	added := int64(len(comp))
+	if old, err := s.W.Get(ctx, rec.Key); err == nil && old.Layer.Digest == hash(digest.FromBytes(comp)) {
+		added = 0
+	}
 	if err := s.put(ctx, rec, l); err != nil {
 		return 0, err
 	}
-	return int64(len(comp)), nil
+	return added, nil
 }
 
 // blobLayer is an in-memory blob as the v1.Layer cache.Writer takes.

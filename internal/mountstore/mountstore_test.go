@@ -206,9 +206,15 @@ func TestSmallChangeUploadsAboutTheChange(t *testing.T) {
 	if second.NewFiles != 3 {
 		t.Errorf("second save packed %d files, want 3", second.NewFiles)
 	}
-	third := save(t, st, src, SaveOptions{State: second.State})
-	if third.Uploaded != 0 || third.NewFiles != 0 {
-		t.Errorf("unchanged save uploaded %d bytes, %d files", third.Uploaded, third.NewFiles)
+	m, _, err := Load(context.Background(), st, "id")
+	must(t, err)
+	sink := Sink{W: st, ID: "id"}
+	third, err := Save(context.Background(), src, sink, SaveOptions{Base: m, State: second.State})
+	must(t, err)
+	added, err := sink.Commit(context.Background(), third.Manifest)
+	must(t, err)
+	if third.Uploaded != 0 || third.NewFiles != 0 || added != 0 {
+		t.Errorf("unchanged save uploaded %d bytes, %d files, a %d-byte manifest", third.Uploaded, third.NewFiles, added)
 	}
 	dst := filepath.Join(t.TempDir(), "r")
 	restore(t, st, dst, RestoreOptions{})
