@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"path"
 	"sort"
+	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
@@ -67,8 +68,13 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 		return RestoreResult{}, err
 	}
 	defer root.Close()
-	r := &restorer{root: root, m: m, files: map[int]*fileProgress{}}
+	r := &restorer{root: root, m: m, files: map[int]*fileProgress{}, dir: dir}
 	res := RestoreResult{State: &State{Files: map[string]FileState{}}}
+	// Into an empty directory (a fresh runner), nothing is there to keep
+	// or replace: no file is checked or removed first.
+	if names, err := archive.ReadNames(root.FD()); err == nil && len(names) == 0 {
+		r.fresh = true
+	}
 	if err := r.layout(); err != nil {
 		return res, err
 	}
@@ -87,16 +93,19 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 		if e.Type != TypeFile {
 			continue
 		}
-		kept, err := r.present(i, o.State)
-		if err != nil {
-			return res, err
-		}
-		if kept {
+		if !r.fresh && r.present(i, o.State) {
 			res.Kept++
 			res.KeptBytes += e.Size
 			continue
 		}
 		r.files[i] = &fileProgress{}
+		if len(e.Chunks) > 1 {
+			// Written by several packs, perhaps at once: made here, so
+			// the writers only ever open it.
+			if err := r.create(root, i); err != nil {
+				return res, err
+			}
+		}
 		var off int64
 		for _, c := range e.Chunks {
 			pm := needs[c.Pack]
@@ -174,23 +183,54 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 		g.Wait()
 		close(ch)
 	}()
-	var werr error
-	for a := range ch {
-		if werr != nil {
-			continue
+	// Creating files costs the filesystem more than anything else here:
+	// par writers, each with its own Root, share it out.
+	var (
+		wmu  sync.Mutex
+		werr error
+		wg   sync.WaitGroup
+	)
+	roots := make([]*archive.Root, 0, par)
+	for range par {
+		wroot, err := archive.OpenRoot(dir)
+		if err != nil {
+			for _, r := range roots {
+				r.Close()
+			}
+			for range ch {
+			}
+			return res, err
 		}
-		if a.err != nil {
-			res.Problems = append(res.Problems, a.err)
-			continue
-		}
-		for _, pc := range a.pieces {
-			for _, t := range pc.targets {
-				if err := r.write(t.entry, t.offset, a.data[pc.off:pc.off+pc.sz]); err != nil {
-					werr = err
+		roots = append(roots, wroot)
+	}
+	for _, wroot := range roots {
+		wg.Go(func() {
+			defer wroot.Close()
+			for a := range ch {
+				wmu.Lock()
+				failed := werr != nil
+				if a.err != nil && !failed {
+					res.Problems = append(res.Problems, a.err)
+				}
+				wmu.Unlock()
+				if failed || a.err != nil {
+					continue
+				}
+				for _, pc := range a.pieces {
+					for _, t := range pc.targets {
+						if err := r.write(wroot, t.entry, t.offset, a.data[pc.off:pc.off+pc.sz]); err != nil {
+							wmu.Lock()
+							if werr == nil {
+								werr = err
+							}
+							wmu.Unlock()
+						}
+					}
 				}
 			}
-		}
+		})
 	}
+	wg.Wait()
 	if werr == nil {
 		werr = ctx.Err()
 	}
@@ -229,9 +269,14 @@ func fetchPack(ctx context.Context, src PackSource, dec *zstd.Decoder, p Pack) (
 	return data, n, nil
 }
 
+// fileProgress is one file being written. A file of one chunk is made,
+// written and given its metadata by the writer that got the chunk (done,
+// st); a larger one is made before the writers start and finished after.
 type fileProgress struct {
 	created bool
-	written int64
+	written atomic.Int64
+	done    bool
+	st      unix.Stat_t
 }
 
 // restorer writes a manifest's entries under one Root. It is used by one
@@ -240,6 +285,8 @@ type restorer struct {
 	root  *archive.Root
 	m     *Manifest
 	files map[int]*fileProgress // files to be written, by entry index
+	dir   string
+	fresh bool // dir was empty
 }
 
 func splitPath(p string) (dir, name string) {
@@ -287,42 +334,39 @@ func clear(dirfd int, name string) error {
 
 // present reports whether entry i is in dir already with its contents:
 // by the runner's state, or else by reading it against its chunks.
-func (r *restorer) present(i int, s *State) (bool, error) {
+func (r *restorer) present(i int, s *State) bool {
 	e := r.m.Entries[i]
 	d, name := splitPath(e.Path)
 	fd, _, err := r.root.Dir(d, false)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
-		return false, nil
-	}
 	if err != nil {
-		return false, nil
+		return false
 	}
 	var st unix.Stat_t
 	if unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != e.Size {
-		return false, nil
+		return false
 	}
 	if s != nil {
 		if fs, ok := s.Files[e.Path]; ok && fs.matches(&st) && sameChunks(fs.Chunks, e.Chunks) {
-			return true, nil
+			return true
 		}
 	}
 	f, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return false, nil
+		return false
 	}
 	defer unix.Close(f)
 	var off int64
 	for _, c := range e.Chunks {
 		h := sha256.New()
 		if _, err := io.Copy(h, io.NewSectionReader(fdReaderAt(f), off, c.Size)); err != nil {
-			return false, nil
+			return false
 		}
 		if digest.NewDigest(digest.SHA256, h) != c.Digest {
-			return false, nil
+			return false
 		}
 		off += c.Size
 	}
-	return true, nil
+	return true
 }
 
 func sameChunks(a []ChunkName, b []Chunk) bool {
@@ -350,20 +394,44 @@ func (f fdReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-// write puts one verified chunk at its offset of file entry i, creating
-// the file (replacing whatever was there) on its first chunk.
-func (r *restorer) write(i int, off int64, data []byte) error {
+// create makes file entry i empty, replacing whatever was there.
+func (r *restorer) create(root *archive.Root, i int) error {
 	e := r.m.Entries[i]
-	fp := r.files[i]
 	d, name := splitPath(e.Path)
-	fd, _, err := r.root.Dir(d, true)
+	fd, _, err := root.Dir(d, true)
 	if err != nil {
 		return fmt.Errorf("cache mount file %s: %w", e.Path, err)
 	}
-	flags := unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	if !fp.created {
+	if !r.fresh {
 		if err := clear(fd, name); err != nil {
 			return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+		}
+	}
+	f, err := unix.Openat(fd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+	}
+	r.files[i].created = true
+	return unix.Close(f)
+}
+
+// write puts one verified chunk at its offset of file entry i. A file of
+// one chunk is made here, whole, with its metadata.
+func (r *restorer) write(root *archive.Root, i int, off int64, data []byte) error {
+	e := r.m.Entries[i]
+	fp := r.files[i]
+	d, name := splitPath(e.Path)
+	fd, _, err := root.Dir(d, true)
+	if err != nil {
+		return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+	}
+	whole := len(e.Chunks) == 1
+	flags := unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	if whole {
+		if !r.fresh {
+			if err := clear(fd, name); err != nil {
+				return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+			}
 		}
 		flags |= unix.O_CREAT | unix.O_EXCL
 	}
@@ -371,17 +439,44 @@ func (r *restorer) write(i int, off int64, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("cache mount file %s: %w", e.Path, err)
 	}
-	fp.created = true
 	defer unix.Close(f)
+	if whole {
+		fp.created = true
+	}
 	for len(data) > 0 {
 		n, err := unix.Pwrite(f, data, off)
 		if err != nil {
 			return fmt.Errorf("cache mount file %s: %w", e.Path, err)
 		}
 		data, off = data[n:], off+int64(n)
-		fp.written += int64(n)
+		fp.written.Add(int64(n))
+	}
+	if whole {
+		if err := fileMeta(f, e, &fp.st); err != nil {
+			return err
+		}
+		fp.done = true
 	}
 	return nil
+}
+
+// fileMeta applies a regular file's owner, mode, xattrs and times through
+// its open descriptor, and reads its stat back.
+func fileMeta(f int, e Entry, st *unix.Stat_t) error {
+	if err := unix.Fchown(f, e.UID, e.GID); err != nil && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("cache mount %s: chown: %w", e.Path, err)
+	}
+	if err := unix.Fchmod(f, e.Mode); err != nil {
+		return fmt.Errorf("cache mount %s: chmod: %w", e.Path, err)
+	}
+	for k, v := range e.Xattrs {
+		_ = unix.Fsetxattr(f, k, v, 0) // best effort, as in meta
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(e.MTime), unix.NsecToTimespec(e.MTime)}
+	if err := unix.UtimesNanoAt(f, "", ts, unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("cache mount %s: times: %w", e.Path, err)
+	}
+	return unix.Fstat(f, st)
 }
 
 // finish removes files left incomplete, makes empty files and hardlinks,
@@ -403,7 +498,7 @@ func (r *restorer) finish(s *State) (files int, bytes int64, missing int, err er
 		if err != nil {
 			return 0, 0, 0, fmt.Errorf("cache mount file %s: %w", e.Path, err)
 		}
-		if fp.written != e.Size {
+		if fp.written.Load() != e.Size {
 			if fp.created {
 				if err := clear(fd, name); err != nil {
 					return 0, 0, 0, fmt.Errorf("cache mount file %s: %w", e.Path, err)
@@ -426,14 +521,16 @@ func (r *restorer) finish(s *State) (files int, bytes int64, missing int, err er
 		files++
 		bytes += e.Size
 	}
-	for _, e := range r.m.Entries {
+	for i, e := range r.m.Entries {
 		switch e.Type {
 		case TypeFile:
 			if !complete[e.Path] {
 				continue
 			}
-			st, err := r.meta(e)
-			if err != nil {
+			var st unix.Stat_t
+			if fp := r.files[i]; fp != nil && fp.done {
+				st = fp.st
+			} else if st, err = r.meta(e); err != nil {
 				return 0, 0, 0, err
 			}
 			fs := statOf(&st)
