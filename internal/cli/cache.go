@@ -23,7 +23,7 @@ func newCmdCache() *cobra.Command {
 		Use:   "cache",
 		Short: "Inspect and trim what kiln keeps on disk",
 	}
-	cmd.AddCommand(newCmdCacheLs(), newCmdCacheDu(), newCmdCachePrune())
+	cmd.AddCommand(newCmdCacheLs(), newCmdCacheDu(), newCmdCachePrune(), newCmdCacheServe())
 	return cmd
 }
 

@@ -1,0 +1,228 @@
+package cacheserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	"github.com/sirupsen/logrus"
+
+	// The storage drivers and the access controller distribution finds by
+	// name in its configuration.
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+)
+
+// Config is what `kiln cache serve` was asked to do.
+type Config struct {
+	// Addr is the "host:port" to listen on.
+	Addr string
+	// Root is the directory that holds the store.
+	Root string
+	// Htpasswd, when set, is an htpasswd file (bcrypt) of the users who
+	// may use the server; every request must then authenticate.
+	Htpasswd string
+	// InsecureNoAuth allows a non-loopback Addr without Htpasswd.
+	InsecureNoAuth bool
+	// TLSCert and TLSKey, when both set, serve HTTPS.
+	TLSCert, TLSKey string
+	// ShutdownTimeout bounds how long a shutdown waits for in-flight
+	// requests (uploads above all) to finish.
+	ShutdownTimeout time.Duration
+	// Log receives the access log and the server's own messages; nil
+	// discards them.
+	Log *slog.Logger
+}
+
+// Server is a running cache server's handler and store.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	app     *handlers.App
+	driver  storagedriver.StorageDriver
+	handler http.Handler
+}
+
+// DefaultShutdownTimeout is how long a shutdown waits for in-flight
+// requests when Config.ShutdownTimeout is zero: long enough for a large
+// layer upload on a slow link to complete.
+const DefaultShutdownTimeout = 2 * time.Minute
+
+// New checks cfg and builds the server's handler over its store; it does
+// not listen yet.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Root == "" {
+		return nil, errors.New("cache server: no store directory (--root)")
+	}
+	root, err := filepath.Abs(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("cache server: store directory: %w", err)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("cache server: store directory: %w", err)
+	}
+	cfg.Root = root
+	if lo, err := loopback(cfg.Addr); err != nil {
+		return nil, err
+	} else if !lo && cfg.Htpasswd == "" && !cfg.InsecureNoAuth {
+		return nil, ErrExposed
+	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, errors.New("cache server: --tls-cert and --tls-key go together")
+	}
+	if cfg.Htpasswd != "" {
+		// distribution creates a missing htpasswd file with a generated
+		// user; a typo in the path must fail instead.
+		if _, err := os.Stat(cfg.Htpasswd); err != nil {
+			return nil, fmt.Errorf("cache server: htpasswd file: %w", err)
+		}
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	quietDistribution()
+
+	dcfg, err := distributionConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	driver, err := factory.Create(ctx, dcfg.Storage.Type(), dcfg.Storage.Parameters())
+	if err != nil {
+		return nil, fmt.Errorf("cache server: open store: %w", err)
+	}
+	app, err := newApp(ctx, dcfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, app: app, driver: driver}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.health)
+	mux.Handle("/", app)
+	s.handler = accessLog(log, mux)
+	return s, nil
+}
+
+// newApp is handlers.NewApp, which reports a bad configuration by panicking.
+func newApp(ctx context.Context, dcfg *configuration.Configuration) (app *handlers.App, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("cache server: %v", r)
+		}
+	}()
+	return handlers.NewApp(ctx, dcfg), nil
+}
+
+// distributionConfig is cfg in distribution's terms: a filesystem store
+// with deletes on (eviction and `crane delete` need them) and stale upload
+// sessions purged, as the registry does by default.
+func distributionConfig(cfg Config) (*configuration.Configuration, error) {
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("cache server: upload secret: %w", err)
+	}
+	dcfg := &configuration.Configuration{
+		Storage: configuration.Storage{
+			"filesystem": configuration.Parameters{"rootdirectory": cfg.Root},
+			"delete":     configuration.Parameters{"enabled": true},
+		},
+	}
+	// One server per store: the secret that signs upload state only has to
+	// be shared between servers behind one load balancer.
+	dcfg.HTTP.Secret = hex.EncodeToString(secret)
+	if cfg.Htpasswd != "" {
+		dcfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "kiln", "path": cfg.Htpasswd}}
+	}
+	return dcfg, nil
+}
+
+// quietDistribution keeps distribution's own per-request logging (through
+// logrus's standard logger) to warnings: the access log is this package's.
+func quietDistribution() {
+	logrus.SetLevel(logrus.WarnLevel)
+	logrus.SetFormatter(&logrus.JSONFormatter{})
+	logrus.SetOutput(os.Stderr)
+}
+
+// Handler serves the registry API, /healthz and the access log.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// health answers 200 when the store can be read.
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	_, err := s.driver.Stat(ctx, "/")
+	var nf storagedriver.PathNotFoundError
+	if err != nil && !errors.As(err, &nf) {
+		s.log.Error("health check", "err", err)
+		http.Error(w, "store unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ok\n")
+}
+
+// Listen opens the configured address.
+func (s *Server) Listen() (net.Listener, error) {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("cache server: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve serves on ln until ctx is cancelled, then stops accepting, lets
+// in-flight requests finish (up to the shutdown timeout) and returns nil.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	scheme := "http"
+	if s.cfg.TLSCert != "" {
+		scheme = "https"
+	}
+	errc := make(chan error, 1)
+	go func() {
+		var err error
+		if scheme == "https" {
+			err = srv.ServeTLS(ln, s.cfg.TLSCert, s.cfg.TLSKey)
+		} else {
+			err = srv.Serve(ln)
+		}
+		errc <- err
+	}()
+	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "root", s.cfg.Root, "auth", s.cfg.Htpasswd != "")
+	select {
+	case err := <-errc:
+		s.app.Shutdown()
+		return fmt.Errorf("cache server: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down: finishing in-flight requests", "timeout", s.cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	s.app.Shutdown()
+	if err != nil {
+		return fmt.Errorf("cache server: shutdown: %w", err)
+	}
+	s.log.Info("stopped")
+	return nil
+}

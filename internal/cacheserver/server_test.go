@@ -1,0 +1,200 @@
+package cacheserver_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/kiln-build/kiln/internal/cacheserver"
+)
+
+// start serves cfg on a free loopback port until the test ends.
+func start(t *testing.T, cfg cacheserver.Config) string {
+	t.Helper()
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.Root == "" {
+		cfg.Root = t.TempDir()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := cacheserver.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+func TestPushPull(t *testing.T) {
+	addr := start(t, cacheserver.Config{})
+	img, err := random.Image(4096, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(addr + "/a/b:c")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	got, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate.Image(got); err != nil {
+		t.Fatalf("pulled image: %v", err)
+	}
+}
+
+func TestRefusesExposedWithoutAuth(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:5000", ":5000", "[::]:5000", "192.0.2.1:5000", "example.com:5000"} {
+		_, err := cacheserver.New(context.Background(), cacheserver.Config{Addr: addr, Root: t.TempDir()})
+		if !errors.Is(err, cacheserver.ErrExposed) {
+			t.Errorf("%s without auth: %v, want ErrExposed", addr, err)
+		}
+	}
+	for _, addr := range []string{"127.0.0.1:5000", "[::1]:5000", "localhost:5000", "127.0.0.2:0"} {
+		if _, err := cacheserver.New(context.Background(), cacheserver.Config{Addr: addr, Root: t.TempDir()}); err != nil {
+			t.Errorf("%s: %v", addr, err)
+		}
+	}
+	_, err := cacheserver.New(context.Background(), cacheserver.Config{Addr: "0.0.0.0:5000", Root: t.TempDir(), InsecureNoAuth: true})
+	if err != nil {
+		t.Errorf("--insecure-no-auth: %v", err)
+	}
+}
+
+func htpasswd(t *testing.T, users map[string]string) string {
+	t.Helper()
+	var b strings.Builder
+	for u, p := range users {
+		h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s:%s\n", u, h)
+	}
+	f := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(f, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestHtpasswd(t *testing.T) {
+	addr := start(t, cacheserver.Config{Htpasswd: htpasswd(t, map[string]string{"ci": "s3cret"})})
+	img, _ := random.Image(1024, 1)
+	ref, _ := name.ParseReference(addr + "/app:1")
+
+	for what, opt := range map[string]remote.Option{
+		"no credentials":   remote.WithAuth(authn.Anonymous),
+		"a wrong password": remote.WithAuth(&authn.Basic{Username: "ci", Password: "guess"}),
+		"an unknown user":  remote.WithAuth(&authn.Basic{Username: "eve", Password: "s3cret"}),
+	} {
+		err := remote.Write(ref, img, opt)
+		var terr *transport.Error
+		if !errors.As(err, &terr) || terr.StatusCode != http.StatusUnauthorized {
+			t.Errorf("push with %s: %v, want 401", what, err)
+		}
+	}
+	if _, err := remote.Head(ref, remote.WithAuth(authn.Anonymous)); err == nil {
+		t.Errorf("anonymous HEAD answered")
+	}
+	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: "ci", Password: "s3cret"})); err != nil {
+		t.Fatalf("push with the right password: %v", err)
+	}
+}
+
+func TestHtpasswdFileMustExist(t *testing.T) {
+	_, err := cacheserver.New(context.Background(), cacheserver.Config{Addr: "127.0.0.1:0", Root: t.TempDir(), Htpasswd: "/nonexistent/htpasswd"})
+	if err == nil {
+		t.Fatal("a missing htpasswd file was accepted (distribution would create one with a generated user)")
+	}
+}
+
+// The cache server must build and run on machines without kiln's
+// executors: it imports nothing else of kiln's.
+func TestImportsNothingOfKiln(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "github.com/kiln-build/kiln/internal/cacheserver").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if strings.HasPrefix(pkg, "github.com/kiln-build/kiln/") && pkg != "github.com/kiln-build/kiln/internal/cacheserver" {
+			t.Errorf("cacheserver depends on %s", pkg)
+		}
+	}
+}
+
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+
+	addr := start(t, cacheserver.Config{TLSCert: certFile, TLSKey: keyFile})
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	img, _ := random.Image(1024, 1)
+	ref, _ := name.ParseReference(addr + "/tls/app:1")
+	if err := remote.Write(ref, img, remote.WithTransport(tr)); err != nil {
+		t.Fatalf("push over TLS: %v", err)
+	}
+	// Plain HTTP gets no registry answer.
+	resp, err := http.Get("http://" + addr + "/v2/")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("plain HTTP to a TLS server answered 200")
+		}
+	}
+}

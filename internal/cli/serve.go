@@ -1,0 +1,55 @@
+package cli
+
+import (
+	"context"
+	"log/slog"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-build/kiln/internal/cacheserver"
+)
+
+// newCmdCacheServe returns `kiln cache serve`, a registry for build caches
+// next to the runners.
+func newCmdCacheServe() *cobra.Command {
+	var cfg cacheserver.Config
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve an OCI registry for build caches and images (CNCF distribution) from a directory",
+		Long: "kiln cache serve runs CNCF distribution's registry over a directory, for use as\n" +
+			"--cache-to/--cache-from type=registry and as an ordinary push/pull registry.\n" +
+			"It logs one JSON line per request to stderr, answers GET /healthz, and on\n" +
+			"SIGINT or SIGTERM stops accepting and lets in-flight requests finish.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			cfg.Log = slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			return serve(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Addr, "addr", "127.0.0.1:5000", "address to listen on (host:port)")
+	f.StringVar(&cfg.Root, "root", "", "directory that holds the store (required)")
+	f.StringVar(&cfg.Htpasswd, "htpasswd", "", "htpasswd file (bcrypt) of the users allowed in")
+	f.BoolVar(&cfg.InsecureNoAuth, "insecure-no-auth", false, "allow a non-loopback --addr without --htpasswd")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) to serve HTTPS with")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cacheserver.DefaultShutdownTimeout, "how long a shutdown waits for in-flight requests")
+	_ = cmd.MarkFlagRequired("root")
+	return cmd
+}
+
+func serve(ctx context.Context, cfg cacheserver.Config) error {
+	srv, err := cacheserver.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	ln, err := srv.Listen()
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx, ln)
+}

@@ -1,0 +1,284 @@
+package cli_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kiln-build/kiln/internal/testenv"
+)
+
+// served is a running `kiln cache serve` process.
+type served struct {
+	cmd  *exec.Cmd
+	addr string // "127.0.0.1:PORT"
+	mu   sync.Mutex
+	log  bytes.Buffer
+	msgs chan string // the "msg" of every log line, in order
+	done chan error
+}
+
+// startServe starts `kiln cache serve` on a free loopback port over root,
+// waits until it listens, and stops it (SIGTERM) in t.Cleanup. Its log is
+// printed if the test failed.
+func startServe(t *testing.T, root string, args ...string) *served {
+	t.Helper()
+	s := &served{msgs: make(chan string, 10000), done: make(chan error, 1)}
+	args = append([]string{"cache", "serve", "--addr", "127.0.0.1:0", "--root", root}, args...)
+	s.cmd = exec.Command(testenv.Kiln(t), args...)
+	s.cmd.Env = []string{"HOME=" + t.TempDir()}
+	stderr, err := s.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	listening := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			s.mu.Lock()
+			s.log.Write(sc.Bytes())
+			s.log.WriteByte('\n')
+			s.mu.Unlock()
+			var line struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil {
+				if line.Msg == "listening" {
+					listening <- line.Addr
+				}
+				s.msgs <- line.Msg
+			}
+		}
+		s.done <- s.cmd.Wait()
+		close(s.msgs)
+	}()
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			_ = s.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-s.done:
+			case <-time.After(30 * time.Second):
+				_ = s.cmd.Process.Kill()
+			}
+		}
+		if t.Failed() {
+			t.Logf("kiln cache serve log:\n%s", s.logs())
+		}
+	})
+	select {
+	case s.addr = <-listening:
+	case err := <-s.done:
+		t.Fatalf("kiln cache serve exited before listening: %v\n%s", err, s.logs())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("kiln cache serve did not listen within 30s:\n%s", s.logs())
+	}
+	return s
+}
+
+func (s *served) logs() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log.String()
+}
+
+// waitMsg waits for a log line with msg.
+func (s *served) waitMsg(t *testing.T, msg string) {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case m, ok := <-s.msgs:
+			if !ok {
+				t.Fatalf("kiln cache serve exited before logging %q", msg)
+			}
+			if m == msg {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("kiln cache serve did not log %q within 30s", msg)
+		}
+	}
+}
+
+// The job `kiln cache serve` exists for: runner 1 pushes its image and a
+// mode=max cache to it, and a brand-new runner 2 with --cache-from finds
+// every step there and downloads no layer.
+func TestCacheServeFreshRunner(t *testing.T) {
+	testenv.Need(t, "runc")
+	srv := startServe(t, t.TempDir())
+	reg := srv.addr
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	p := newProxy(t, reg)
+	src := writeContext(t, cacheFiles)
+	cacheRef := p.host + "/cache/app:buildcache"
+	baseArg := "BASE=" + strings.Replace(base, reg, p.host, 1)
+
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", p.host+"/app:1", "--build-arg", baseArg,
+		"--cache-to", "type=registry,ref="+cacheRef+",mode=max", ".")
+	first := testenv.Pull(t, reg+"/app:1")
+	firstDigest, _ := first.Digest()
+
+	p.reset()
+	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+	report := filepath.Join(t.TempDir(), "report.json")
+	res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", p.host+"/app:2", "--build-arg", baseArg,
+		"--cache-from", "type=registry,ref="+cacheRef, "--report", report, ".")
+	second := testenv.Pull(t, reg+"/app:2")
+	secondDigest, _ := second.Digest()
+	if firstDigest != secondDigest {
+		t.Errorf("image digest changed on a fully cached build: %s then %s", firstDigest, secondDigest)
+	}
+	r := readReport(t, report)
+	if r.Totals.Steps != 8 || r.Totals.Cached != 8 {
+		t.Errorf("%d of %d steps cached, want all 8:\n%s", r.Totals.Cached, r.Totals.Steps, res.Stderr)
+	}
+	if n, b := p.downloaded(layerDigests(t, second)); n != 0 {
+		t.Errorf("a fully cached build downloaded %d layer blobs (%d bytes) from kiln cache serve", n, b)
+	}
+	// The access log saw the builds' requests.
+	if !strings.Contains(srv.logs(), `"path":"/v2/cache/app/manifests/buildcache"`) {
+		t.Errorf("no access log line for the cache manifest")
+	}
+}
+
+// A listener on every interface with no auth is refused unless asked for.
+func TestCacheServeRefusesExposedWithoutAuth(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0"} {
+		res := testenv.Run(t, t.TempDir(), nil, "cache", "serve", "--addr", addr, "--root", t.TempDir())
+		if res.ExitCode == 0 || !strings.Contains(res.Stderr, "--insecure-no-auth") {
+			t.Errorf("--addr %s with no auth: exit %d, stderr %q; want a refusal naming --insecure-no-auth", addr, res.ExitCode, res.Stderr)
+		}
+	}
+}
+
+// SIGTERM during an upload lets the upload finish and be stored before the
+// server exits; a new connection is no longer accepted meanwhile.
+func TestCacheServeShutdownFinishesUploads(t *testing.T) {
+	root := t.TempDir()
+	srv := startServe(t, root)
+	blob := bytes.Repeat([]byte("kiln cache serve "), 64<<10)
+	sum := sha256.Sum256(blob)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+
+	resp, err := http.Post("http://"+srv.addr+"/v2/up/load/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("start upload: %s", resp.Status)
+	}
+	loc := resp.Header.Get("Location")
+	if !strings.HasPrefix(loc, "http") {
+		loc = "http://" + srv.addr + loc
+	}
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodPut, loc+"&digest="+digest, pr)
+	req.ContentLength = int64(len(blob))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	putDone := make(chan *http.Response, 1)
+	putErr := make(chan error, 1)
+	go func() {
+		// A connection of its own: the POST's idle one is closed by the
+		// shutdown, as it should be.
+		r, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+		if err != nil {
+			putErr <- err
+			return
+		}
+		putDone <- r
+	}()
+	half := len(blob) / 2
+	if _, err := pw.Write(blob[:half]); err != nil {
+		t.Fatal(err)
+	}
+	// The signal must come while the server is writing the upload: wait
+	// until its bytes reach the store's upload file.
+	waitFor(t, "upload bytes in the store", func() bool {
+		m, _ := filepath.Glob(filepath.Join(root, "docker/registry/v2/repositories/up/load/_uploads/*/data"))
+		for _, f := range m {
+			if fi, err := os.Stat(f); err == nil && fi.Size() > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	srv.waitMsg(t, "shutting down: finishing in-flight requests")
+	if _, err := pw.Write(blob[half:]); err != nil {
+		t.Fatalf("the server dropped an in-flight upload on SIGTERM: %v", err)
+	}
+	pw.Close()
+	select {
+	case r := <-putDone:
+		r.Body.Close()
+		if r.StatusCode != http.StatusCreated {
+			t.Fatalf("in-flight upload after SIGTERM: %s, want 201 Created", r.Status)
+		}
+	case err := <-putErr:
+		t.Fatalf("in-flight upload after SIGTERM: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("in-flight upload did not finish within 30s of SIGTERM")
+	}
+	select {
+	case err := <-srv.done:
+		if err != nil {
+			t.Fatalf("kiln cache serve after SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("kiln cache serve did not exit within 30s of SIGTERM")
+	}
+
+	// Restarted on the same store, it serves the blob whole.
+	srv = startServe(t, root)
+	got, err := http.Get(fmt.Sprintf("http://%s/v2/up/load/blobs/%s", srv.addr, digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Body.Close()
+	b, _ := io.ReadAll(got.Body)
+	if got.StatusCode != http.StatusOK || !bytes.Equal(b, blob) {
+		t.Fatalf("blob uploaded during shutdown, after restart: %s, %d bytes, want %d", got.Status, len(b), len(blob))
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 30s for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// GET /healthz answers while the store is reachable.
+func TestCacheServeHealth(t *testing.T) {
+	srv := startServe(t, t.TempDir())
+	resp, err := http.Get("http://" + srv.addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz: %s", resp.Status)
+	}
+}
