@@ -75,8 +75,17 @@ func TestFreshRunnerZstdBaseCopies(t *testing.T) {
 		return testenv.Pull(t, reg+"/alt:"+tag), res.Stderr
 	}
 
-	// Runner 1, cold: stores a zstd copy of each big base layer.
+	// Runner 1, cold: stores a zstd copy of each big base layer, made from
+	// the one download its extraction reads (and inflates).
 	build("1", "", "--cache-to", "type=registry,ref="+cacheRef+",mode=max")
+	var gzBytes int64
+	for _, l := range big {
+		n, _ := l.Size()
+		gzBytes += n
+	}
+	if n, b := p.downloaded(gzNames); n != 2 || b != gzBytes {
+		t.Errorf("the cold build downloaded %d of the 2 big base blobs, %d bytes; want each once, %d bytes", n, b, gzBytes)
+	}
 	ctx := context.Background()
 	st, err := cache.OpenRegistry(ctx, strings.Replace(cacheRef, p.host, reg, 1), registry.Options{Insecure: []string{reg}})
 	if err != nil {
