@@ -143,6 +143,10 @@ func distributionConfig(cfg Config) (*configuration.Configuration, error) {
 			"delete":     configuration.Parameters{"enabled": true},
 		},
 	}
+	// Images with non-distributable layers (Windows bases) name their
+	// layers' URLs; a mirror must accept them as the registry they came
+	// from did.
+	dcfg.Validation.Manifests.URLs.Allow = []string{"^https?://"}
 	// One server per store: the secret that signs upload state only has to
 	// be shared between servers behind one load balancer.
 	dcfg.HTTP.Secret = hex.EncodeToString(secret)
