@@ -284,3 +284,46 @@ func TestCacheMountMaxSizeDropsLeastRecentlyUsed(t *testing.T) {
 		t.Errorf("the capped mount holds\n%s\nwant the four newest:\n%s", got, want)
 	}
 }
+
+// A branch build reads its own cache, then main's: the mount comes from
+// main's, and the branch's first save uploads about the change, since
+// main's packs are in the repository already; the branch's cache then
+// restores the mount on its own.
+func TestBranchBuildFallsBackToMainsMount(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	p := newProxy(t, reg)
+	mainRef, branchRef := p.host+"/ms/scope:main", p.host+"/ms/scope:branch"
+	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	kiln(t, dir, env, "build", "--progress=plain", "--cache-to", "type=registry,ref="+mainRef, ".")
+
+	build := func(input, tag string) (string, int64, testenv.Result) {
+		dir, env := freshRunner(t, src, time.Unix(1710000000, 0))
+		if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte(input), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p.reset()
+		res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/scope:"+tag,
+			"--cache-from", "type=registry,ref="+branchRef, "--cache-from", "type=registry,ref="+mainRef,
+			"--cache-to", "type=registry,ref="+branchRef, ".")
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return outFile(t, reg+"/ms/scope:"+tag, "after"), p.up, res
+	}
+	after, up, res := build("two\n", "b1")
+	if !strings.Contains(res.Stderr, "restored cache mount tree from registry:"+mainRef) {
+		t.Errorf("the branch did not restore main's mount:\n%s", res.Stderr)
+	}
+	if up > 150<<10 {
+		t.Errorf("the branch's first save uploaded %d bytes for a one-line change", up)
+	}
+	_, _, res = build("three\n", "b2")
+	if !strings.Contains(res.Stderr, "restored cache mount tree from registry:"+branchRef) {
+		t.Errorf("the second branch build did not restore the branch's mount:\n%s", res.Stderr)
+	}
+	if got := outFile(t, reg+"/ms/scope:b2", "before"); got != after {
+		t.Errorf("the branch's mount is not what its first build saved\n got:\n%s\nwant:\n%s", got, after)
+	}
+}

@@ -93,6 +93,11 @@ type Sink struct {
 	// Wrap, if set, wraps each layer handed to the store (to count the
 	// bytes it uploads).
 	Wrap func(v1.Layer) v1.Layer
+	// From, if set, is the store the base manifest came from when it is
+	// not W (a branch's first build, restored from main's cache): packs
+	// W lacks are copied from it (a registry skips the copy when the
+	// repository holds the blob already) instead of being packed again.
+	From cache.Store
 }
 
 func (s Sink) put(ctx context.Context, rec cache.Record, l v1.Layer) error {
@@ -103,19 +108,32 @@ func (s Sink) put(ctx context.Context, rec cache.Record, l v1.Layer) error {
 	return s.W.Put(ctx, rec, l)
 }
 
-// HasPack reports whether the store's index still holds p's record.
+// HasPack reports whether the store's index still holds p's record, or
+// From does (to copy it from).
 func (s Sink) HasPack(ctx context.Context, p Pack) bool {
-	rec, err := s.W.Get(ctx, packKey(p.Digest))
+	if rec, err := s.W.Get(ctx, packKey(p.Digest)); err == nil && rec.Layer.Digest == hash(p.Digest) {
+		return true
+	}
+	if s.From == nil {
+		return false
+	}
+	rec, err := s.From.Get(ctx, packKey(p.Digest))
 	return err == nil && rec.Layer.Digest == hash(p.Digest)
 }
 
-// KeepPack puts p's record again (the store holds its blob: no upload).
+// KeepPack puts p's record again: no upload when the store holds its
+// blob, else a copy from From.
 func (s Sink) KeepPack(ctx context.Context, p Pack) error {
+	st := cache.Store(s.W)
 	rec, err := s.W.Get(ctx, packKey(p.Digest))
+	if err != nil && s.From != nil {
+		st = s.From
+		rec, err = s.From.Get(ctx, packKey(p.Digest))
+	}
 	if err != nil {
 		return err
 	}
-	l, err := s.W.Layer(ctx, rec)
+	l, err := st.Layer(ctx, rec)
 	if err != nil {
 		return err
 	}

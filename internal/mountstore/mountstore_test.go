@@ -439,3 +439,28 @@ func TestHostileManifestsStayInside(t *testing.T) {
 		t.Errorf("restore wrote outside the mount: %v", des)
 	}
 }
+
+// A branch's first save, its mount restored from main's cache, copies the
+// packs it reuses from there instead of packing the mount again; the
+// branch's cache then restores alone.
+func TestSaveToAnotherStoreReusesTheBasePacks(t *testing.T) {
+	src := fixture(t)
+	main, branch := store(t), store(t)
+	first := save(t, main, src, SaveOptions{})
+	m, _, err := Load(context.Background(), main, "id")
+	must(t, err)
+	write(t, filepath.Join(src, "branch-only"), []byte("new"), 0o644)
+	sink := Sink{W: branch, ID: "id", From: main}
+	res, err := Save(context.Background(), src, sink, SaveOptions{Base: m, State: first.State})
+	must(t, err)
+	_, err = sink.Commit(context.Background(), res.Manifest)
+	must(t, err)
+	if res.NewFiles != 1 || res.Uploaded > 1<<10 {
+		t.Errorf("branch save packed %d files, %d bytes; want the one new file", res.NewFiles, res.Uploaded)
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	r := restore(t, branch, dst, RestoreOptions{})
+	if r.Missing != 0 || dump(t, dst) != dump(t, src) {
+		t.Errorf("the branch cache does not restore the tree alone (missing %d)", r.Missing)
+	}
+}

@@ -52,6 +52,14 @@ type MountReport struct {
 type mountReports struct {
 	mu sync.Mutex
 	by map[string]*MountReport
+	// from is the store each mount was restored from.
+	from map[string]cache.Store
+}
+
+func (r *mountReports) restoredFrom(id string) cache.Store {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.from[id]
 }
 
 func (r *mountReports) update(id string, f func(*MountReport)) {
@@ -128,6 +136,10 @@ func (b *builder) restoreMount(ctx context.Context, id, dir, statePath string) (
 		}
 		took := time.Since(start)
 		b.mountReps.update(id, func(r *MountReport) {
+			if b.mountReps.from == nil {
+				b.mountReps.from = map[string]cache.Store{}
+			}
+			b.mountReps.from[id] = st
 			r.RestoredFrom, r.RestoredFiles, r.RestoredBytes = st.String(), res.Files, res.Bytes
 			r.FetchedBytes, r.MissingFiles, r.RestoreSeconds = res.Fetched, res.Missing, took.Seconds()
 		})
@@ -182,7 +194,17 @@ func (b *builder) saveMount(ctx context.Context, w cache.Writer, spec CacheSpec,
 		return err
 	}
 	defer unlock()
+	sink := mountstore.Sink{W: w, ID: id, Wrap: func(l v1.Layer) v1.Layer { return b.counting(l, &b.caches.unstepped) }}
 	base, _, err := mountstore.Load(ctx, w, id)
+	if mountstore.IsMissing(err) {
+		// A branch's first save: the mount came from another cache (main's),
+		// whose packs are copied rather than packed again.
+		if from := b.mountReps.restoredFrom(id); from != nil && from.String() != w.String() {
+			if base, _, err = mountstore.Load(ctx, from, id); err == nil {
+				sink.From = from
+			}
+		}
+	}
 	if err != nil && !mountstore.IsMissing(err) {
 		b.warn(fmt.Sprintf("cache mount %s: %v (saving it whole)", id, err))
 	}
@@ -190,7 +212,6 @@ func (b *builder) saveMount(ctx context.Context, w cache.Writer, spec CacheSpec,
 	if maxSize == 0 {
 		maxSize = DefaultMountMaxSize
 	}
-	sink := mountstore.Sink{W: w, ID: id, Wrap: func(l v1.Layer) v1.Layer { return b.counting(l, &b.caches.unstepped) }}
 	res, err := mountstore.Save(ctx, dir, sink, mountstore.SaveOptions{Base: base, State: mountstore.ReadState(mountStatePath(dir)), MaxSize: maxSize})
 	if err != nil {
 		return err
