@@ -20,6 +20,7 @@ func accessLog(log *slog.Logger, next http.Handler) http.Handler {
 		}
 		start := time.Now()
 		m := httpsnoop.CaptureMetrics(next, w, r)
+		observe(r, m.Code, body.n.Load(), m.Written)
 		user, _, _ := r.BasicAuth()
 		log.Info("request",
 			"method", r.Method,

@@ -35,6 +35,8 @@ type Config struct {
 	// Htpasswd, when set, is an htpasswd file (bcrypt) of the users who
 	// may use the server; every request must then authenticate.
 	Htpasswd string
+	// ReadOnly names Htpasswd users who may pull but not push or delete.
+	ReadOnly []string
 	// InsecureNoAuth allows a non-loopback Addr without Htpasswd.
 	InsecureNoAuth bool
 	// TLSCert and TLSKey, when both set, serve HTTPS.
@@ -90,6 +92,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("cache server: htpasswd file: %w", err)
 		}
 	}
+	if len(cfg.ReadOnly) > 0 && cfg.Htpasswd == "" {
+		return nil, errors.New("cache server: --read-only-user needs --htpasswd")
+	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
@@ -114,6 +119,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, app: app, driver: driver}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.health)
+	mux.Handle("GET /metrics", metricsHandler())
 	mux.Handle("/", app)
 	s.handler = accessLog(log, mux)
 	return s, nil
@@ -151,7 +157,9 @@ func distributionConfig(cfg Config) (*configuration.Configuration, error) {
 	// be shared between servers behind one load balancer.
 	dcfg.HTTP.Secret = hex.EncodeToString(secret)
 	if cfg.Htpasswd != "" {
-		dcfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": "kiln", "path": cfg.Htpasswd}}
+		dcfg.Auth = configuration.Auth{accessControllerName: configuration.Parameters{
+			"realm": "kiln", "path": cfg.Htpasswd, "readonly": cfg.ReadOnly,
+		}}
 	}
 	return dcfg, nil
 }
@@ -164,7 +172,8 @@ func quietDistribution() {
 	logrus.SetOutput(os.Stderr)
 }
 
-// Handler serves the registry API, /healthz and the access log.
+// Handler serves the registry API, /healthz and /metrics, and logs
+// every request.
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // health answers 200 when the store can be read.

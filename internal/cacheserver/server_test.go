@@ -11,12 +11,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +82,51 @@ func TestPushPull(t *testing.T) {
 	}
 }
 
+// /metrics counts what a push and a pull moved, in Prometheus's format.
+func TestMetrics(t *testing.T) {
+	addr := start(t, cacheserver.Config{})
+	scrape := func() string {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("/metrics: %s", resp.Status)
+		}
+		return string(b)
+	}
+	value := func(text, series string) float64 {
+		for _, line := range strings.Split(text, "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return 0
+	}
+	before := scrape()
+	img, _ := random.Image(100000, 2)
+	ref, _ := name.ParseReference(addr + "/metrics/app:1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := remote.Image(ref)
+	if err := validate.Image(got); err != nil {
+		t.Fatal(err)
+	}
+	after := scrape()
+	in := value(after, `kiln_cache_server_received_bytes_total{route="upload"}`) - value(before, `kiln_cache_server_received_bytes_total{route="upload"}`)
+	out := value(after, `kiln_cache_server_sent_bytes_total{route="blob"}`) - value(before, `kiln_cache_server_sent_bytes_total{route="blob"}`)
+	if in < 200000 || out < 200000 {
+		t.Errorf("pushed and pulled two 100 kB layers: metrics say %v bytes in, %v out", in, out)
+	}
+	if value(after, `kiln_cache_server_requests_total{code="201",method="PUT",route="manifest"}`) < 1 {
+		t.Errorf("no manifest PUT counted:\n%s", after)
+	}
+}
+
 func TestRefusesExposedWithoutAuth(t *testing.T) {
 	for _, addr := range []string{"0.0.0.0:5000", ":5000", "[::]:5000", "192.0.2.1:5000", "example.com:5000"} {
 		_, err := cacheserver.New(context.Background(), cacheserver.Config{Addr: addr, Root: t.TempDir()})
@@ -136,6 +183,51 @@ func TestHtpasswd(t *testing.T) {
 	}
 	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: "ci", Password: "s3cret"})); err != nil {
 		t.Fatalf("push with the right password: %v", err)
+	}
+}
+
+func TestReadOnlyUser(t *testing.T) {
+	addr := start(t, cacheserver.Config{
+		Htpasswd: htpasswd(t, map[string]string{"ci": "rw-pass", "dev": "ro-pass"}),
+		ReadOnly: []string{"dev"},
+	})
+	rw := remote.WithAuth(&authn.Basic{Username: "ci", Password: "rw-pass"})
+	ro := remote.WithAuth(&authn.Basic{Username: "dev", Password: "ro-pass"})
+	img, _ := random.Image(1024, 2)
+	ref, _ := name.ParseReference(addr + "/app:1")
+	if err := remote.Write(ref, img, rw); err != nil {
+		t.Fatalf("read-write push: %v", err)
+	}
+	got, err := remote.Image(ref, ro)
+	if err != nil {
+		t.Fatalf("read-only pull: %v", err)
+	}
+	if err := validate.Image(got); err != nil {
+		t.Fatalf("read-only pull: %v", err)
+	}
+	other, _ := random.Image(1024, 1)
+	for _, r := range []string{addr + "/app:1", addr + "/elsewhere:1"} {
+		ref, _ := name.ParseReference(r)
+		err := remote.Write(ref, other, ro)
+		var terr *transport.Error
+		if !errors.As(err, &terr) || terr.StatusCode != http.StatusUnauthorized {
+			t.Errorf("read-only push to %s: %v, want 401", r, err)
+		}
+	}
+	// Retagging is a manifest push; deleting is a write too.
+	if err := remote.Tag(ref.Context().Tag("2"), img, ro); err == nil {
+		t.Errorf("read-only user retagged an image")
+	}
+	d, _ := img.Digest()
+	if err := remote.Delete(ref.Context().Digest(d.String()), ro); err == nil {
+		t.Errorf("read-only user deleted a manifest")
+	}
+	// The image is untouched.
+	if _, err := remote.Head(ref, rw); err != nil {
+		t.Errorf("image after the read-only user's attempts: %v", err)
+	}
+	if _, err := remote.Head(ref.Context().Tag("2"), rw); err == nil {
+		t.Errorf("the read-only user's tag exists")
 	}
 }
 

@@ -34,6 +34,7 @@ func newCmdCacheServe() *cobra.Command {
 	f.StringVar(&cfg.Addr, "addr", "127.0.0.1:5000", "address to listen on (host:port)")
 	f.StringVar(&cfg.Root, "root", "", "directory that holds the store (required)")
 	f.StringVar(&cfg.Htpasswd, "htpasswd", "", "htpasswd file (bcrypt) of the users allowed in")
+	f.StringArrayVar(&cfg.ReadOnly, "read-only-user", nil, "an --htpasswd user who may pull but not push or delete (repeatable)")
 	f.BoolVar(&cfg.InsecureNoAuth, "insecure-no-auth", false, "allow a non-loopback --addr without --htpasswd")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) to serve HTTPS with")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
