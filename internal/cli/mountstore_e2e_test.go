@@ -327,3 +327,56 @@ func TestBranchBuildFallsBackToMainsMount(t *testing.T) {
 		t.Errorf("the branch's mount is not what its first build saved\n got:\n%s\nwant:\n%s", got, after)
 	}
 }
+
+// A damaged pack in the cache is a warning and a mount without the files
+// it held; the build succeeds and every file restored has its bytes.
+func TestDamagedMountPackIsAWarning(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/dmg:1", "--cache-to", "type=local,dest="+cacheDir, ".")
+	saved := outFile(t, reg+"/ms/dmg:1", "after")
+	// The largest blob is the pack holding the 3 MB random file.
+	var biggest string
+	var size int64
+	for name, n := range blobBytes(t, cacheDir) {
+		if n > size {
+			biggest, size = name, n
+		}
+	}
+	p := filepath.Join(cacheDir, "blobs", "sha256", biggest)
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0xff
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/dmg:2", "--cache-from", "type=local,src="+cacheDir, ".")
+	if !strings.Contains(res.Stderr, "files left out") {
+		t.Errorf("no warning about the damaged pack:\n%s", res.Stderr)
+	}
+	got := outFile(t, reg+"/ms/dmg:2", "before")
+	if got == saved || strings.Contains(got, "./big ") {
+		t.Errorf("the damaged pack's file was restored:\n%s", got)
+	}
+	want := map[string]bool{}
+	for _, l := range strings.Split(saved, "\n") {
+		want[l] = true
+	}
+	for _, l := range strings.Split(got, "\n") {
+		// Directory times differ where a file is missing; files and
+		// their digests must be the saved ones.
+		if !want[l] && !strings.Contains(l, " directory ") {
+			t.Errorf("restored line not in the saved tree: %q", l)
+		}
+	}
+}
