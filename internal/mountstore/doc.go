@@ -13,15 +13,18 @@
 // JSON:
 //
 //	{"version":1,
-//	 "packs":[{"digest":"sha256:…","diffID":"sha256:…","size":N}, …],
+//	 "packs":[{"digest":"sha256:…","diffID":"sha256:…","size":N,"raw":N}, …],
 //	 "entries":[{"path":".","type":"dir","mode":493,"uid":0,"gid":0,"mtime":NS}, …,
 //	   {"path":"a/f","type":"file","mode":420,"size":N,"mtime":NS,"xattrs":{"user.k":"base64"},
 //	    "chunks":[{"digest":"sha256:…","size":N,"pack":I,"offset":O}, …]},
 //	   {"path":"a/l","type":"symlink","link":"f"},
 //	   {"path":"a/h","type":"hardlink","link":"a/f"}]}
 //
-// where a pack's digest is of its compressed bytes, its diffID of the
-// uncompressed ones, and a chunk's offset is into the uncompressed pack.
+// where a pack's digest and size are of its compressed bytes, its diffID
+// and raw of the uncompressed ones, and a chunk's offset is into the
+// uncompressed pack. A save rewrites the chunks still used of a reused
+// pack that is less than half used (compaction), so restores do not
+// fetch dead bytes; the old pack's record then ages out of the store.
 // Paths are slash-separated and relative to the mount; "." is the mount
 // directory itself.
 //

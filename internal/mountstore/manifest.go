@@ -35,6 +35,9 @@ type Pack struct {
 	Digest digest.Digest `json:"digest"` // of the compressed bytes
 	DiffID digest.Digest `json:"diffID"` // of the uncompressed bytes
 	Size   int64         `json:"size"`   // compressed bytes
+	// Raw is the uncompressed bytes, so a save can tell how much of a
+	// pack its manifest still uses (0: unknown, never compacted).
+	Raw int64 `json:"raw,omitempty"`
 }
 
 // Entry is one file, directory or link of a mount.

@@ -464,3 +464,39 @@ func TestSaveToAnotherStoreReusesTheBasePacks(t *testing.T) {
 		t.Errorf("the branch cache does not restore the tree alone (missing %d)", r.Missing)
 	}
 }
+
+// A reused pack whose chunks the mount mostly dropped is rewritten: the
+// new manifest no longer names it, so a restore does not fetch dead bytes.
+func TestMostlyDeadPacksAreCompacted(t *testing.T) {
+	src := fixture(t)
+	st := store(t)
+	first := save(t, st, src, SaveOptions{})
+	old := first.Manifest.Packs
+	must(t, os.Remove(filepath.Join(src, "big.bin")))
+	must(t, os.Remove(filepath.Join(src, "link")))
+	second := save(t, st, src, SaveOptions{State: first.State})
+	for _, p := range second.Manifest.Packs {
+		for _, o := range old {
+			if p.Digest == o.Digest {
+				t.Errorf("pack %s, now mostly dead, is still referenced", p.Digest)
+			}
+		}
+	}
+	if second.Uploaded == 0 || second.Uploaded > first.Uploaded/3 {
+		t.Errorf("compaction uploaded %d bytes (first save %d)", second.Uploaded, first.Uploaded)
+	}
+	dst := filepath.Join(t.TempDir(), "r")
+	r := restore(t, st, dst, RestoreOptions{})
+	if r.Missing != 0 || dump(t, dst) != dump(t, src) {
+		t.Errorf("after compaction the restore differs (missing %d)", r.Missing)
+	}
+	if r.Fetched > second.Uploaded+1<<10 {
+		t.Errorf("restore fetched %d bytes, more than the live packs (%d)", r.Fetched, second.Uploaded)
+	}
+	// A pack still mostly live is kept as it is.
+	write(t, filepath.Join(src, "one-more"), []byte("x"), 0o644)
+	third := save(t, st, src, SaveOptions{State: second.State})
+	if third.Uploaded > 1<<10 {
+		t.Errorf("a one-file change after compaction uploaded %d bytes", third.Uploaded)
+	}
+}

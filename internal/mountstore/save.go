@@ -133,9 +133,13 @@ func Save(ctx context.Context, dir string, sink PackSink, o SaveOptions) (SaveRe
 		}
 		s.m.Entries = append(s.m.Entries, e)
 	}
+	if err := s.compact(dir); err != nil {
+		return SaveResult{}, err
+	}
 	if err := s.flush(); err != nil {
 		return SaveResult{}, err
 	}
+	s.dropUnused()
 	res.Manifest, res.State = s.m, next
 	res.Uploaded, res.NewPacks = s.uploaded, s.newPacks
 	return res, nil
@@ -365,6 +369,100 @@ func (s *saver) file(dir string, e *Entry, st *unix.Stat_t, prev FileState) (Fil
 	return fs, fresh, nil
 }
 
+// compactBelow is the live fraction under which a reused pack is
+// rewritten: its chunks the manifest still uses are packed again (read
+// from the mount) and the pack is no longer referenced, so a restore does
+// not download mostly dead bytes and the store can age the pack out.
+const compactBelow = 0.5
+
+// compact re-packs the chunks of reused base packs that are mostly dead.
+func (s *saver) compact(dir string) error {
+	live := map[int]int64{}
+	seen := map[digest.Digest]bool{}
+	for _, e := range s.m.Entries {
+		for _, c := range e.Chunks {
+			if !seen[c.Digest] {
+				seen[c.Digest] = true
+				live[c.Pack] += c.Size
+			}
+		}
+	}
+	sparse := map[int]bool{}
+	for _, idx := range s.baseIdx {
+		if p := s.m.Packs[idx]; p.Raw > 0 && float64(live[idx]) < compactBelow*float64(p.Raw) {
+			sparse[idx] = true
+		}
+	}
+	if len(sparse) == 0 {
+		return nil
+	}
+	moved := map[digest.Digest]Chunk{}
+	for i := range s.m.Entries {
+		e := &s.m.Entries[i]
+		var off int64
+		var f *os.File
+		for j, c := range e.Chunks {
+			if sparse[c.Pack] {
+				if n, ok := moved[c.Digest]; ok {
+					e.Chunks[j] = n
+				} else {
+					if f == nil {
+						var err error
+						if f, err = os.OpenFile(filepath.Join(dir, filepath.FromSlash(e.Path)), os.O_RDONLY|unix.O_NOFOLLOW, 0); err != nil {
+							return fmt.Errorf("cache mount file %s: %w", e.Path, err)
+						}
+					}
+					data := make([]byte, c.Size)
+					if _, err := f.ReadAt(data, off); err != nil || digest.FromBytes(data) != c.Digest {
+						// Changed under the save: keep the old pack.
+						off += c.Size
+						continue
+					}
+					n, err := s.pack(c.Digest, data)
+					if err != nil {
+						f.Close()
+						return err
+					}
+					moved[c.Digest] = n
+					e.Chunks[j] = n
+				}
+			}
+			off += c.Size
+		}
+		if f != nil {
+			f.Close()
+		}
+	}
+	return nil
+}
+
+// dropUnused removes packs no chunk names (compacted away) and renumbers.
+func (s *saver) dropUnused() {
+	used := make([]bool, len(s.m.Packs))
+	for _, e := range s.m.Entries {
+		for _, c := range e.Chunks {
+			used[c.Pack] = true
+		}
+	}
+	renum := make([]int, len(s.m.Packs))
+	packs := s.m.Packs[:0:0]
+	for i, p := range s.m.Packs {
+		if used[i] {
+			renum[i] = len(packs)
+			packs = append(packs, p)
+		}
+	}
+	if len(packs) == len(s.m.Packs) {
+		return
+	}
+	for i := range s.m.Entries {
+		for j := range s.m.Entries[i].Chunks {
+			s.m.Entries[i].Chunks[j].Pack = renum[s.m.Entries[i].Chunks[j].Pack]
+		}
+	}
+	s.m.Packs = packs
+}
+
 // place finds chunk d among the chunks this save packed or the base holds,
 // as a chunk of the new manifest.
 func (s *saver) place(d digest.Digest) (Chunk, bool, error) {
@@ -418,7 +516,7 @@ func (s *saver) flush() error {
 	}
 	raw := s.buf.Bytes()
 	comp := s.enc.EncodeAll(raw, nil)
-	p := Pack{Digest: digest.FromBytes(comp), DiffID: digest.FromBytes(raw), Size: int64(len(comp))}
+	p := Pack{Digest: digest.FromBytes(comp), DiffID: digest.FromBytes(raw), Size: int64(len(comp)), Raw: int64(len(raw))}
 	if err := s.sink.PutPack(s.ctx, p, comp); err != nil {
 		return fmt.Errorf("cache mount pack %s: %w", p.Digest, err)
 	}
