@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
@@ -41,6 +42,15 @@ type Config struct {
 	InsecureNoAuth bool
 	// TLSCert and TLSKey, when both set, serve HTTPS.
 	TLSCert, TLSKey string
+	// MaxSize, when positive, bounds the bytes of blobs in the store;
+	// MaxAge, when positive, removes images unused for longer. Least
+	// recently used images go first (see evictor).
+	MaxSize int64
+	MaxAge  time.Duration
+	// EvictGrace is how long after its last use nothing may be evicted.
+	EvictGrace time.Duration
+	// EvictInterval is the time between eviction sweeps.
+	EvictInterval time.Duration
 	// ShutdownTimeout bounds how long a shutdown waits for in-flight
 	// requests (uploads above all) to finish.
 	ShutdownTimeout time.Duration
@@ -55,6 +65,7 @@ type Server struct {
 	log     *slog.Logger
 	app     *handlers.App
 	driver  storagedriver.StorageDriver
+	evictor *evictor // nil without bounds
 	handler http.Handler
 }
 
@@ -62,6 +73,14 @@ type Server struct {
 // requests when Config.ShutdownTimeout is zero: long enough for a large
 // layer upload on a slow link to complete.
 const DefaultShutdownTimeout = 2 * time.Minute
+
+// DefaultEvictGrace keeps what was just used for longer than any one
+// build's push or pull takes between its manifest and its blobs.
+const DefaultEvictGrace = 10 * time.Minute
+
+// DefaultEvictInterval is the time between eviction sweeps: each lists
+// the store, so not much more often.
+const DefaultEvictInterval = time.Minute
 
 // New checks cfg and builds the server's handler over its store; it does
 // not listen yet.
@@ -98,6 +117,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if cfg.EvictGrace == 0 {
+		cfg.EvictGrace = DefaultEvictGrace
+	}
+	if cfg.EvictInterval == 0 {
+		cfg.EvictInterval = DefaultEvictInterval
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -117,10 +142,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, app: app, driver: driver}
+	var api http.Handler = app
+	if cfg.MaxSize > 0 || cfg.MaxAge > 0 {
+		if s.evictor, err = newEvictor(ctx, driver, cfg, log); err != nil {
+			return nil, err
+		}
+		api = s.evictor.track(app)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.health)
 	mux.Handle("GET /metrics", metricsHandler())
-	mux.Handle("/", app)
+	mux.Handle("/", api)
 	s.handler = accessLog(log, mux)
 	return s, nil
 }
@@ -221,6 +253,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		errc <- err
 	}()
+	if s.evictor != nil {
+		ectx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { s.evictor.run(ectx, s.cfg.EvictInterval) })
+		defer wg.Wait()
+		defer stop()
+	}
 	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "root", s.cfg.Root, "auth", s.cfg.Htpasswd != "")
 	select {
 	case err := <-errc:

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os/signal"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 // next to the runners.
 func newCmdCacheServe() *cobra.Command {
 	var cfg cacheserver.Config
+	var maxSize string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve an OCI registry for build caches and images (CNCF distribution) from a directory",
@@ -24,6 +26,13 @@ func newCmdCacheServe() *cobra.Command {
 			"SIGINT or SIGTERM stops accepting and lets in-flight requests finish.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if maxSize != "" {
+				n, err := parseSize(maxSize)
+				if err != nil {
+					return fmt.Errorf("--max-size: %w", err)
+				}
+				cfg.MaxSize = n
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			cfg.Log = slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
@@ -38,6 +47,10 @@ func newCmdCacheServe() *cobra.Command {
 	f.BoolVar(&cfg.InsecureNoAuth, "insecure-no-auth", false, "allow a non-loopback --addr without --htpasswd")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) to serve HTTPS with")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
+	f.StringVar(&maxSize, "max-size", "", "bound the store's bytes (e.g. 50GB); least recently used images go first")
+	f.DurationVar(&cfg.MaxAge, "max-age", 0, "remove images unused for longer than this (e.g. 168h)")
+	f.DurationVar(&cfg.EvictGrace, "evict-grace", cacheserver.DefaultEvictGrace, "nothing used more recently than this is evicted")
+	f.DurationVar(&cfg.EvictInterval, "evict-interval", cacheserver.DefaultEvictInterval, "time between eviction sweeps")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cacheserver.DefaultShutdownTimeout, "how long a shutdown waits for in-flight requests")
 	_ = cmd.MarkFlagRequired("root")
 	return cmd
