@@ -14,8 +14,10 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"golang.org/x/sync/errgroup"
 )
 
 // imageAttempts bounds how often Image resolves a reference again after a
@@ -175,29 +177,9 @@ func Matches(have, want v1.Platform) bool {
 // in several repositories of one registry upload each layer once and
 // cross-repository mount it into the others.
 func Push(ctx context.Context, img v1.Image, tags []string, o Options) (v1.Hash, error) {
-	digest, err := img.Digest()
+	digest, refs, repos, err := pushTargets(img, tags, o)
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("computing image digest: %w", err)
-	}
-	if len(tags) == 0 {
-		return v1.Hash{}, errors.New("push: no image name given")
-	}
-	refs := make([]name.Reference, 0, len(tags))
-	var repos []name.Repository
-	seen := map[string]bool{}
-	for _, t := range tags {
-		r, err := o.Reference(t)
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		if d, ok := r.(name.Digest); ok && d.DigestStr() != digest.String() {
-			return v1.Hash{}, fmt.Errorf("push %s: image digest is %s", t, digest)
-		}
-		refs = append(refs, r)
-		if repo := r.Context(); !seen[repo.String()] {
-			seen[repo.String()] = true
-			repos = append(repos, repo)
-		}
+		return v1.Hash{}, err
 	}
 	pusher, err := remote.NewPusher(o.RemoteOptions(ctx)...)
 	if err != nil {
@@ -228,6 +210,95 @@ func Push(ctx context.Context, img v1.Image, tags []string, o Options) (v1.Hash,
 		}
 	}
 	return digest, nil
+}
+
+// pushTargets parses tags into the references Push writes and the
+// repositories they name, each once, in order.
+func pushTargets(img v1.Image, tags []string, o Options) (v1.Hash, []name.Reference, []name.Repository, error) {
+	digest, err := img.Digest()
+	if err != nil {
+		return v1.Hash{}, nil, nil, fmt.Errorf("computing image digest: %w", err)
+	}
+	if len(tags) == 0 {
+		return v1.Hash{}, nil, nil, errors.New("push: no image name given")
+	}
+	refs := make([]name.Reference, 0, len(tags))
+	var repos []name.Repository
+	seen := map[string]bool{}
+	for _, t := range tags {
+		r, err := o.Reference(t)
+		if err != nil {
+			return v1.Hash{}, nil, nil, err
+		}
+		if d, ok := r.(name.Digest); ok && d.DigestStr() != digest.String() {
+			return v1.Hash{}, nil, nil, fmt.Errorf("push %s: image digest is %s", t, digest)
+		}
+		refs = append(refs, r)
+		if repo := r.Context(); !seen[repo.String()] {
+			seen[repo.String()] = true
+			repos = append(repos, repo)
+		}
+	}
+	return digest, refs, repos, nil
+}
+
+// UploadBlobs sends ahead the blobs a later Push(img, tags) would send
+// first: the config and the layers, into the first repository of each
+// registry (the one Push uploads into; it mounts into the others), HEAD
+// first, concurrently, and never a manifest. Until Push sends the manifest
+// nothing names these blobs, so nothing can be pulled and no tag moves;
+// Push then finds them there and sends little more than manifests. skip
+// names layers left to Push (someone else is uploading them now, and two
+// uploads of one blob would send its bytes twice).
+func UploadBlobs(ctx context.Context, img v1.Image, tags []string, skip map[v1.Hash]bool, o Options) error {
+	digest, _, repos, err := pushTargets(img, tags, o)
+	if err != nil {
+		return err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return fmt.Errorf("upload: %w", err)
+	}
+	cfg, err := partial.ConfigLayer(img)
+	if err != nil {
+		return fmt.Errorf("upload: config: %w", err)
+	}
+	blobs := []v1.Layer{cfg}
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			return fmt.Errorf("upload: %w", err)
+		}
+		if !skip[d] {
+			blobs = append(blobs, l)
+		}
+	}
+	pusher, err := remote.NewPusher(o.RemoteOptions(ctx)...)
+	if err != nil {
+		return fmt.Errorf("upload: %w", err)
+	}
+	jobs := o.Jobs
+	if jobs <= 0 {
+		jobs = DefaultJobs
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(jobs)
+	first := map[string]bool{}
+	for _, repo := range repos {
+		if first[repo.RegistryStr()] {
+			continue
+		}
+		first[repo.RegistryStr()] = true
+		for _, l := range blobs {
+			g.Go(func() error {
+				if err := pusher.Upload(gctx, repo, l); err != nil {
+					return fmt.Errorf("upload to %s: %w", repo, classify(repo.Digest(digest.String()), err))
+				}
+				return nil
+			})
+		}
+	}
+	return g.Wait()
 }
 
 // classify wraps err with ErrUnreachable or ErrNotFound when it is one, and

@@ -87,7 +87,7 @@ type builder struct {
 	// recompressed holds layers re-encoded for force-compression outputs.
 	recompressed recompressed
 	downloaded   atomic.Int64 // blob bytes fetched from registries
-	uploading    atomic.Bool  // a registry push is running: count layer reads as uploads
+	uploading    uploadGauge  // registry pushes running: count layer reads as uploads
 
 	// planning: the build is deciding its plan (see buildStage); set
 	// before and cleared after the stages plan, never while they run.

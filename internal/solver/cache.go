@@ -284,7 +284,7 @@ func (b *builder) counting(l v1.Layer, n *atomic.Int64) v1.Layer {
 type countingLayer struct {
 	v1.Layer
 	n  *atomic.Int64
-	on *atomic.Bool
+	on *uploadGauge
 }
 
 func (c *countingLayer) Compressed() (io.ReadCloser, error) {

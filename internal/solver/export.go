@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -14,6 +16,7 @@ import (
 	"github.com/kiln-build/kiln/internal/ownership"
 	"github.com/kiln-build/kiln/internal/plan"
 	"github.com/kiln-build/kiln/internal/progress"
+	"github.com/kiln-build/kiln/internal/registry"
 	"github.com/kiln-build/kiln/internal/snapshot"
 )
 
@@ -98,8 +101,8 @@ func cacheLayerOptions(o Options, img image.LayerOptions) (image.LayerOptions, e
 	return lo, nil
 }
 
-// export writes the caches, then assembles the target stage's image and
-// writes every output. It runs only after every stage succeeded, so a
+// export assembles the target stage's image, writes the caches while the
+// image's blobs go up, then writes every output. It runs only after every stage succeeded, so a
 // failed build exports nothing.
 func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	cfg := s.cfg.DeepCopy()
@@ -141,41 +144,32 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	if err := b.imageEncoding(ctx, s); err != nil {
 		return nil, err
 	}
-	// Caches first: a --cache-to that fails (without ignore-error) fails
-	// the build before any output is written, so a failed build never
-	// leaves a pushed image behind.
+	imgs := make([]v1.Image, len(specs))
+	for i, spec := range specs {
+		img, err := b.assemble(ctx, s, spec, cfg)
+		if err != nil {
+			return nil, err
+		}
+		imgs[i] = img
+	}
+	// The image's blobs go up while the caches are written; its manifest
+	// and tags only after. A --cache-to that fails (without ignore-error)
+	// fails the build before any output is written, so a failed build
+	// never leaves a pushed image behind: at most blobs no manifest names.
+	sent := b.sendAhead(ctx, specs, imgs)
 	if err := b.exportCaches(ctx, s); err != nil {
+		sent.cancel()
+		sent.wait()
 		return nil, err
 	}
+	sent.wait()
 	res := &Result{}
 	for i, spec := range specs {
-		base, added := s.base, s.added
-		if spec.ForceCompression {
-			var err error
-			if base, added, err = b.forceCompression(ctx, s, spec); err != nil {
-				return nil, fmt.Errorf("output type=%s: force-compression: %w", spec.Type, err)
-			}
-		}
-		img, err := image.Assemble(base, cfg, added, spec.OCIMediaTypes)
-		if err != nil {
-			return nil, fmt.Errorf("assemble image: %w", err)
-		}
-		if s.startInterval != 0 {
-			if img, err = withHealthStartInterval(img, s.startInterval); err != nil {
-				return nil, err
-			}
-		}
-		if spec.Type == "registry" {
-			// Inline cache: the pushed image names its layers' keys, so
-			// --cache-from type=registry,ref=<this image> works.
-			if img, err = withInlineCache(img, s); err != nil {
-				return nil, err
-			}
-		}
+		img := imgs[i]
 		id, start := b.start(nil, "exporting to "+spec.Type)
-		b.uploading.Store(spec.Type == "registry")
+		done := b.uploading.begin(spec.Type == "registry")
 		out, err := output.Export(ctx, spec, output.Image{Image: img, Tags: b.opts.Tags, Rootfs: rootfs}, env)
-		b.uploading.Store(false)
+		done()
 		if err != nil {
 			b.fail(id, start, err)
 			return nil, fmt.Errorf("output type=%s: %w", spec.Type, err)
@@ -195,6 +189,111 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	b.summarize(res)
 	return res, nil
 }
+
+// assemble makes the image one output writes.
+func (b *builder) assemble(ctx context.Context, s *stage, spec output.Spec, cfg *v1.ConfigFile) (v1.Image, error) {
+	base, added := s.base, s.added
+	if spec.ForceCompression {
+		var err error
+		if base, added, err = b.forceCompression(ctx, s, spec); err != nil {
+			return nil, fmt.Errorf("output type=%s: force-compression: %w", spec.Type, err)
+		}
+	}
+	img, err := image.Assemble(base, cfg, added, spec.OCIMediaTypes)
+	if err != nil {
+		return nil, fmt.Errorf("assemble image: %w", err)
+	}
+	if s.startInterval != 0 {
+		if img, err = withHealthStartInterval(img, s.startInterval); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Type == "registry" {
+		// Inline cache: the pushed image names its layers' keys, so
+		// --cache-from type=registry,ref=<this image> works.
+		if img, err = withInlineCache(img, s); err != nil {
+			return nil, err
+		}
+	}
+	return img, nil
+}
+
+// sending is the blob uploads sendAhead started.
+type sending struct {
+	cancel context.CancelFunc
+	wait   func()
+}
+
+// sendAhead starts uploading the blobs of every registry output's image
+// (registry.UploadBlobs: no manifest), to overlap with the cache export.
+// Layers the cache export stages are left to the push, so no blob goes up
+// twice at once. Its errors are dropped: the push that follows sends
+// whatever is missing and reports its own failure as it always did. Only
+// when every --cache-to is a registry: layer reads count as uploaded bytes
+// while a registry push runs (b.uploading), and a local cache export's
+// reads beside these uploads would be counted too.
+func (b *builder) sendAhead(ctx context.Context, specs []output.Spec, imgs []v1.Image) sending {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	s := sending{cancel: cancel, wait: func() { wg.Wait(); cancel() }}
+	if len(b.opts.CacheTo) == 0 {
+		return s // nothing to overlap with
+	}
+	for _, spec := range b.opts.CacheTo {
+		if spec.Type != "registry" {
+			return s
+		}
+	}
+	skip := b.cacheStaged()
+	for i, spec := range specs {
+		if spec.Type != "registry" {
+			continue
+		}
+		tags, err := output.NormalizeNames(append(append([]string(nil), b.opts.Tags...), spec.Names...))
+		if err != nil || len(tags) == 0 {
+			continue // the export reports it
+		}
+		done := b.uploading.begin(true)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer done()
+			_ = registry.UploadBlobs(ctx, imgs[i], tags, skip, b.opts.Registry)
+		}()
+	}
+	return s
+}
+
+// cacheStaged is the set of layer blobs the cache export may upload: those
+// of every record this build used or made.
+func (b *builder) cacheStaged() map[v1.Hash]bool {
+	b.caches.mu.Lock()
+	defer b.caches.mu.Unlock()
+	staged := make(map[v1.Hash]bool, len(b.caches.used))
+	for _, r := range b.caches.used {
+		if !r.rec.Layer.IsZero() {
+			staged[r.rec.Layer.Digest] = true
+		}
+	}
+	return staged
+}
+
+// uploadGauge counts the registry uploads running (image pushes, registry
+// cache exports), which may overlap: while any runs, layer reads count as
+// uploaded bytes.
+type uploadGauge struct{ n atomic.Int32 }
+
+// begin marks an upload running when on, until the returned func is called.
+func (g *uploadGauge) begin(on bool) (end func()) {
+	if !on {
+		return func() {}
+	}
+	g.n.Add(1)
+	return func() { g.n.Add(-1) }
+}
+
+// Load reports whether an upload is running.
+func (g *uploadGauge) Load() bool { return g.n.Load() > 0 }
 
 // fillCreated gives this build's history entries their times as BuildKit's
 // exporter does: a layer step keeps its own (for a cache hit, when the

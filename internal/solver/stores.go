@@ -150,8 +150,7 @@ func (b *builder) exportCache(ctx context.Context, spec CacheSpec, final *stage)
 		}
 	}
 	b.caches.mu.Unlock()
-	b.uploading.Store(spec.Type == "registry")
-	defer b.uploading.Store(false)
+	defer b.uploading.begin(spec.Type == "registry")()
 	now := time.Now().UTC()
 	for _, r := range used {
 		rec := r.rec
