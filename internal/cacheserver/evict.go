@@ -16,6 +16,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/reference"
+	"github.com/felixge/httpsnoop"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -93,7 +94,6 @@ func (e *evictor) track(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		now := time.Now()
 		var blob digest.Digest
 		switch {
 		case kind == "blobs" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
@@ -105,31 +105,33 @@ func (e *evictor) track(next http.Handler) http.Handler {
 		switch {
 		case blob != "":
 			e.reading[blob]++
-			e.used[blob.String()] = now
 		case kind == "manifests" && r.Method == http.MethodPut:
 			e.pushing++
+		}
+		e.mu.Unlock()
+		m := httpsnoop.CaptureMetrics(next, w, r)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		switch {
+		case blob != "":
+			if e.reading[blob]--; e.reading[blob] <= 0 {
+				delete(e.reading, blob)
+			}
+		case kind == "manifests" && r.Method == http.MethodPut:
+			e.pushing--
+		}
+		// Only an answered request is a use: a client that may not read
+		// an image must not keep it alive.
+		if m.Code >= 400 {
+			return
+		}
+		now := time.Now()
+		if blob != "" {
+			e.used[blob.String()] = now
 		}
 		if kind == "manifests" {
 			e.used[manifestKey(repo, ref)] = now
 		}
-		e.mu.Unlock()
-		defer func() {
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			switch {
-			case blob != "":
-				if e.reading[blob]--; e.reading[blob] <= 0 {
-					delete(e.reading, blob)
-				}
-				e.used[blob.String()] = time.Now()
-			case kind == "manifests" && r.Method == http.MethodPut:
-				e.pushing--
-			}
-			if kind == "manifests" {
-				e.used[manifestKey(repo, ref)] = time.Now()
-			}
-		}()
-		next.ServeHTTP(w, r)
 	})
 }
 

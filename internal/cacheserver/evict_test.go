@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -129,6 +130,30 @@ func TestMaxAge(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("an image unused for 20s survived --max-age 600ms")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A refused request is no use: anonymous HEADs against an htpasswd server
+// do not keep an image alive.
+func TestMaxAgeIgnoresRefusedReads(t *testing.T) {
+	root := t.TempDir()
+	addr := start(t, cacheserver.Config{Root: root, Htpasswd: htpasswd(t, map[string]string{"ci": "pw"}),
+		MaxAge: 600 * time.Millisecond, EvictGrace: 100 * time.Millisecond, EvictInterval: 50 * time.Millisecond})
+	ref, _ := name.ParseReference(addr + "/age/old:1")
+	img, _ := random.Image(10_000, 1)
+	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: "ci", Password: "pw"})); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, _ = remote.Head(ref, remote.WithAuth(authn.Anonymous))
+		if _, err := os.Stat(filepath.Join(root, "docker/registry/v2/repositories/age/old/_manifests/tags/1")); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("anonymous, refused HEADs kept an image alive past --max-age")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
