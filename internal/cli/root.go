@@ -5,6 +5,8 @@ package cli
 
 import (
 	"fmt"
+	"runtime/debug"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -37,9 +39,40 @@ func newCmdVersion() *cobra.Command {
 		Short: "Print kiln's version",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			cmd.Println("kiln " + Version)
+			info, _ := debug.ReadBuildInfo()
+			fmt.Fprintln(cmd.OutOrStdout(), versionLine(Version, info))
 		},
 	}
+}
+
+// versionLine is `kiln VERSION (commit C, DATE[, modified])`. VERSION is
+// the link-time Version, else the module version `go install ...@v1.2.3`
+// recorded, else dev; the commit and date are what the go command
+// recorded from the checkout it built.
+func versionLine(version string, info *debug.BuildInfo) string {
+	if info == nil {
+		return "kiln " + version
+	}
+	if version == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		version = info.Main.Version
+	}
+	vcs := map[string]string{}
+	for _, s := range info.Settings {
+		vcs[s.Key] = s.Value
+	}
+	rev := vcs["vcs.revision"]
+	if rev == "" {
+		return "kiln " + version
+	}
+	var parts []string
+	parts = append(parts, "commit "+rev)
+	if t := vcs["vcs.time"]; t != "" {
+		parts = append(parts, t)
+	}
+	if vcs["vcs.modified"] == "true" {
+		parts = append(parts, "modified")
+	}
+	return fmt.Sprintf("kiln %s (%s)", version, strings.Join(parts, ", "))
 }
 
 // sweep removes what dead kiln commands left in kiln's directory. It never

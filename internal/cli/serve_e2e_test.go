@@ -373,3 +373,30 @@ func TestCacheServeKill9DuringPushes(t *testing.T) {
 	}
 	t.Logf("%d of %d images were complete at the kill", pulled, n)
 }
+
+// kiln version names the commit the go command recorded in the binary,
+// exactly as `go version -m` reads it.
+func TestVersionMatchesBuildInfo(t *testing.T) {
+	bin := testenv.Kiln(t)
+	out, err := exec.Command(testenv.Need(t, "go"), "version", "-m", bin).Output()
+	if err != nil {
+		t.Fatalf("go version -m: %v", err)
+	}
+	res := kiln(t, t.TempDir(), nil, "version")
+	rev := ""
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "build\tvcs.revision="); ok {
+			rev = v
+		}
+	}
+	got := strings.TrimSpace(res.Stdout)
+	if rev == "" {
+		if got != "kiln dev" {
+			t.Errorf("kiln version with no VCS info recorded: %q, want \"kiln dev\"", got)
+		}
+		return
+	}
+	if !strings.Contains(got, "commit "+rev) {
+		t.Errorf("kiln version: %q, want the recorded commit %s", got, rev)
+	}
+}
