@@ -51,6 +51,8 @@ type Config struct {
 	EvictGrace time.Duration
 	// EvictInterval is the time between eviction sweeps.
 	EvictInterval time.Duration
+	// Upstreams are registries mirrored read-only under their prefixes.
+	Upstreams []Upstream
 	// ShutdownTimeout bounds how long a shutdown waits for in-flight
 	// requests (uploads above all) to finish.
 	ShutdownTimeout time.Duration
@@ -66,6 +68,7 @@ type Server struct {
 	app     *handlers.App
 	driver  storagedriver.StorageDriver
 	evictor *evictor // nil without bounds
+	mirrors []*mirror
 	handler http.Handler
 }
 
@@ -127,6 +130,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	cfg.Log = log
 	quietDistribution()
 
 	dcfg, err := distributionConfig(cfg)
@@ -149,10 +153,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		api = s.evictor.track(app)
 	}
+	for _, up := range cfg.Upstreams {
+		m, err := newMirror(ctx, cfg, up)
+		if err != nil {
+			return nil, err
+		}
+		s.mirrors = append(s.mirrors, m)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.health)
 	mux.Handle("GET /metrics", metricsHandler())
-	mux.Handle("/", api)
+	mux.Handle("/", route(s.mirrors, api))
 	s.handler = accessLog(log, mux)
 	return s, nil
 }
@@ -253,12 +264,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		errc <- err
 	}()
-	if s.evictor != nil {
-		ectx, stop := context.WithCancel(ctx)
-		var wg sync.WaitGroup
-		wg.Go(func() { s.evictor.run(ectx, s.cfg.EvictInterval) })
-		defer wg.Wait()
-		defer stop()
+	ectx, stopEvicting := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stopEvicting()
+	evictors := []*evictor{s.evictor}
+	for _, m := range s.mirrors {
+		evictors = append(evictors, m.evictor)
+		defer m.app.Shutdown()
+	}
+	for _, e := range evictors {
+		if e != nil {
+			wg.Go(func() { e.run(ectx, s.cfg.EvictInterval) })
+		}
 	}
 	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "root", s.cfg.Root, "auth", s.cfg.Htpasswd != "")
 	select {

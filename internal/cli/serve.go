@@ -17,6 +17,7 @@ import (
 func newCmdCacheServe() *cobra.Command {
 	var cfg cacheserver.Config
 	var maxSize string
+	var upstreams []string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve an OCI registry for build caches and images (CNCF distribution) from a directory",
@@ -32,6 +33,13 @@ func newCmdCacheServe() *cobra.Command {
 					return fmt.Errorf("--max-size: %w", err)
 				}
 				cfg.MaxSize = n
+			}
+			for _, u := range upstreams {
+				up, err := cacheserver.ParseUpstream(u)
+				if err != nil {
+					return fmt.Errorf("--upstream: %w", err)
+				}
+				cfg.Upstreams = append(cfg.Upstreams, up)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -51,6 +59,7 @@ func newCmdCacheServe() *cobra.Command {
 	f.DurationVar(&cfg.MaxAge, "max-age", 0, "remove images unused for longer than this (e.g. 168h)")
 	f.DurationVar(&cfg.EvictGrace, "evict-grace", cacheserver.DefaultEvictGrace, "nothing used more recently than this is evicted")
 	f.DurationVar(&cfg.EvictInterval, "evict-interval", cacheserver.DefaultEvictInterval, "time between eviction sweeps")
+	f.StringArrayVar(&upstreams, "upstream", nil, "PREFIX=URL: mirror a registry read-only under PREFIX/ (repeatable), e.g. docker.io=https://registry-1.docker.io")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cacheserver.DefaultShutdownTimeout, "how long a shutdown waits for in-flight requests")
 	_ = cmd.MarkFlagRequired("root")
 	return cmd
