@@ -18,19 +18,6 @@ import (
 	"github.com/distribution/reference"
 	"github.com/felixge/httpsnoop"
 	"github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
-)
-
-var (
-	evictions = promauto.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "kiln_cache_server", Name: "evictions_total",
-		Help: "Manifests and blobs removed to keep the store under --max-size and --max-age.",
-	}, []string{"kind"})
-	storeBytes = promauto.NewGauge(prometheus.GaugeOpts{
-		Namespace: "kiln_cache_server", Name: "store_bytes",
-		Help: "Bytes of blobs (layers, configs, manifests) in the store at the last sweep.",
-	})
 )
 
 // evictor keeps the store under a size and an age bound while it serves.

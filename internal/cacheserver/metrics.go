@@ -27,6 +27,14 @@ var (
 		Namespace: "kiln_cache_server", Name: "sent_bytes_total",
 		Help: "Response body bytes sent, by API route kind.",
 	}, []string{"route"})
+	evictions = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "kiln_cache_server", Name: "evictions_total",
+		Help: "Manifests and blobs removed to keep the store under --max-size and --max-age.",
+	}, []string{"kind"})
+	storeBytes = promauto.NewGauge(prometheus.GaugeOpts{
+		Namespace: "kiln_cache_server", Name: "store_bytes",
+		Help: "Bytes of blobs (layers, configs, manifests) in the store at the last sweep.",
+	})
 )
 
 // metricsHandler serves the default registry in Prometheus's text format.
