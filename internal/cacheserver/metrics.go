@@ -27,6 +27,10 @@ var (
 		Namespace: "kiln_cache_server", Name: "sent_bytes_total",
 		Help: "Response body bytes sent, by API route kind.",
 	}, []string{"route"})
+	lookups = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "kiln_cache_server", Name: "lookups_total",
+		Help: "Blob and manifest GET/HEAD requests, by kind (blob, manifest), method and result: hit (answered) or miss (404). Under an --upstream prefix a hit may have been fetched from the upstream.",
+	}, []string{"kind", "method", "result"})
 	evictions = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "kiln_cache_server", Name: "evictions_total",
 		Help: "Manifests and blobs removed to keep the store under --max-size and --max-age.",
@@ -46,6 +50,16 @@ func observe(r *http.Request, code int, in, out int64) {
 	requests.WithLabelValues(route, r.Method, strconv.Itoa(code)).Inc()
 	bytesIn.WithLabelValues(route).Add(float64(in))
 	bytesOut.WithLabelValues(route).Add(float64(out))
+	if (route == "blob" || route == "manifest") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		// Only found and not found are answers about the cache; a refused
+		// or failed request says nothing about what it holds.
+		switch {
+		case code < 400:
+			lookups.WithLabelValues(route, r.Method, "hit").Inc()
+		case code == http.StatusNotFound:
+			lookups.WithLabelValues(route, r.Method, "miss").Inc()
+		}
+	}
 }
 
 // routeKind names the API route of path without its repository or digest,

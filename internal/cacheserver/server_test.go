@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
@@ -85,27 +86,8 @@ func TestPushPull(t *testing.T) {
 // /metrics counts what a push and a pull moved, in Prometheus's format.
 func TestMetrics(t *testing.T) {
 	addr := start(t, cacheserver.Config{})
-	scrape := func() string {
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("/metrics: %s", resp.Status)
-		}
-		return string(b)
-	}
-	value := func(text, series string) float64 {
-		for _, line := range strings.Split(text, "\n") {
-			if v, ok := strings.CutPrefix(line, series+" "); ok {
-				f, _ := strconv.ParseFloat(v, 64)
-				return f
-			}
-		}
-		return 0
-	}
+	scrape := func() string { return scrapeMetrics(t, addr) }
+	value := metricValue
 	before := scrape()
 	img, _ := random.Image(100000, 2)
 	ref, _ := name.ParseReference(addr + "/metrics/app:1")
@@ -125,6 +107,103 @@ func TestMetrics(t *testing.T) {
 	if value(after, `kiln_cache_server_requests_total{code="201",method="PUT",route="manifest"}`) < 1 {
 		t.Errorf("no manifest PUT counted:\n%s", after)
 	}
+}
+
+// A lookup of what the store lacks counts as a miss, of what it holds as a
+// hit, per kind and method, so an operator sees whether runners find their
+// cache.
+func TestLookupMetrics(t *testing.T) {
+	addr := start(t, cacheserver.Config{})
+	img, _ := random.Image(1000, 1)
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	md, _ := img.Digest()
+	base := "http://" + addr + "/v2/lookups/app"
+	request := func(method, url string) int {
+		req, _ := http.NewRequest(method, url, nil)
+		req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	lookups := func() map[string]float64 {
+		text := scrapeMetrics(t, addr)
+		got := map[string]float64{}
+		for _, s := range []string{
+			`kind="blob",method="GET",result="hit"`, `kind="blob",method="GET",result="miss"`,
+			`kind="blob",method="HEAD",result="hit"`, `kind="blob",method="HEAD",result="miss"`,
+			`kind="manifest",method="GET",result="hit"`, `kind="manifest",method="GET",result="miss"`,
+		} {
+			got[s] = metricValue(text, "kiln_cache_server_lookups_total{"+s+"}")
+		}
+		return got
+	}
+	delta := func(before, after map[string]float64) map[string]float64 {
+		d := map[string]float64{}
+		for k, v := range after {
+			if v != before[k] {
+				d[k] = v - before[k]
+			}
+		}
+		return d
+	}
+	ask := func() {
+		request(http.MethodHead, base+"/blobs/"+ld.String())
+		request(http.MethodGet, base+"/blobs/"+ld.String())
+		request(http.MethodGet, base+"/manifests/"+md.String())
+	}
+
+	before := lookups()
+	ask()
+	misses := lookups()
+	want := map[string]float64{`kind="blob",method="GET",result="miss"`: 1, `kind="blob",method="HEAD",result="miss"`: 1, `kind="manifest",method="GET",result="miss"`: 1}
+	if got := delta(before, misses); !maps.Equal(got, want) {
+		t.Errorf("lookups of an empty store counted %v, want %v", got, want)
+	}
+
+	ref, _ := name.ParseReference(addr + "/lookups/app:1")
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	pushed := lookups()
+	ask()
+	if code := request(http.MethodGet, base+"/manifests/1"); code != http.StatusOK {
+		t.Fatalf("GET manifest by tag: %d", code)
+	}
+	want = map[string]float64{`kind="blob",method="GET",result="hit"`: 1, `kind="blob",method="HEAD",result="hit"`: 1, `kind="manifest",method="GET",result="hit"`: 2}
+	if got := delta(pushed, lookups()); !maps.Equal(got, want) {
+		t.Errorf("lookups after the push counted %v, want %v", got, want)
+	}
+}
+
+// scrapeMetrics returns the server's /metrics text.
+func scrapeMetrics(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %s", resp.Status)
+	}
+	return string(b)
+}
+
+// metricValue is series' value in Prometheus text, 0 when absent.
+func metricValue(text, series string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
 }
 
 func TestRefusesExposedWithoutAuth(t *testing.T) {
