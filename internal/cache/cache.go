@@ -94,10 +94,24 @@ type Writer interface {
 	Flush(ctx context.Context) error
 }
 
+// BlobChecker is a store that can confirm, with one lookup and no
+// download, that a blob its index names is still stored. A registry's
+// index can name a blob the registry has since lost (deleted by an
+// operator or a retention policy); a writer about to reference such a
+// blob instead of uploading it asks first. A store without it (Local,
+// whose Get is a miss when the blob is gone) needs no asking.
+type BlobChecker interface {
+	// HasBlob reports whether d's blob is stored; a blob it reports
+	// missing is not named by the next index the store writes, unless a
+	// Put uploads it again.
+	HasBlob(ctx context.Context, d Descriptor) (bool, error)
+}
+
 // Interface checks.
 var (
-	_ Writer = (*Local)(nil)
-	_ Writer = (*Registry)(nil)
+	_ Writer      = (*Local)(nil)
+	_ Writer      = (*Registry)(nil)
+	_ BlobChecker = (*Registry)(nil)
 )
 
 // prepare validates rec for Put and fills its Layer descriptor from l when

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kiln-build/kiln/internal/registry"
@@ -37,6 +39,10 @@ type Registry struct {
 	records map[digest.Digest]Record
 	blobs   map[v1.Hash]bool
 	staged  map[digest.Digest]*stagedRecord
+	// lost are blobs the index names that the repository no longer has
+	// (HasBlob, or a manifest PUT refused for them): the next Flush drops
+	// the records naming them, unless it uploads them again.
+	lost map[v1.Hash]bool
 
 	flushMu sync.Mutex // one Flush at a time
 
@@ -270,7 +276,7 @@ func (c *Registry) ReadOnly() bool { return c.readOnly }
 
 // Get answers from the index loaded by OpenRegistry (and extended by
 // Flush): no request is made. Records Put but not yet flushed are not
-// visible.
+// visible; a record whose blob HasBlob found lost is a miss.
 func (c *Registry) Get(ctx context.Context, key digest.Digest) (Record, error) {
 	if err := ctx.Err(); err != nil {
 		return Record{}, err
@@ -280,6 +286,9 @@ func (c *Registry) Get(ctx context.Context, key digest.Digest) (Record, error) {
 	rec, ok := c.records[key]
 	if !ok {
 		return Record{}, fmt.Errorf("%s: %s: %w", c, key, ErrNotFound)
+	}
+	if c.lost[rec.Layer.Digest] {
+		return Record{}, fmt.Errorf("%s: %s: blob %s missing: %w", c, key, rec.Layer.Digest, ErrNotFound)
 	}
 	return rec, nil
 }
@@ -317,6 +326,37 @@ func newer(a, b Record) bool {
 		return a.LastUsed.After(b.LastUsed)
 	}
 	return a.Key > b.Key
+}
+
+// HasBlob HEADs d's blob in the repository. A blob that is not there is
+// remembered as lost (see Registry.lost).
+func (c *Registry) HasBlob(ctx context.Context, d Descriptor) (bool, error) {
+	rl, err := remote.Layer(c.ref.Context().Digest(d.Digest.String()), c.opts.RemoteOptions(ctx)...)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", c, err)
+	}
+	_, err = rl.Size()
+	var terr *transport.Error
+	if errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound {
+		c.markLost(d.Digest)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: checking blob %s: %w", c, d.Digest, err)
+	}
+	return true, nil
+}
+
+func (c *Registry) markLost(hs ...v1.Hash) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lost == nil {
+		c.lost = map[v1.Hash]bool{}
+	}
+	for _, h := range hs {
+		c.lost[h] = true
+		delete(c.blobs, h)
+	}
 }
 
 // Layer returns a lazy layer, wrapped as a *remote.MountableLayer naming

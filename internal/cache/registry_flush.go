@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sort"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -135,16 +136,24 @@ func (c *Registry) Flush(ctx context.Context) error {
 	for h := range c.blobs {
 		known.blobs[h] = true
 	}
+	// gone: blobs the index names that the repository no longer has.
+	// Their records are left out of the index written (a registry refuses
+	// a manifest naming a blob it lacks), unless this flush uploads them.
+	gone := make(map[v1.Hash]bool, len(c.lost))
+	for h := range c.lost {
+		gone[h] = true
+	}
 	c.mu.Unlock()
 
 	// Blobs first, outside the read-merge-write window, so the window
 	// another writer can fall into stays a few requests long.
-	uploaded, err := c.uploadBlobs(ctx, flushed, known.blobs)
+	uploaded, err := c.uploadBlobs(ctx, flushed, known.blobs, gone)
 	if err != nil {
 		return fmt.Errorf("%s: flush: %w", c, err)
 	}
 	for h := range uploaded {
 		known.blobs[h] = true
+		delete(gone, h)
 	}
 
 	var lost, failures int
@@ -154,7 +163,7 @@ func (c *Registry) Flush(ctx context.Context) error {
 	// down between its read and its write can still overwrite ours.
 	contended, lateChecked := false, false
 	for round := 1; round <= flushRounds; round++ {
-		mine, window, wrote, err := c.mergeAndWrite(ctx, flushed, &known, wo, &contended)
+		mine, window, wrote, err := c.mergeAndWrite(ctx, flushed, &known, gone, wo, &contended)
 		if err != nil && !errors.Is(err, errBusy) {
 			// A reset or a 5xx the client's own retries did not cover:
 			// the round is repeated, a few times. Every step of a round is
@@ -210,6 +219,9 @@ func (c *Registry) Flush(ctx context.Context) error {
 		}
 		c.mu.Lock()
 		c.records, c.blobs = back.records, back.blobs
+		for h := range uploaded {
+			delete(c.lost, h)
+		}
 		for k, s := range flushed {
 			if c.staged[k] == s { // not re-Put meanwhile
 				delete(c.staged, k)
@@ -243,7 +255,10 @@ var errBusy = errors.New("the cache index kept changing under concurrent writers
 // which another writer's update can be lost is one HEAD and one PUT long.
 // It returns the staged keys the bounds kept (those the read-back must
 // find) and how long the last read-merge-write took.
-func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]*stagedRecord, known *remoteIndex, wo RegistryWriteOptions, contended *bool) (mine []digest.Digest, window time.Duration, wrote string, err error) {
+//
+// A PUT the registry refuses because the index names blobs it no longer
+// has adds them to lost and merges again without their records.
+func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]*stagedRecord, known *remoteIndex, lost map[v1.Hash]bool, wo RegistryWriteOptions, contended *bool) (mine []digest.Digest, window time.Duration, wrote string, err error) {
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
 		var base remoteIndex
@@ -256,7 +271,7 @@ func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]
 		}
 		known.absorb(base)
 		var manifest rawTaggable
-		mine, manifest, err = c.writeIndex(ctx, *known, flushed, wo)
+		mine, manifest, err = c.writeIndex(ctx, *known, flushed, lost, wo)
 		if err != nil {
 			return nil, 0, "", err
 		}
@@ -277,6 +292,14 @@ func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]
 			continue
 		}
 		if err := remote.Put(c.ref, manifest, c.opts.RemoteOptions(ctx)...); err != nil {
+			if gone := c.unknownBlobs(ctx, err, manifest, lost); len(gone) > 0 {
+				for _, h := range gone {
+					lost[h] = true
+				}
+				c.markLost(gone...)
+				attempt--
+				continue
+			}
 			return nil, 0, "", fmt.Errorf("%s: writing cache manifest: %w", c, err)
 		}
 		return mine, time.Since(began), digest.FromBytes(manifest.raw).String(), nil
@@ -297,10 +320,67 @@ func (c *Registry) manifestDigest(ctx context.Context) (string, error) {
 	return desc.Digest.String(), nil
 }
 
+// unknownBlobs is the blobs, not in lost yet, that a registry refused
+// manifest for naming while lacking them (MANIFEST_BLOB_UNKNOWN): those
+// its error names, or, when it names none, those of the manifest's layers
+// a HEAD does not find. None: err is something else.
+func (c *Registry) unknownBlobs(ctx context.Context, err error, manifest rawTaggable, lost map[v1.Hash]bool) []v1.Hash {
+	var terr *transport.Error
+	if !errors.As(err, &terr) {
+		return nil
+	}
+	var out []v1.Hash
+	refused := false
+	for _, d := range terr.Errors {
+		if d.Code != transport.ManifestBlobUnknownErrorCode && d.Code != transport.BlobUnknownErrorCode {
+			continue
+		}
+		refused = true
+		if s, ok := d.Detail.(string); ok {
+			if h, err := v1.NewHash(s); err == nil && !lost[h] {
+				out = append(out, h)
+			}
+		}
+	}
+	if !refused || len(out) > 0 {
+		return out
+	}
+	var m v1.Manifest
+	if json.Unmarshal(manifest.raw, &m) != nil {
+		return nil
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(registry.DefaultJobs)
+	for _, l := range m.Layers {
+		if lost[l.Digest] {
+			continue
+		}
+		g.Go(func() error {
+			rl, err := remote.Layer(c.ref.Context().Digest(l.Digest.String()), c.opts.RemoteOptions(gctx)...)
+			if err != nil {
+				return nil
+			}
+			_, err = rl.Size()
+			var terr *transport.Error
+			if errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound {
+				mu.Lock()
+				out = append(out, l.Digest)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return out
+}
+
 // uploadBlobs uploads the staged records' blobs that the loaded manifest
-// does not name, HEAD-checking each first, and returns the set of blobs
-// now known to be in the repository.
-func (c *Registry) uploadBlobs(ctx context.Context, flushed map[digest.Digest]*stagedRecord, have map[v1.Hash]bool) (map[v1.Hash]bool, error) {
+// does not name (or names but the repository lost), HEAD-checking each
+// first, and returns the set of blobs now known to be in the repository.
+// A lost blob that cannot be uploaded again (its only source was the
+// repository) stays lost: its records are left out, the flush goes on.
+func (c *Registry) uploadBlobs(ctx context.Context, flushed map[digest.Digest]*stagedRecord, have, lost map[v1.Hash]bool) (map[v1.Hash]bool, error) {
 	layers := map[v1.Hash]v1.Layer{}
 	for _, s := range flushed {
 		if !s.rec.Layer.IsZero() {
@@ -314,13 +394,21 @@ func (c *Registry) uploadBlobs(ctx context.Context, flushed map[digest.Digest]*s
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs)
+	var mu sync.Mutex
+	failed := map[v1.Hash]bool{}
 	for h, l := range layers {
-		if have[h] {
+		if have[h] && !lost[h] {
 			continue // named by the manifest loaded, so in the repository
 		}
 		g.Go(func() error {
 			// WriteLayer HEADs the blob first and skips what is there.
 			if err := remote.WriteLayer(repo, l, c.opts.RemoteOptions(gctx)...); err != nil {
+				if lost[h] && gctx.Err() == nil {
+					mu.Lock()
+					failed[h] = true
+					mu.Unlock()
+					return nil
+				}
 				return fmt.Errorf("uploading blob %s: %w", h, err)
 			}
 			return nil
@@ -331,7 +419,9 @@ func (c *Registry) uploadBlobs(ctx context.Context, flushed map[digest.Digest]*s
 	}
 	present := make(map[v1.Hash]bool, len(layers))
 	for h := range layers {
-		present[h] = true
+		if !failed[h] {
+			present[h] = true
+		}
 	}
 	return present, nil
 }
@@ -353,7 +443,7 @@ func (k *remoteIndex) absorb(idx remoteIndex) {
 // every record seen before), applies the bounds, uploads the index blob and
 // returns the manifest to PUT, with the keys of the staged records the
 // bounds kept.
-func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, wo RegistryWriteOptions) ([]digest.Digest, rawTaggable, error) {
+func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, lost map[v1.Hash]bool, wo RegistryWriteOptions) ([]digest.Digest, rawTaggable, error) {
 	merged := make(map[digest.Digest]Record, len(base.records)+len(flushed))
 	for k, r := range base.records {
 		merged[k] = r
@@ -362,6 +452,11 @@ func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map
 		// Another writer's record for the same key is as good (keys cover
 		// results), but ours carries this build's last use.
 		merged[k] = s.rec
+	}
+	for k, r := range merged {
+		if lost[r.Layer.Digest] {
+			delete(merged, k)
+		}
 	}
 	kept := keep(merged, wo, c.now())
 	var mine []digest.Digest

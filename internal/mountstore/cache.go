@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -66,15 +67,73 @@ func Load(ctx context.Context, st cache.Store, id string) (*Manifest, cache.Reco
 }
 
 // Source reads packs from a store.
-type Source struct{ Store cache.Store }
+type Source struct {
+	Store cache.Store
+	// Unreadable, if set, collects the packs that could not be fetched or
+	// read whole, for the save that follows (Sink.Unreadable).
+	Unreadable *Unreadable
+}
 
 // OpenPack fetches p; the store verifies its digest as it is read.
 func (s Source) OpenPack(ctx context.Context, p Pack) (io.ReadCloser, error) {
 	l, err := s.Store.Layer(ctx, packRecord("", p))
+	var rc io.ReadCloser
+	if err == nil {
+		rc, err = l.Compressed()
+	}
 	if err != nil {
+		s.Unreadable.add(p.Digest)
 		return nil, err
 	}
-	return l.Compressed()
+	if s.Unreadable == nil {
+		return rc, nil
+	}
+	return &noteFailure{ReadCloser: rc, fail: func() { s.Unreadable.add(p.Digest) }}, nil
+}
+
+// Unreadable is a set of packs a restore could not read whole (gone from
+// the store, damaged, cut off). A save after it packs their chunks again
+// rather than referencing them, so its manifest names only packs that
+// were read back. Safe for concurrent use; a nil *Unreadable is empty.
+type Unreadable struct {
+	mu sync.Mutex
+	d  map[digest.Digest]bool
+}
+
+func (u *Unreadable) add(d digest.Digest) {
+	if u == nil {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.d == nil {
+		u.d = map[digest.Digest]bool{}
+	}
+	u.d[d] = true
+}
+
+// Has reports whether pack d could not be read.
+func (u *Unreadable) Has(d digest.Digest) bool {
+	if u == nil {
+		return false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.d[d]
+}
+
+// noteFailure calls fail when a read fails (not at EOF).
+type noteFailure struct {
+	io.ReadCloser
+	fail func()
+}
+
+func (r *noteFailure) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		r.fail()
+	}
+	return n, err
 }
 
 func packRecord(id string, p Pack) cache.Record {
@@ -98,6 +157,13 @@ type Sink struct {
 	// W lacks are copied from it (a registry skips the copy when the
 	// repository holds the blob already) instead of being packed again.
 	From cache.Store
+	// Unreadable, if set, is the packs this build's restore could not
+	// read: they are not reused, their chunks are packed again.
+	Unreadable *Unreadable
+	// Lost, if set, is told of each base pack that is not reused because
+	// it is unreadable or its store no longer holds its blob (its chunks
+	// are packed again from the files). It may be called concurrently.
+	Lost func(p Pack, why string)
 }
 
 func (s Sink) put(ctx context.Context, rec cache.Record, l v1.Layer) error {
@@ -108,21 +174,52 @@ func (s Sink) put(ctx context.Context, rec cache.Record, l v1.Layer) error {
 	return s.W.Put(ctx, rec, l)
 }
 
-// HasPack reports whether the store's index still holds p's record, or
-// From does (to copy it from).
+// HasPack reports whether the store still holds p, or From does (to copy
+// it from): its record is indexed and, for a store that can say so with a
+// lookup (a registry, cache.BlobChecker), its blob is still there. An
+// index can outlive a blob (a registry's retention policy, an operator);
+// referencing it would make a manifest the registry refuses or a restore
+// without its files, while this runner has the files to pack again.
 func (s Sink) HasPack(ctx context.Context, p Pack) bool {
-	if rec, err := s.W.Get(ctx, packKey(p.Digest)); err == nil && rec.Layer.Digest == hash(p.Digest) {
-		return true
-	}
-	if s.From == nil {
+	if s.Unreadable.Has(p.Digest) {
+		s.lost(p, "could not be read back by this build's restore")
 		return false
 	}
-	rec, err := s.From.Get(ctx, packKey(p.Digest))
-	return err == nil && rec.Layer.Digest == hash(p.Digest)
+	why := ""
+	for _, st := range []cache.Store{s.W, s.From} {
+		if st == nil {
+			continue
+		}
+		rec, err := st.Get(ctx, packKey(p.Digest))
+		if err != nil || rec.Layer.Digest != hash(p.Digest) {
+			continue
+		}
+		if bc, ok := st.(cache.BlobChecker); ok {
+			if has, err := bc.HasBlob(ctx, rec.Layer); err != nil || !has {
+				why = "is gone from " + st.String()
+				if err != nil {
+					why = "could not be checked: " + err.Error()
+				}
+				continue
+			}
+		}
+		return true
+	}
+	if why != "" {
+		s.lost(p, why)
+	}
+	return false
+}
+
+func (s Sink) lost(p Pack, why string) {
+	if s.Lost != nil {
+		s.Lost(p, why)
+	}
 }
 
 // KeepPack puts p's record again: no upload when the store holds its
-// blob, else a copy from From.
+// blob, else a copy from From. A record HasPack found without its blob
+// is a miss of its store (cache.Registry.Get).
 func (s Sink) KeepPack(ctx context.Context, p Pack) error {
 	st := cache.Store(s.W)
 	rec, err := s.W.Get(ctx, packKey(p.Digest))

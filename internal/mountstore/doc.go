@@ -46,6 +46,11 @@
 // index after every blob. An interrupted save therefore leaves the
 // previous manifest, whose packs it never removes; two saves of one mount
 // each leave a manifest whose packs are present, and the later index wins.
+// A base pack is reused only when its store still holds it (for a
+// registry, a HEAD: an index can outlive a blob) and this build's restore
+// read it whole; otherwise its chunks are packed again from the files, so
+// a lost or damaged pack costs one upload, never a failed save or a
+// manifest naming a missing pack.
 //
 // # Promises
 //

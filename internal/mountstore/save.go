@@ -13,6 +13,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	"github.com/restic/chunker"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/archive"
@@ -97,15 +98,13 @@ func Save(ctx context.Context, dir string, sink PackSink, o SaveOptions) (SaveRe
 	s := &saver{ctx: ctx, sink: sink, m: &Manifest{Version: Version}, base: o.Base,
 		known: map[digest.Digest]Chunk{}, baseIdx: map[int]int{}, added: map[digest.Digest]Chunk{}, open: -1}
 	if o.Base != nil {
-		has := map[int]bool{}
+		has, err := basePacks(ctx, sink, o.Base)
+		if err != nil {
+			return SaveResult{}, err
+		}
 		for _, e := range o.Base.Entries {
 			for _, c := range e.Chunks {
-				h, ok := has[c.Pack]
-				if !ok {
-					h = sink.HasPack(ctx, o.Base.Packs[c.Pack])
-					has[c.Pack] = h
-				}
-				if h {
+				if has[c.Pack] {
 					s.known[c.Digest] = c
 				}
 			}
@@ -143,6 +142,34 @@ func Save(ctx context.Context, dir string, sink PackSink, o SaveOptions) (SaveRe
 	res.Manifest, res.State = s.m, next
 	res.Uploaded, res.NewPacks = s.uploaded, s.newPacks
 	return res, nil
+}
+
+// checkJobs bounds the pack checks (a HEAD each, for a registry) a save
+// makes at once.
+const checkJobs = 16
+
+// basePacks asks the sink, in parallel, which of the base's packs that
+// chunks name it still holds.
+func basePacks(ctx context.Context, sink PackSink, base *Manifest) ([]bool, error) {
+	named := make([]bool, len(base.Packs))
+	for _, e := range base.Entries {
+		for _, c := range e.Chunks {
+			named[c.Pack] = true
+		}
+	}
+	has := make([]bool, len(base.Packs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(checkJobs)
+	for i, p := range base.Packs {
+		if named[i] {
+			g.Go(func() error {
+				has[i] = sink.HasPack(gctx, p)
+				return nil
+			})
+		}
+	}
+	_ = g.Wait()
+	return has, ctx.Err()
 }
 
 // walkMount lists dir's directories, regular files and symlinks (other

@@ -52,14 +52,16 @@ type MountReport struct {
 type mountReports struct {
 	mu sync.Mutex
 	by map[string]*MountReport
-	// from is the store each mount was restored from.
-	from map[string]cache.Store
+	// from is the store each mount was restored from, unreadable the
+	// packs its restore could not read (not to be reused by its save).
+	from       map[string]cache.Store
+	unreadable map[string]*mountstore.Unreadable
 }
 
-func (r *mountReports) restoredFrom(id string) cache.Store {
+func (r *mountReports) restoredFrom(id string) (cache.Store, *mountstore.Unreadable) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.from[id]
+	return r.from[id], r.unreadable[id]
 }
 
 func (r *mountReports) update(id string, f func(*MountReport)) {
@@ -115,8 +117,9 @@ func (b *builder) restoreMount(ctx context.Context, id, dir, statePath string) (
 			continue
 		}
 		var res mountstore.RestoreResult
+		bad := &mountstore.Unreadable{}
 		if err == nil {
-			res, err = mountstore.Restore(ctx, dir, m, mountstore.Source{Store: st}, mountstore.RestoreOptions{})
+			res, err = mountstore.Restore(ctx, dir, m, mountstore.Source{Store: st, Unreadable: bad}, mountstore.RestoreOptions{})
 		}
 		if ctx.Err() != nil {
 			return false, ctx.Err()
@@ -137,9 +140,9 @@ func (b *builder) restoreMount(ctx context.Context, id, dir, statePath string) (
 		took := time.Since(start)
 		b.mountReps.update(id, func(r *MountReport) {
 			if b.mountReps.from == nil {
-				b.mountReps.from = map[string]cache.Store{}
+				b.mountReps.from, b.mountReps.unreadable = map[string]cache.Store{}, map[string]*mountstore.Unreadable{}
 			}
-			b.mountReps.from[id] = st
+			b.mountReps.from[id], b.mountReps.unreadable[id] = st, bad
 			r.RestoredFrom, r.RestoredFiles, r.RestoredBytes = st.String(), res.Files, res.Bytes
 			r.FetchedBytes, r.MissingFiles, r.RestoreSeconds = res.Fetched, res.Missing, took.Seconds()
 		})
@@ -194,12 +197,17 @@ func (b *builder) saveMount(ctx context.Context, w cache.Writer, spec CacheSpec,
 		return err
 	}
 	defer unlock()
-	sink := mountstore.Sink{W: w, ID: id, Wrap: func(l v1.Layer) v1.Layer { return b.counting(l, &b.caches.unstepped) }}
+	from, unreadable := b.mountReps.restoredFrom(id)
+	sink := mountstore.Sink{W: w, ID: id, Wrap: func(l v1.Layer) v1.Layer { return b.counting(l, &b.caches.unstepped) },
+		Unreadable: unreadable,
+		Lost: func(p mountstore.Pack, why string) {
+			b.warn(fmt.Sprintf("cache mount %s: pack %s %s: the files it held are packed again", id, p.Digest, why))
+		}}
 	base, _, err := mountstore.Load(ctx, w, id)
 	if mountstore.IsMissing(err) {
 		// A branch's first save: the mount came from another cache (main's),
 		// whose packs are copied rather than packed again.
-		if from := b.mountReps.restoredFrom(id); from != nil && from.String() != w.String() {
+		if from != nil && from.String() != w.String() {
 			if base, _, err = mountstore.Load(ctx, from, id); err == nil {
 				sink.From = from
 			}
