@@ -52,6 +52,9 @@ func newMirror(ctx context.Context, cfg Config, up Upstream) (*mirror, error) {
 	}
 	root := filepath.Join(cfg.Root, "mirrors", filepath.FromSlash(up.Prefix))
 	dcfg.Storage["filesystem"] = configuration.Parameters{"rootdirectory": root}
+	if a, ok := dcfg.Auth[accessControllerName]; ok {
+		a["repoprefix"] = up.Prefix + "/"
+	}
 	never := time.Duration(0)
 	dcfg.Proxy = configuration.Proxy{RemoteURL: up.URL, TTL: &never}
 	app, err := newApp(ctx, dcfg)

@@ -1,14 +1,18 @@
 package cacheserver_test
 
 import (
+	"errors"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/kiln-build/kiln/internal/cacheserver"
@@ -71,5 +75,39 @@ func TestParseUpstream(t *testing.T) {
 	got, err := cacheserver.ParseUpstream("/docker.io/=https://registry-1.docker.io")
 	if err != nil || got.Prefix != "docker.io" || got.URL != "https://registry-1.docker.io" {
 		t.Errorf("ParseUpstream: %+v, %v", got, err)
+	}
+}
+
+// A prefix in --access names a mirrored repository as clients do, with
+// the mirror's prefix, though the mirror itself sees it without.
+func TestUpstreamMirrorAccess(t *testing.T) {
+	upstream := httptest.NewServer(registry.New())
+	defer upstream.Close()
+	host := strings.TrimPrefix(upstream.URL, "http://")
+	for _, repo := range []string{"library/base", "other/base"} {
+		img, _ := random.Image(1000, 1)
+		ref, _ := name.ParseReference(host + "/" + repo + ":1")
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up, _ := cacheserver.ParseUpstream("hub=" + upstream.URL)
+	addr := start(t, cacheserver.Config{
+		Upstreams: []cacheserver.Upstream{up},
+		Htpasswd:  htpasswd(t, map[string]string{"ci": "pass"}),
+		Access:    mustAccess(t, "ci=ro:hub/library/,rw:ci/"),
+	})
+	ci := remote.WithAuth(&authn.Basic{Username: "ci", Password: "pass"})
+	ref, _ := name.ParseReference(addr + "/hub/library/base:1")
+	if img, err := remote.Image(ref, ci); err != nil {
+		t.Errorf("pull under ro:hub/library/: %v", err)
+	} else if err := validate.Image(img); err != nil {
+		t.Errorf("pull under ro:hub/library/: %v", err)
+	}
+	ref, _ = name.ParseReference(addr + "/hub/other/base:1")
+	_, err := remote.Image(ref, ci)
+	var terr *transport.Error
+	if !errors.As(err, &terr) || terr.StatusCode != http.StatusUnauthorized {
+		t.Errorf("pull of hub/other/base outside the user's prefixes: %v, want 401", err)
 	}
 }

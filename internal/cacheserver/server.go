@@ -38,6 +38,9 @@ type Config struct {
 	Htpasswd string
 	// ReadOnly names Htpasswd users who may pull but not push or delete.
 	ReadOnly []string
+	// Access limits Htpasswd users to the repositories under the prefixes
+	// given (see ParseAccess); users not named keep every repository.
+	Access map[string][]RepoAccess
 	// InsecureNoAuth allows a non-loopback Addr without Htpasswd.
 	InsecureNoAuth bool
 	// TLSCert and TLSKey, when both set, serve HTTPS.
@@ -107,15 +110,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("cache server: --tls-cert and --tls-key go together")
 	}
-	if cfg.Htpasswd != "" {
-		// distribution creates a missing htpasswd file with a generated
-		// user; a typo in the path must fail instead.
-		if _, err := os.Stat(cfg.Htpasswd); err != nil {
-			return nil, fmt.Errorf("cache server: htpasswd file: %w", err)
-		}
-	}
-	if len(cfg.ReadOnly) > 0 && cfg.Htpasswd == "" {
-		return nil, errors.New("cache server: --read-only-user needs --htpasswd")
+	// distribution creates a missing htpasswd file with a generated user;
+	// a typo in the path must fail instead, as must one in a user's name.
+	if err := checkUsers(cfg); err != nil {
+		return nil, err
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
@@ -196,12 +194,15 @@ func distributionConfig(cfg Config) (*configuration.Configuration, error) {
 	// layers' URLs; a mirror must accept them as the registry they came
 	// from did.
 	dcfg.Validation.Manifests.URLs.Allow = []string{"^https?://"}
+	// distribution's YAML loader defaults this to 1000; built as a
+	// struct, it is 0, and the catalog answers every request empty.
+	dcfg.Catalog.MaxEntries = 1000
 	// One server per store: the secret that signs upload state only has to
 	// be shared between servers behind one load balancer.
 	dcfg.HTTP.Secret = hex.EncodeToString(secret)
 	if cfg.Htpasswd != "" {
 		dcfg.Auth = configuration.Auth{accessControllerName: configuration.Parameters{
-			"realm": "kiln", "path": cfg.Htpasswd, "readonly": cfg.ReadOnly,
+			"realm": "kiln", "path": cfg.Htpasswd, "readonly": cfg.ReadOnly, "access": cfg.Access,
 		}}
 	}
 	return dcfg, nil

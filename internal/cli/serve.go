@@ -17,7 +17,7 @@ import (
 func newCmdCacheServe() *cobra.Command {
 	var cfg cacheserver.Config
 	var maxSize string
-	var upstreams []string
+	var upstreams, access []string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve an OCI registry for build caches and images (CNCF distribution) from a directory",
@@ -41,6 +41,19 @@ func newCmdCacheServe() *cobra.Command {
 				}
 				cfg.Upstreams = append(cfg.Upstreams, up)
 			}
+			for _, a := range access {
+				user, grants, err := cacheserver.ParseAccess(a)
+				if err != nil {
+					return fmt.Errorf("--access: %w", err)
+				}
+				if _, dup := cfg.Access[user]; dup {
+					return fmt.Errorf("--access: user %q given twice; list all its prefixes in one --access", user)
+				}
+				if cfg.Access == nil {
+					cfg.Access = map[string][]cacheserver.RepoAccess{}
+				}
+				cfg.Access[user] = grants
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			cfg.Log = slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
@@ -52,6 +65,7 @@ func newCmdCacheServe() *cobra.Command {
 	f.StringVar(&cfg.Root, "root", "", "directory that holds the store (required)")
 	f.StringVar(&cfg.Htpasswd, "htpasswd", "", "htpasswd file (bcrypt) of the users allowed in")
 	f.StringArrayVar(&cfg.ReadOnly, "read-only-user", nil, "an --htpasswd user who may pull but not push or delete (repeatable)")
+	f.StringArrayVar(&access, "access", nil, "USER=MODE:PREFIX,...: limit an --htpasswd user to the repositories under these prefixes, MODE ro (pull) or rw (pull, push, delete), e.g. ci=rw:team-a/,ro:base/ (repeatable)")
 	f.BoolVar(&cfg.InsecureNoAuth, "insecure-no-auth", false, "allow a non-loopback --addr without --htpasswd")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate (PEM) to serve HTTPS with")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
