@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -45,6 +46,28 @@ type Record struct {
 	// -> digest, "arg:V" -> digest of value, "base" -> manifest digest).
 	// Never secret values.
 	Inputs map[string]string
+}
+
+// RequiresInput is the Inputs entry listing, space-separated, the keys
+// of the records a record is useless without (a cache mount manifest's
+// packs). The stores' bounds keep or evict such a record and what it
+// requires as one unit, so they never leave a manifest whose packs are
+// gone; a record requiring one the store lacks is dropped by the next
+// registry flush.
+const RequiresInput = "requires"
+
+// Requires is the keys r names in Inputs[RequiresInput].
+func Requires(r Record) []digest.Digest {
+	f := strings.Fields(r.Inputs[RequiresInput])
+	out := make([]digest.Digest, 0, len(f))
+	seen := make(map[string]bool, len(f))
+	for _, s := range f {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, digest.Digest(s))
+		}
+	}
+	return out
 }
 
 // Sentinel errors. Match them with errors.Is.

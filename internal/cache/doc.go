@@ -80,7 +80,14 @@
 // index as it is now with the records Put since, drops records unused for
 // longer than RegistryWriteOptions.MaxAge, keeps the MaxEntries most
 // recently used, and writes the manifest last, so a reader sees the old
-// cache or the new one, never a manifest naming a missing blob.
+// cache or the new one, never a manifest naming a missing blob. The
+// bounds count and age units, not records: a record whose Inputs name,
+// under RequiresInput, the records it needs (a cache mount's manifest and
+// its packs) is kept or dropped with them, by its own last use, and a
+// record requiring one the index lacks is dropped. Records naming a blob
+// the repository lost (a HEAD by HasBlob, or a manifest PUT refused with
+// MANIFEST_BLOB_UNKNOWN) are left out, so a lost blob never makes every
+// later flush fail. Local collection groups records the same way.
 //
 // # Concurrent writers
 //

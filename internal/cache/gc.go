@@ -78,46 +78,109 @@ func (l *Local) Superseded(ctx context.Context) (map[v1.Hash]bool, error) {
 	return out, nil
 }
 
+// Items is one item per blob with the records naming it, except that a
+// record and the records it requires (a cache mount's manifest and its
+// packs) are one item: evicting a pack alone would leave the manifest
+// restoring part of the mount.
 func (s localGC) Items(ctx context.Context) ([]gc.Item, error) {
 	l := s.l
 	keys, err := l.keys(ctx)
 	if err != nil {
 		return nil, err
 	}
-	byBlob := map[v1.Hash]*gc.Item{}
-	var recs = map[v1.Hash][]Record{}
-	var items []gc.Item
+	var recs []Record
+	byKey := map[digest.Digest]int{}
 	for _, k := range keys {
 		rec, err := l.readRecord(k)
 		if err != nil {
 			continue // swept
 		}
-		if rec.Layer.IsZero() {
-			items = append(items, gc.Item{Kind: gc.KindCache, Name: "record " + short(k), LastUsed: rec.LastUsed,
-				Remove: func(f *gc.Freer) error { return l.removeRecords(f, []Record{rec}) }})
-			continue
-		}
-		d := rec.Layer.Digest
-		it, ok := byBlob[d]
-		if !ok {
-			it = &gc.Item{Kind: gc.KindCache, Name: "blob " + short(digest.Digest(d.String())), Pins: []string{BlobPin(d)}}
-			byBlob[d] = it
-		}
-		if rec.LastUsed.After(it.LastUsed) {
-			it.LastUsed = rec.LastUsed
-		}
-		recs[d] = append(recs[d], rec)
+		byKey[k] = len(recs)
+		recs = append(recs, rec)
 	}
-	for d, it := range byBlob {
-		rs := recs[d]
-		it.Frees = func() bool { return gc.SoleLink(l.blobPath(d)) }
+	// Records sharing a blob, or one requiring another, are one group.
+	parent := make([]int, len(recs))
+	for i := range parent {
+		parent[i] = i
+	}
+	find := func(i int) int {
+		for parent[i] != i {
+			parent[i] = parent[parent[i]]
+			i = parent[i]
+		}
+		return i
+	}
+	union := func(a, b int) { parent[find(a)] = find(b) }
+	firstOfBlob := map[v1.Hash]int{}
+	for i, rec := range recs {
+		if !rec.Layer.IsZero() {
+			if j, ok := firstOfBlob[rec.Layer.Digest]; ok {
+				union(i, j)
+			} else {
+				firstOfBlob[rec.Layer.Digest] = i
+			}
+		}
+		for _, k := range Requires(rec) {
+			if j, ok := byKey[k]; ok {
+				union(i, j)
+			}
+		}
+	}
+	groups := map[int][]Record{}
+	var roots []int
+	for i, rec := range recs {
+		r := find(i)
+		if _, ok := groups[r]; !ok {
+			roots = append(roots, r)
+		}
+		groups[r] = append(groups[r], rec)
+	}
+	items := make([]gc.Item, 0, len(roots))
+	for _, root := range roots {
+		rs := groups[root]
+		it := gc.Item{Kind: gc.KindCache}
+		var blobs []v1.Hash
+		seen := map[v1.Hash]bool{}
+		for _, rec := range rs {
+			if rec.LastUsed.After(it.LastUsed) {
+				it.LastUsed = rec.LastUsed
+			}
+			if d := rec.Layer.Digest; !rec.Layer.IsZero() && !seen[d] {
+				seen[d] = true
+				blobs = append(blobs, d)
+				it.Pins = append(it.Pins, BlobPin(d))
+			}
+		}
+		switch {
+		case len(blobs) == 0:
+			it.Name = "record " + short(rs[0].Key)
+		case len(blobs) == 1:
+			it.Name = "blob " + short(digest.Digest(blobs[0].String()))
+		default:
+			it.Name = fmt.Sprintf("blob %s and %d it requires", short(digest.Digest(blobs[0].String())), len(blobs)-1)
+		}
+		if len(blobs) > 0 {
+			it.Frees = func() bool {
+				for _, d := range blobs {
+					if gc.SoleLink(l.blobPath(d)) {
+						return true
+					}
+				}
+				return false
+			}
+		}
 		it.Remove = func(f *gc.Freer) error {
 			if err := l.removeRecords(f, rs); err != nil {
 				return err
 			}
-			return f.RemoveAll(l.blobPath(d))
+			for _, d := range blobs {
+				if err := f.RemoveAll(l.blobPath(d)); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
-		items = append(items, *it)
+		items = append(items, it)
 	}
 	return items, nil
 }

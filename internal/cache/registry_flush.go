@@ -527,23 +527,59 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// keep applies MaxAge, then MaxEntries (most recently used first).
+// keep applies MaxAge, then MaxEntries (most recently used first), to
+// units: a record with the records it requires (RequiresInput: a cache
+// mount's manifest and its packs). A unit is kept or dropped whole, by
+// its head's last use, and counts every record in it; a unit that does
+// not fit in what MaxEntries leaves is skipped for older, smaller ones. A
+// required record is kept when a kept unit requires it, else dropped
+// with its units; a record no one requires is a unit of its own. A head
+// requiring a record merged lacks is dropped: it would restore part of a
+// mount.
 func keep(merged map[digest.Digest]Record, wo RegistryWriteOptions, now time.Time) []Record {
-	out := make([]Record, 0, len(merged))
+	required := map[digest.Digest]bool{}
 	for _, r := range merged {
-		if wo.MaxAge > 0 && now.Sub(r.LastUsed) > wo.MaxAge {
+		for _, k := range Requires(r) {
+			if k != r.Key {
+				required[k] = true
+			}
+		}
+	}
+	heads := make([]Record, 0, len(merged))
+	for _, r := range merged {
+		if required[r.Key] || (wo.MaxAge > 0 && now.Sub(r.LastUsed) > wo.MaxAge) {
 			continue
 		}
-		out = append(out, r)
+		heads = append(heads, r)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].LastUsed.Equal(out[j].LastUsed) {
-			return out[i].LastUsed.After(out[j].LastUsed)
+	sort.Slice(heads, func(i, j int) bool {
+		if !heads[i].LastUsed.Equal(heads[j].LastUsed) {
+			return heads[i].LastUsed.After(heads[j].LastUsed)
 		}
-		return out[i].Key < out[j].Key
+		return heads[i].Key < heads[j].Key
 	})
-	if wo.MaxEntries > 0 && len(out) > wo.MaxEntries {
-		out = out[:wo.MaxEntries]
+	out := make([]Record, 0, len(heads))
+	in := map[digest.Digest]bool{}
+	for _, h := range heads {
+		unit := []Record{h}
+		complete := true
+		for _, k := range Requires(h) {
+			r, ok := merged[k]
+			if !ok {
+				complete = false
+				break
+			}
+			if k != h.Key && !in[k] {
+				unit = append(unit, r)
+			}
+		}
+		if !complete || (wo.MaxEntries > 0 && len(out)+len(unit) > wo.MaxEntries) {
+			continue
+		}
+		for _, r := range unit {
+			in[r.Key] = true
+			out = append(out, r)
+		}
 	}
 	return out
 }

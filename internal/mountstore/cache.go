@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +65,33 @@ func Load(ctx context.Context, st cache.Store, id string) (*Manifest, cache.Reco
 		return nil, rec, fmt.Errorf("cache mount %s from %s: %w", id, st, err)
 	}
 	return m, rec, nil
+}
+
+// ErrIncomplete: the store lacks records of packs a manifest names (a
+// bound or a collection by an older kiln evicted them, or a blob was
+// lost). Restoring it would make part of the mount.
+var ErrIncomplete = errors.New("cache mount manifest names packs the cache no longer holds")
+
+// CheckPacks looks up the record of every pack m names in st (a lookup
+// each, no download); for a local store the lookup also refreshes each
+// pack's last use, so the size bound does not evict packs a manifest
+// just restored. A store lacking any of them is ErrIncomplete.
+func CheckPacks(ctx context.Context, st cache.Store, m *Manifest) error {
+	var missing int
+	for _, p := range m.Packs {
+		rec, err := st.Get(ctx, packKey(p.Digest))
+		if errors.Is(err, cache.ErrNotFound) || (err == nil && rec.Layer.Digest != hash(p.Digest)) {
+			missing++
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if missing > 0 {
+		return fmt.Errorf("%d of its %d packs are gone: %w", missing, len(m.Packs), ErrIncomplete)
+	}
+	return nil
 }
 
 // Source reads packs from a store.
@@ -259,7 +287,13 @@ func (s Sink) Commit(ctx context.Context, m *Manifest) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	rec := cache.Record{Key: Key(s.ID), StepID: StepID(s.ID), Inputs: map[string]string{"mount": s.ID}}
+	// The record requires its packs, so a store's bounds keep or evict
+	// the manifest and its packs together, never a pack it still names.
+	packs := make([]string, len(m.Packs))
+	for i, p := range m.Packs {
+		packs[i] = packKey(p.Digest).String()
+	}
+	rec := cache.Record{Key: Key(s.ID), StepID: StepID(s.ID), Inputs: map[string]string{"mount": s.ID, cache.RequiresInput: strings.Join(packs, " ")}}
 	added := int64(len(comp))
 	if old, err := s.W.Get(ctx, rec.Key); err == nil && old.Layer.Digest == hash(digest.FromBytes(comp)) {
 		added = 0

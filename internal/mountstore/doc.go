@@ -38,7 +38,12 @@
 //   - a pack: key sha256("kiln.cachemount.pack.v1\x00" + pack digest),
 //     StepID "cache-mount-pack|ID", its layer the pack;
 //   - a manifest: key sha256("kiln.cachemount.v2\x00" + ID), StepID
-//     "cache-mount|ID", its layer the manifest.
+//     "cache-mount|ID", its layer the manifest, Inputs["requires"] its
+//     packs' keys, so the store's bounds keep or evict the mount whole.
+//
+// A restore first looks up every pack's record (CheckPacks: no download;
+// a local store's lookup refreshes the pack's last use): a manifest whose
+// packs the store no longer holds restores nothing, never a part.
 //
 // A save re-puts the records of the packs it reuses (refreshing their last
 // use; no upload), puts the new packs, and puts the manifest last: a local

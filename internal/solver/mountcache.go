@@ -119,6 +119,9 @@ func (b *builder) restoreMount(ctx context.Context, id, dir, statePath string) (
 		var res mountstore.RestoreResult
 		bad := &mountstore.Unreadable{}
 		if err == nil {
+			err = mountstore.CheckPacks(ctx, st, m)
+		}
+		if err == nil {
 			res, err = mountstore.Restore(ctx, dir, m, mountstore.Source{Store: st, Unreadable: bad}, mountstore.RestoreOptions{})
 		}
 		if ctx.Err() != nil {

@@ -1,0 +1,146 @@
+package cli_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-build/kiln/internal/testenv"
+)
+
+// packRecordFiles is the record files of cache-mount packs in a local
+// cache directory.
+func packRecordFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	paths, _ := filepath.Glob(filepath.Join(dir, "records", "sha256", "*.json"))
+	var out []string
+	for _, p := range paths {
+		var r struct {
+			StepID string `json:"stepID"`
+		}
+		if err := json.Unmarshal([]byte(readFile(t, p)), &r); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(r.StepID, "cache-mount-pack|") {
+			out = append(out, p)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no pack records in %s", dir)
+	}
+	return out
+}
+
+// hasOut reports whether ref's image has /out/name.
+func hasOut(t *testing.T, ref, name string) bool {
+	t.Helper()
+	_, ok := testenv.Tree(t, testenv.Pull(t, ref))["out/"+name]
+	return ok
+}
+
+// max-entries on a registry cache keeps a mount's manifest with every pack
+// it names or drops it whole. The second build reuses the first's big
+// pack without re-putting it (it was used within the hour), so by its own
+// last use the pack is the oldest record: a bound by records alone kept
+// the new manifest and dropped the pack the mount's files are in. With
+// room for the unit, a fresh runner restores the mount exactly; without,
+// it gets no mount at all, never a part of one.
+func TestCacheBoundsKeepAMountWhole(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
+	for _, tc := range []struct {
+		entries string
+		whole   bool
+	}{{"4", true}, {"2", false}} {
+		t.Run("max-entries="+tc.entries, func(t *testing.T) {
+			cacheRef := reg + "/ms/bound" + tc.entries + ":cache"
+			from := "type=registry,ref=" + cacheRef
+			to := from + ",max-entries=" + tc.entries
+			dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+			kiln(t, dir, env, "build", "--progress=plain", "--cache-to", from, ".")
+
+			dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+			if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/bound"+tc.entries+":2", "--cache-from", from, "--cache-to", to, ".")
+			saved := outFile(t, reg+"/ms/bound"+tc.entries+":2", "after")
+
+			dir, env = freshRunner(t, src, time.Unix(1720000000, 0))
+			if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("three\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/bound"+tc.entries+":3", "--cache-from", from, ".")
+			if strings.Contains(res.Stderr, "left out") {
+				t.Errorf("the restore after a bounded save was partial:\n%s", res.Stderr)
+			}
+			restored := strings.Contains(res.Stderr, "restored cache mount tree")
+			if restored != tc.whole {
+				t.Errorf("restored = %v, want %v:\n%s", restored, tc.whole, res.Stderr)
+			}
+			if tc.whole {
+				if got := outFile(t, reg+"/ms/bound"+tc.entries+":3", "before"); got != saved {
+					t.Errorf("the restored mount is not the saved one\n got:\n%s\nwant:\n%s", got, saved)
+				}
+			} else if hasOut(t, reg+"/ms/bound"+tc.entries+":3", "before") {
+				t.Errorf("a mount whose unit did not fit the bound was restored")
+			}
+		})
+	}
+}
+
+// A local cache restore refreshes the last use of the packs it read, so
+// the size bound does not take packs a live manifest just used; and a
+// manifest whose packs a collection (or an older kiln) evicted restores
+// nothing, with a warning, never a part of the mount.
+func TestLocalMountRestoreRefreshesAndRefusesPartial(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/lru:1", "--cache-to", "type=local,dest="+cacheDir, ".")
+	saved := outFile(t, reg+"/ms/lru:1", "after")
+
+	month := time.Now().Add(-30 * 24 * time.Hour)
+	packs := packRecordFiles(t, cacheDir)
+	for _, p := range packs {
+		if err := os.Chtimes(p, month, month); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/lru:2", "--cache-from", "type=local,src="+cacheDir, ".")
+	if got := outFile(t, reg+"/ms/lru:2", "before"); got != saved {
+		t.Errorf("restored tree differs from the saved one\n got:\n%s\nwant:\n%s", got, saved)
+	}
+	for _, p := range packs {
+		if fi, err := os.Stat(p); err != nil || time.Since(fi.ModTime()) > time.Hour {
+			t.Errorf("pack record %s not refreshed by the restore (%v)", filepath.Base(p), err)
+		}
+	}
+
+	if err := os.Remove(packs[0]); err != nil {
+		t.Fatal(err)
+	}
+	dir, env = freshRunner(t, src, time.Unix(1720000000, 0))
+	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("three\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/lru:3", "--cache-from", "type=local,src="+cacheDir, ".")
+	if !strings.Contains(res.Stderr, "packs are gone") || !strings.Contains(res.Stderr, "starting empty") {
+		t.Errorf("no warning that the mount's packs are gone:\n%s", res.Stderr)
+	}
+	if hasOut(t, reg+"/ms/lru:3", "before") {
+		t.Errorf("a mount missing a pack was restored in part:\n%s", outFile(t, reg+"/ms/lru:3", "before"))
+	}
+}
