@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -74,9 +77,15 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 	// or replace: no file is checked or removed first.
 	if names, err := archive.ReadNames(root.FD()); err == nil && len(names) == 0 {
 		r.fresh = true
+		r.made = creation(root.FD())
 	}
-	if err := r.layout(); err != nil {
-		return res, err
+	// A directory with contents is laid out first, so what is kept is
+	// judged where the manifest puts it; a fresh one while the first
+	// packs download.
+	if !r.fresh {
+		if err := r.layout(); err != nil {
+			return res, err
+		}
 	}
 	// Which chunks are needed, from which packs, for which files.
 	type target struct {
@@ -89,6 +98,7 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 		targets []target
 	}
 	needs := map[int]map[int64]*piece{}
+	var multi []int
 	for i, e := range m.Entries {
 		if e.Type != TypeFile {
 			continue
@@ -100,11 +110,7 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 		}
 		r.files[i] = &fileProgress{}
 		if len(e.Chunks) > 1 {
-			// Written by several packs, perhaps at once: made here, so
-			// the writers only ever open it.
-			if err := r.create(root, i); err != nil {
-				return res, err
-			}
+			multi = append(multi, i)
 		}
 		var off int64
 		for _, c := range e.Chunks {
@@ -137,6 +143,8 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 		pieces []*piece
 		err    error
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	ch := make(chan arrived, 2)
 	par := o.Parallel
 	if par <= 0 {
@@ -149,6 +157,10 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 	defer dec.Close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(par)
+	// Packs are decoded into buffers used again once written: a fresh
+	// 8 MiB slice per pack costs as much in page faults and clearing as
+	// the decoding itself.
+	var bufs bufPool
 	fetchedBy := make([]int64, len(packs))
 	go func() {
 		for i, pi := range packs {
@@ -159,7 +171,7 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 			sort.Slice(pieces, func(a, b int) bool { return pieces[a].off < pieces[b].off })
 			g.Go(func() error {
 				p := m.Packs[pi]
-				data, n, err := fetchPack(gctx, src, dec, p)
+				data, n, err := fetchPack(gctx, src, dec, p, &bufs)
 				fetchedBy[i] = n
 				if err == nil {
 					for _, pc := range pieces {
@@ -176,6 +188,7 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 				select {
 				case ch <- arrived{pack: pi, data: data, pieces: pieces, err: err}:
 				case <-gctx.Done():
+					bufs.put(data)
 				}
 				return nil
 			})
@@ -183,6 +196,25 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 		g.Wait()
 		close(ch)
 	}()
+	abandon := func(err error) (RestoreResult, error) {
+		cancel()
+		for a := range ch {
+			bufs.put(a.data)
+		}
+		return res, err
+	}
+	if r.fresh {
+		if err := r.layout(); err != nil {
+			return abandon(err)
+		}
+	}
+	// Files written by several packs, perhaps at once, are made before
+	// the writers start, so that they only ever open them.
+	for _, i := range multi {
+		if err := r.create(root, i); err != nil {
+			return abandon(err)
+		}
+	}
 	// Creating files costs the filesystem more than anything else here:
 	// par writers, each with its own Root, share it out.
 	var (
@@ -197,9 +229,7 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 			for _, r := range roots {
 				r.Close()
 			}
-			for range ch {
-			}
-			return res, err
+			return abandon(err)
 		}
 		roots = append(roots, wroot)
 	}
@@ -214,6 +244,7 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 				}
 				wmu.Unlock()
 				if failed || a.err != nil {
+					bufs.put(a.data)
 					continue
 				}
 				for _, pc := range a.pieces {
@@ -227,6 +258,7 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 						}
 					}
 				}
+				bufs.put(a.data)
 			}
 		})
 	}
@@ -247,28 +279,62 @@ func Restore(ctx context.Context, dir string, m *Manifest, src PackSource, o Res
 
 var errDigest = errors.New("digest mismatch")
 
-// fetchPack reads and decompresses one pack, bounded in size.
-func fetchPack(ctx context.Context, src PackSource, dec *zstd.Decoder, p Pack) ([]byte, int64, error) {
+// fetchPack reads and decompresses one pack, bounded in size, into a
+// buffer of bufs.
+func fetchPack(ctx context.Context, src PackSource, dec *zstd.Decoder, p Pack, bufs *bufPool) ([]byte, int64, error) {
 	rc, err := src.OpenPack(ctx, p)
 	if err != nil {
 		return nil, 0, fmt.Errorf("pack %s: %w", p.Digest, err)
 	}
 	defer rc.Close()
-	comp, err := io.ReadAll(io.LimitReader(rc, p.Size+1))
-	n := int64(len(comp))
+	if p.Size > maxPackRaw {
+		return nil, 0, fmt.Errorf("pack %s: %d bytes, more than a pack may hold", p.Digest, p.Size)
+	}
+	comp := bufs.get(p.Size)
+	defer bufs.put(comp)
+	n, err := io.ReadFull(rc, comp)
+	if err == nil {
+		// Read to the end: a store checks the blob's digest there (the
+		// pack's own digest is its to check; what is written is checked
+		// chunk by chunk anyway).
+		var one [1]byte
+		var m int
+		if m, err = rc.Read(one[:]); m > 0 {
+			err = fmt.Errorf("more than %d bytes: %w", p.Size, errDigest)
+		} else if errors.Is(err, io.EOF) {
+			err = nil
+		}
+	}
 	if err != nil {
-		return nil, n, fmt.Errorf("pack %s: %w", p.Digest, err)
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = fmt.Errorf("%d bytes, want %d: %w", n, p.Size, errDigest)
+		}
+		return nil, int64(n), fmt.Errorf("pack %s: %w", p.Digest, err)
 	}
-	// The pack's own digest is the store's to check (cache.Store's
-	// layers do); what is written is checked chunk by chunk anyway.
-	if n != p.Size {
-		return nil, n, fmt.Errorf("pack %s: %d bytes, want %d: %w", p.Digest, n, p.Size, errDigest)
-	}
-	data, err := dec.DecodeAll(comp, nil)
+	data, err := dec.DecodeAll(comp, bufs.get(0))
 	if err != nil {
-		return nil, n, fmt.Errorf("pack %s: %w", p.Digest, err)
+		bufs.put(data)
+		return nil, int64(n), fmt.Errorf("pack %s: %w", p.Digest, err)
 	}
-	return data, n, nil
+	return data, int64(n), nil
+}
+
+// bufPool holds byte slices for packs, compressed and decoded.
+type bufPool struct{ p sync.Pool }
+
+// get returns a slice of n bytes (of any capacity).
+func (b *bufPool) get(n int64) []byte {
+	if v, ok := b.p.Get().(*[]byte); ok && int64(cap(*v)) >= n {
+		return (*v)[:n]
+	}
+	return make([]byte, n, max(n, packTarget+packTarget/8))
+}
+
+func (b *bufPool) put(s []byte) {
+	if s != nil {
+		s = s[:0]
+		b.p.Put(&s)
+	}
 }
 
 // fileProgress is one file being written. A file of one chunk is made,
@@ -289,6 +355,43 @@ type restorer struct {
 	files map[int]*fileProgress // files to be written, by entry index
 	dir   string
 	fresh bool // dir was empty
+	// made is what a file created in a fresh dir gets by itself, so the
+	// writers skip the chown and chmod that would not change it.
+	made created
+}
+
+// created is the owner and mode bits a new file gets: the process's
+// owner (when the mount directory does not pass its group down) and the
+// mode asked for less the umask.
+type created struct {
+	known    bool
+	uid, gid int
+	umask    uint32
+}
+
+// creation reads what new files under the directory dirfd get. The umask
+// comes from /proc (reading it with umask(2) would set it, racing other
+// threads); without /proc nothing is known and every file gets its chown
+// and chmod.
+func creation(dirfd int) created {
+	var st unix.Stat_t
+	if unix.Fstat(dirfd, &st) != nil || st.Mode&unix.S_ISGID != 0 {
+		return created{}
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return created{}
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			u, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			if err != nil {
+				return created{}
+			}
+			return created{known: true, uid: os.Geteuid(), gid: os.Getegid(), umask: uint32(u)}
+		}
+	}
+	return created{}
 }
 
 func splitPath(p string) (dir, name string) {
@@ -429,6 +532,7 @@ func (r *restorer) write(root *archive.Root, i int, off int64, data []byte) erro
 	}
 	whole := len(e.Chunks) == 1
 	flags := unix.O_WRONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	perm := uint32(0o600)
 	if whole {
 		if !r.fresh {
 			if err := clear(fd, name); err != nil {
@@ -436,8 +540,11 @@ func (r *restorer) write(root *archive.Root, i int, off int64, data []byte) erro
 			}
 		}
 		flags |= unix.O_CREAT | unix.O_EXCL
+		if r.made.known {
+			perm = e.Mode & 0o777
+		}
 	}
-	f, err := unix.Openat(fd, name, flags, 0o600)
+	f, err := unix.Openat(fd, name, flags, perm)
 	if err != nil {
 		return fmt.Errorf("cache mount file %s: %w", e.Path, err)
 	}
@@ -454,7 +561,7 @@ func (r *restorer) write(root *archive.Root, i int, off int64, data []byte) erro
 		fp.written.Add(int64(n))
 	}
 	if whole {
-		if err := fileMeta(f, e, &fp.st); err != nil {
+		if err := fileMeta(f, e, r.made, &fp.st); err != nil {
 			return err
 		}
 		fp.done = true
@@ -463,13 +570,21 @@ func (r *restorer) write(root *archive.Root, i int, off int64, data []byte) erro
 }
 
 // fileMeta applies a regular file's owner, mode, xattrs and times through
-// its open descriptor, and reads its stat back.
-func fileMeta(f int, e Entry, st *unix.Stat_t) error {
-	if err := unix.Fchown(f, e.UID, e.GID); err != nil && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("cache mount %s: chown: %w", e.Path, err)
+// its open descriptor, and reads its stat back. made says what the file
+// got when it was created (created with e.Mode's permission bits): a
+// chown or chmod that would change nothing is not made.
+func fileMeta(f int, e Entry, made created, st *unix.Stat_t) error {
+	if !made.known || e.UID != made.uid || e.GID != made.gid {
+		if err := unix.Fchown(f, e.UID, e.GID); err != nil && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("cache mount %s: chown: %w", e.Path, err)
+		}
 	}
-	if err := unix.Fchmod(f, e.Mode); err != nil {
-		return fmt.Errorf("cache mount %s: chmod: %w", e.Path, err)
+	// Setuid, setgid and sticky bits are never given at creation (and a
+	// chown drops the first two), so a mode with them is always set.
+	if !made.known || e.Mode != e.Mode&0o777&^made.umask {
+		if err := unix.Fchmod(f, e.Mode); err != nil {
+			return fmt.Errorf("cache mount %s: chmod: %w", e.Path, err)
+		}
 	}
 	for k, v := range e.Xattrs {
 		_ = unix.Fsetxattr(f, k, v, 0) // best effort, as in meta
