@@ -11,6 +11,13 @@ bench:
 bench-extract:
 	bash bench/extract.sh
 
+# `make bench-mount` times a many-small-files cache mount's restore against
+# parallel `curl | tar -x` of the same files, and its save's bytes against
+# the bytes added (as root; bench/README.md).
+.PHONY: bench-mount
+bench-mount:
+	bash bench/mount.sh
+
 # `make check` runs CI's static checks (gofmt on the tracked files, go mod
 # tidy, go vet, staticcheck): what to run before landing, instead of a
 # gofmt that walks directories (bench/.work holds other projects' Go files).
