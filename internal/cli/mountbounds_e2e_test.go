@@ -144,3 +144,65 @@ func TestLocalMountRestoreRefreshesAndRefusesPartial(t *testing.T) {
 		t.Errorf("a mount missing a pack was restored in part:\n%s", outFile(t, reg+"/ms/lru:3", "before"))
 	}
 }
+
+// The plain progress ends with one line per cache mount, after the
+// summary line and nowhere else: where it was restored from and what that
+// fetched, where it was saved and what that uploaded.
+func TestPlainSummaryHasOneLinePerMount(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	cacheRef := reg + "/ms/sum:cache"
+	df := "FROM " + base + "\nCOPY input.txt /input.txt\n" +
+		"RUN --mount=type=cache,id=one,target=/a --mount=type=cache,id=two,target=/b cat /input.txt >> /a/log && head -c 100000 /dev/urandom > /b/r$(cat /input.txt)\n"
+	src := writeContext(t, map[string]string{"Dockerfile": df, "input.txt": "1\n"})
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	res := kiln(t, dir, env, "build", "--progress=plain", "--cache-to", "type=registry,ref="+cacheRef, ".")
+	checkMountLines(t, res.Stderr, map[string][]string{
+		"one": {"saved cache mount one to registry:" + cacheRef + ": 1 files, ", "1 new files packed", "uploaded in "},
+		"two": {"saved cache mount two to registry:" + cacheRef + ": 1 files, 97.7 KiB; 1 new files packed"},
+	})
+
+	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res = kiln(t, dir, env, "build", "--progress=plain", "--cache-from", "type=registry,ref="+cacheRef, "--cache-to", "type=registry,ref="+cacheRef, ".")
+	checkMountLines(t, res.Stderr, map[string][]string{
+		"one": {"restored cache mount one from registry:" + cacheRef + ": 1 files, 2 B (", " fetched) in ", "; saved to registry:" + cacheRef + ": 1 files, 4 B; 1 new files packed"},
+		"two": {"restored cache mount two from registry:" + cacheRef + ": 1 files, 97.7 KiB (", "; saved to registry:" + cacheRef + ": 2 files, 195.3 KiB; 1 new files packed"},
+	})
+}
+
+// checkMountLines checks that each mount's id appears in exactly one
+// line, after the "summary:" line, holding every want.
+func checkMountLines(t *testing.T, out string, wants map[string][]string) {
+	t.Helper()
+	lines := strings.Split(out, "\n")
+	sum := -1
+	for i, l := range lines {
+		if strings.HasPrefix(l, "summary: ") {
+			sum = i
+		}
+	}
+	if sum < 0 {
+		t.Fatalf("no summary line:\n%s", out)
+	}
+	for id, want := range wants {
+		var found []int
+		for i, l := range lines {
+			if strings.Contains(l, "cache mount "+id+" ") {
+				found = append(found, i)
+			}
+		}
+		if len(found) != 1 || found[0] < sum {
+			t.Errorf("mount %s: lines %v (summary at %d), want one after the summary:\n%s", id, found, sum, out)
+			continue
+		}
+		for _, w := range want {
+			if !strings.Contains(lines[found[0]], w) {
+				t.Errorf("mount %s's line %q lacks %q", id, lines[found[0]], w)
+			}
+		}
+	}
+}

@@ -338,6 +338,11 @@ func (b *builder) summarize(res *Result) {
 			b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("  #%d %s: rebuilt because %s", st.ID, st.Name, st.Reason)})
 		}
 	}
+	for _, m := range res.Mounts {
+		if l := m.line(); l != "" {
+			b.sink.Emit(progress.Event{Status: progress.Summary, Log: "  " + l})
+		}
+	}
 }
 
 // fillSteps fills the steps and totals of the build summary.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,7 +14,6 @@ import (
 	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/lock"
 	"github.com/kiln-build/kiln/internal/mountstore"
-	"github.com/kiln-build/kiln/internal/progress"
 )
 
 // RUN --mount=type=cache contents travel with the cache: BuildKit cannot
@@ -45,7 +45,37 @@ type MountReport struct {
 	UploadedFiles int     `json:"uploadedFiles,omitempty"`
 	UploadedBytes int64   `json:"uploadedBytes,omitempty"`
 	EvictedFiles  int     `json:"evictedFiles,omitempty"`
+	EvictedBytes  int64   `json:"evictedBytes,omitempty"`
 	SaveSeconds   float64 `json:"saveSeconds,omitempty"`
+}
+
+// line is the mount's line in the build's closing summary: what its
+// restore fetched from where, what its save uploaded where.
+func (r MountReport) line() string {
+	secs := func(s float64) string {
+		return time.Duration(s * float64(time.Second)).Round(time.Millisecond).String()
+	}
+	var parts []string
+	if r.RestoredFrom != "" {
+		p := fmt.Sprintf("restored cache mount %s from %s: %d files, %s (%s fetched) in %s",
+			r.ID, r.RestoredFrom, r.RestoredFiles, humanBytes(r.RestoredBytes), humanBytes(r.FetchedBytes), secs(r.RestoreSeconds))
+		if r.MissingFiles > 0 {
+			p += fmt.Sprintf(", %d files left out", r.MissingFiles)
+		}
+		parts = append(parts, p)
+	}
+	if r.SavedTo != "" {
+		p := fmt.Sprintf("saved to %s: %d files, %s; %d new files packed, %s uploaded in %s",
+			r.SavedTo, r.SavedFiles, humanBytes(r.SavedBytes), r.UploadedFiles, humanBytes(r.UploadedBytes), secs(r.SaveSeconds))
+		if len(parts) == 0 {
+			p = "saved cache mount " + r.ID + " to" + strings.TrimPrefix(p, "saved to")
+		}
+		if r.EvictedFiles > 0 {
+			p += fmt.Sprintf("; %d least recently used files (%s) over cache-mount-max-size left out", r.EvictedFiles, humanBytes(r.EvictedBytes))
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // mountReports collects MountReports by id.
@@ -149,8 +179,6 @@ func (b *builder) restoreMount(ctx context.Context, id, dir, statePath string) (
 			r.RestoredFrom, r.RestoredFiles, r.RestoredBytes = st.String(), res.Files, res.Bytes
 			r.FetchedBytes, r.MissingFiles, r.RestoreSeconds = res.Fetched, res.Missing, took.Seconds()
 		})
-		b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("restored cache mount %s from %s: %d files, %s (%s fetched) in %s",
-			id, st, res.Files, humanBytes(res.Bytes), humanBytes(res.Fetched), took.Round(time.Millisecond))})
 		return true, nil
 	}
 	return false, nil
@@ -237,14 +265,9 @@ func (b *builder) saveMount(ctx context.Context, w cache.Writer, spec CacheSpec,
 	took := time.Since(start)
 	b.mountReps.update(id, func(r *MountReport) {
 		r.SavedTo, r.SavedFiles, r.SavedBytes = w.String(), res.Files, res.Bytes
-		r.UploadedFiles, r.UploadedBytes, r.EvictedFiles = res.NewFiles, res.Uploaded+mb, res.Evicted
+		r.UploadedFiles, r.UploadedBytes, r.EvictedFiles, r.EvictedBytes = res.NewFiles, res.Uploaded+mb, res.Evicted, res.EvictedBytes
 		r.SaveSeconds = took.Seconds()
 	})
-	msg := fmt.Sprintf("saved cache mount %s to %s: %d files, %s; %d new files packed, %s to upload", id, w, res.Files, humanBytes(res.Bytes), res.NewFiles, humanBytes(res.Uploaded+mb))
-	if res.Evicted > 0 {
-		msg += fmt.Sprintf("; %d least recently used files (%s) over the %s cap left out", res.Evicted, humanBytes(res.EvictedBytes), humanBytes(maxSize))
-	}
-	b.sink.Emit(progress.Event{Status: progress.Summary, Log: msg})
 	return nil
 }
 
