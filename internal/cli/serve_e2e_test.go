@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/kiln-build/kiln/internal/testenv"
 )
@@ -170,6 +171,31 @@ func TestCacheServeRefusesExposedWithoutAuth(t *testing.T) {
 		res := testenv.Run(t, t.TempDir(), nil, "cache", "serve", "--addr", addr, "--root", t.TempDir())
 		if res.ExitCode == 0 || !strings.Contains(res.Stderr, "--insecure-no-auth") {
 			t.Errorf("--addr %s with no auth: exit %d, stderr %q; want a refusal naming --insecure-no-auth", addr, res.ExitCode, res.Stderr)
+		}
+	}
+}
+
+// A mistyped --access fails at start with what was wrong, never leaving
+// the user it meant with every repository.
+func TestCacheServeAccessErrors(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte("ci:"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for want, args := range map[string][]string{
+		"want ro:PREFIX or rw:PREFIX":     {"--htpasswd", htpasswd, "--access", "ci=wo:team-a/"},
+		`user "ci" given twice`:           {"--htpasswd", htpasswd, "--access", "ci=rw:team-a/", "--access", "ci=ro:base/"},
+		`"eve" is not a user in`:          {"--htpasswd", htpasswd, "--access", "eve=rw:team-a/"},
+		"--access needs --htpasswd":       {"--access", "ci=rw:team-a/"},
+		"is not a repository name prefix": {"--htpasswd", htpasswd, "--access", "ci=rw:Team-A/"},
+	} {
+		res := testenv.Run(t, t.TempDir(), nil, append([]string{"cache", "serve", "--addr", "127.0.0.1:0", "--root", t.TempDir()}, args...)...)
+		if res.ExitCode == 0 || !strings.Contains(res.Stderr, want) {
+			t.Errorf("%v: exit %d, stderr %q; want an error saying %q", args, res.ExitCode, res.Stderr, want)
 		}
 	}
 }
