@@ -9,6 +9,7 @@ PAUSED_PIDS=() # daemons frozen while another peer builds; thawed on exit
 BUILDKITD_PID=""
 REGPORT=""
 REG="" # the counting proxy in front of the registry: every peer goes through it
+KSERVE="" # the counting proxy in front of kiln cache serve, the kiln-serve peer's cache
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -153,6 +154,29 @@ start_registry() {
 	REG=127.0.0.1:$(cat "$W/proxy.port")
 	wait_http "http://$REG/v2/"
 	log "registry 127.0.0.1:$REGPORT, counted through $REG"
+}
+
+# start_kiln_serve runs `kiln cache serve` on loopback with a fresh store
+# and a counting proxy in front of it: the kiln-serve peer keeps its cache
+# there, while its image and base images stay in the plain registry.
+start_kiln_serve() {
+	local store=$W/kiln-serve-store port i
+	rm -rf "$store"
+	port=$(free_port)
+	"$W/kiln" cache serve --addr "127.0.0.1:$port" --root "$store" 2>"$W/logs/kiln-serve.log" &
+	SERVER_PIDS+=($!)
+	wait_http "http://127.0.0.1:$port/v2/"
+	rm -f "$W/kserve-proxy.port"
+	"$W/bin/countproxy" -target "http://127.0.0.1:$port" -portfile "$W/kserve-proxy.port" >"$W/logs/kserve-proxy.log" 2>&1 &
+	SERVER_PIDS+=($!)
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $W/kserve-proxy.port ]] && break
+		sleep 0.1
+	done
+	[[ -s $W/kserve-proxy.port ]] || die "countproxy for kiln cache serve did not start"
+	KSERVE=127.0.0.1:$(cat "$W/kserve-proxy.port")
+	wait_http "http://$KSERVE/v2/"
+	log "kiln cache serve 127.0.0.1:$port, counted through $KSERVE"
 }
 
 # start_dockerd starts Docker Engine only if none answers; docker already
@@ -325,22 +349,40 @@ write_machine() {
 # --- peers: wipe (a fresh runner) and recipe (the timed CI step) ----------
 
 # kiln's local state is its cache directory; a new HOME gives a fresh runner.
-wipe_kiln() {
-	local m
+wipe_kiln() { wipe_kiln_home "$W/kiln-home"; }
+
+wipe_kiln_home() {
+	local home=$1 m
 	# Unmount anything a previous build left behind before deleting it.
 	while read -r m; do
 		umount -l "$m" 2>/dev/null || true
-	done < <(findmnt -rn -o TARGET | grep "^$W/kiln-home" | sort -r)
-	rm -rf "$W/kiln-home"
-	mkdir -p "$W/kiln-home/.cache"
+	done < <(findmnt -rn -o TARGET | grep "^$home/" | sort -r)
+	rm -rf "$home"
+	mkdir -p "$home/.cache"
 }
 
 recipe_kiln() {
 	local repo=$1 ctx=$2 report=$3
-	HOME=$W/kiln-home XDG_CACHE_HOME=$W/kiln-home/.cache \
+	kiln_build "$W/kiln-home" "$repo" "$repo:cache" "$ctx" "$report"
+}
+
+# kiln-serve is kiln with its cache (records, layers, cache mounts) on
+# `kiln cache serve` instead of the registry it pushes the image to: the
+# cache server next to the runners that issue 13 is about. Its own HOME,
+# so kiln's warm cases still follow kiln's own builds.
+wipe_kiln-serve() { wipe_kiln_home "$W/kiln-serve-home"; }
+
+recipe_kiln-serve() {
+	local repo=$1 ctx=$2 report=$3
+	kiln_build "$W/kiln-serve-home" "$repo" "$KSERVE/${repo#*/}:cache" "$ctx" "${report%.json}-serve.json"
+}
+
+kiln_build() {
+	local home=$1 repo=$2 cache=$3 ctx=$4 report=$5
+	HOME=$home XDG_CACHE_HOME=$home/.cache \
 		"$W/kiln" build --progress=plain --push -t "$repo:latest" \
-		--cache-from "type=registry,ref=$repo:cache" \
-		--cache-to "type=registry,ref=$repo:cache,mode=max" \
+		--cache-from "type=registry,ref=$cache" \
+		--cache-to "type=registry,ref=$cache,mode=max" \
 		--report "$report" "$ctx"
 }
 
@@ -438,7 +480,8 @@ recipe_buildkit() {
 		--import-cache "type=registry,ref=$repo:buildcache,registry.insecure=true"
 }
 
-export -f recipe_kiln recipe_docker recipe_buildah recipe_buildkit
+export -f recipe_kiln recipe_kiln-serve kiln_build recipe_docker recipe_buildah recipe_buildkit
+export KSERVE
 
 # daemon_pids prints the processes a peer keeps running between builds:
 # buildkitd, and dockerd with the containerd it started; kiln and buildah
@@ -528,11 +571,18 @@ measure() {
 	settle
 	load=$(load1)
 	curl -fsS -X POST "http://$REG/_bench/reset"
+	[[ -z $KSERVE ]] || curl -fsS -X POST "http://$KSERVE/_bench/reset"
 	log "$scenario/$case rep $rep: $peer (load $load)"
 	start=$(date +%s.%N)
 	timeout "$BENCH_TIMEOUT" bash -c 'set -euo pipefail; "$@"' _ "recipe_$peer" "$repo" "$ctx" "$report" >>"$logf" 2>&1 || rc=$?
 	end=$(date +%s.%N)
 	stats=$(curl -fsS "http://$REG/_bench/stats")
+	if [[ -n $KSERVE ]]; then
+		# kiln-serve's bytes are its image's (registry) plus its cache's
+		# (kiln cache serve); every other peer's cache bytes are 0 there.
+		stats=$(jq -cs '{pulled: (map(.pulled) | add), pushed: (map(.pushed) | add), requests: (map(.requests) | add)}' \
+			<<<"$stats $(curl -fsS "http://$KSERVE/_bench/stats")")
+	fi
 	if ((rc != 0)); then
 		err=$(tail -n 15 "$logf" | json_string)
 		log "  FAILED (exit $rc) after $(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b-a}') s; see $logf"

@@ -8,7 +8,8 @@
 # Environment knobs (see bench/README.md):
 #   BENCH_REPS       repetitions of every case (default 3)
 #   BENCH_SCENARIOS  scenarios to run (default "go-service parallel-stages big-context")
-#   BENCH_PEERS      builders to compare (default "docker buildah buildkit kiln")
+#   BENCH_PEERS      builders to compare (default "docker buildah buildkit kiln"; also
+#                    kiln-serve: kiln with its cache on a `kiln cache serve` started for the run)
 #   BENCH_RESULTS    where results go (default bench/results)
 #   BENCH_TIMEOUT    seconds before one build is killed and recorded as failed (default 900)
 #   BENCH_WORK       the work directory (default /var/tmp/kiln-bench/<checkout>; bench/.work links to it)
@@ -44,6 +45,9 @@ main() {
 		build_buildkit
 	fi
 	start_registry
+	if [[ " $PEERS " == *" kiln-serve "* ]]; then
+		start_kiln_serve
+	fi
 	if [[ " $PEERS " == *" docker "* ]]; then
 		start_dockerd
 	fi
