@@ -17,7 +17,7 @@ import (
 const conformancePackage = "github.com/opencontainers/distribution-spec/conformance"
 
 // The OCI distribution-spec conformance suite passes against the server on
-// its disk store: pull, push (monolithic, chunked, streamed, out of order,
+// its disk store and on an S3 bucket (a real MinIO): pull, push (monolithic, chunked, streamed, out of order,
 // cancelled), cross-repository and anonymous mounts, content discovery and
 // content management (deletes). Disabled, because distribution v3.1 does
 // not implement them: the referrers API (and so the OCI-Subject header) and
@@ -29,7 +29,15 @@ func TestOCIConformance(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the conformance suite: %v\n%s", err, out)
 	}
-	addr := start(t, cacheserver.Config{})
+	t.Run("disk", func(t *testing.T) {
+		conformance(t, bin, start(t, cacheserver.Config{}))
+	})
+	t.Run("s3", func(t *testing.T) {
+		conformance(t, bin, start(t, cacheserver.Config{S3: s3Store(t)}))
+	})
+}
+
+func conformance(t *testing.T, bin, addr string) {
 	results := t.TempDir()
 	cmd := exec.Command(bin)
 	cmd.Dir = t.TempDir()

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"path/filepath"
+	"path"
 	"strings"
 	"time"
 
@@ -44,14 +44,13 @@ type mirror struct {
 }
 
 // newMirror builds distribution's proxy app for up, storing under
-// Root/mirrors/PREFIX. Its own expiry is off: the server's bounds apply.
+// mirrors/PREFIX of the server's store. Its own expiry is off: the
+// server's bounds apply.
 func newMirror(ctx context.Context, cfg Config, up Upstream) (*mirror, error) {
-	dcfg, err := distributionConfig(cfg)
+	dcfg, err := distributionConfig(cfg, path.Join("mirrors", up.Prefix))
 	if err != nil {
 		return nil, err
 	}
-	root := filepath.Join(cfg.Root, "mirrors", filepath.FromSlash(up.Prefix))
-	dcfg.Storage["filesystem"] = configuration.Parameters{"rootdirectory": root}
 	if a, ok := dcfg.Auth[accessControllerName]; ok {
 		a["repoprefix"] = up.Prefix + "/"
 	}
@@ -63,7 +62,7 @@ func newMirror(ctx context.Context, cfg Config, up Upstream) (*mirror, error) {
 	}
 	m := &mirror{prefix: "/v2/" + up.Prefix + "/", handler: app, app: app}
 	if cfg.MaxSize > 0 || cfg.MaxAge > 0 {
-		driver, err := factory.Create(ctx, "filesystem", map[string]any{"rootdirectory": root})
+		driver, err := factory.Create(ctx, dcfg.Storage.Type(), dcfg.Storage.Parameters())
 		if err != nil {
 			return nil, fmt.Errorf("mirror %s: %w", up.Prefix, err)
 		}

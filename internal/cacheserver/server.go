@@ -21,18 +21,19 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	"github.com/sirupsen/logrus"
 
-	// The storage drivers and the access controller distribution finds by
-	// name in its configuration.
+	// The access controller distribution finds by name in its
+	// configuration.
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 )
 
 // Config is what `kiln cache serve` was asked to do.
 type Config struct {
 	// Addr is the "host:port" to listen on.
 	Addr string
-	// Root is the directory that holds the store.
+	// Root is the directory that holds the store, unless S3 is set.
 	Root string
+	// S3, when set, is the bucket that holds the store instead of Root.
+	S3 *S3
 	// Htpasswd, when set, is an htpasswd file (bcrypt) of the users who
 	// may use the server; every request must then authenticate.
 	Htpasswd string
@@ -47,13 +48,18 @@ type Config struct {
 	TLSCert, TLSKey string
 	// MaxSize, when positive, bounds the bytes of blobs in the store;
 	// MaxAge, when positive, removes images unused for longer. Least
-	// recently used images go first (see evictor).
+	// recently used images go first (see evictor). A local store only:
+	// see ErrBoundsOnS3.
 	MaxSize int64
 	MaxAge  time.Duration
 	// EvictGrace is how long after its last use nothing may be evicted.
 	EvictGrace time.Duration
 	// EvictInterval is the time between eviction sweeps.
 	EvictInterval time.Duration
+	// UploadSecret signs the state of upload sessions; servers behind one
+	// load balancer share it so that an upload begun on one can go on on
+	// another. Empty: a random secret of this server's own.
+	UploadSecret string
 	// Upstreams are registries mirrored read-only under their prefixes.
 	Upstreams []Upstream
 	// ShutdownTimeout bounds how long a shutdown waits for in-flight
@@ -75,6 +81,10 @@ type Server struct {
 	handler http.Handler
 }
 
+// minUploadSecret is the shortest upload secret accepted: 128 bits of
+// hex, so a guessable one cannot let a client forge another's upload state.
+const minUploadSecret = 32
+
 // DefaultShutdownTimeout is how long a shutdown waits for in-flight
 // requests when Config.ShutdownTimeout is zero: long enough for a large
 // layer upload on a slow link to complete.
@@ -91,17 +101,23 @@ const DefaultEvictInterval = time.Minute
 // New checks cfg and builds the server's handler over its store; it does
 // not listen yet.
 func New(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.Root == "" {
-		return nil, errors.New("cache server: no store directory (--root)")
+	switch {
+	case cfg.S3 != nil && cfg.Root != "":
+		return nil, errors.New("cache server: a store in S3 (--storage) or in a directory (--root), not both")
+	case cfg.S3 != nil && (cfg.MaxSize > 0 || cfg.MaxAge > 0):
+		return nil, ErrBoundsOnS3
+	case cfg.S3 == nil && cfg.Root == "":
+		return nil, errors.New("cache server: no store directory (--root) or bucket (--storage)")
+	case cfg.S3 == nil:
+		root, err := filepath.Abs(cfg.Root)
+		if err != nil {
+			return nil, fmt.Errorf("cache server: store directory: %w", err)
+		}
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return nil, fmt.Errorf("cache server: store directory: %w", err)
+		}
+		cfg.Root = root
 	}
-	root, err := filepath.Abs(cfg.Root)
-	if err != nil {
-		return nil, fmt.Errorf("cache server: store directory: %w", err)
-	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, fmt.Errorf("cache server: store directory: %w", err)
-	}
-	cfg.Root = root
 	if lo, err := loopback(cfg.Addr); err != nil {
 		return nil, err
 	} else if !lo && cfg.Htpasswd == "" && !cfg.InsecureNoAuth {
@@ -114,6 +130,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	// a typo in the path must fail instead, as must one in a user's name.
 	if err := checkUsers(cfg); err != nil {
 		return nil, err
+	}
+	if cfg.UploadSecret != "" && len(cfg.UploadSecret) < minUploadSecret {
+		return nil, fmt.Errorf("cache server: the upload secret is shorter than %d bytes", minUploadSecret)
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
@@ -131,13 +150,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.Log = log
 	quietDistribution()
 
-	dcfg, err := distributionConfig(cfg)
+	dcfg, err := distributionConfig(cfg, "")
 	if err != nil {
 		return nil, err
 	}
 	driver, err := factory.Create(ctx, dcfg.Storage.Type(), dcfg.Storage.Parameters())
 	if err != nil {
-		return nil, fmt.Errorf("cache server: open store: %w", err)
+		return nil, fmt.Errorf("cache server: open store %s: %w", cfg.storeName(), err)
+	}
+	if err := probe(ctx, driver); err != nil {
+		return nil, fmt.Errorf("cache server: store %s unreachable: %w", cfg.storeName(), err)
 	}
 	app, err := newApp(ctx, dcfg)
 	if err != nil {
@@ -176,20 +198,19 @@ func newApp(ctx context.Context, dcfg *configuration.Configuration) (app *handle
 	return handlers.NewApp(ctx, dcfg), nil
 }
 
-// distributionConfig is cfg in distribution's terms: a filesystem store
-// with deletes on (eviction and `crane delete` need them) and stale upload
-// sessions purged, as the registry does by default.
-func distributionConfig(cfg Config) (*configuration.Configuration, error) {
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
-		return nil, fmt.Errorf("cache server: upload secret: %w", err)
+// distributionConfig is cfg in distribution's terms: the store under sub
+// (see storageConfig), with stale upload sessions purged, as the registry
+// does by default.
+func distributionConfig(cfg Config, sub string) (*configuration.Configuration, error) {
+	secret := cfg.UploadSecret
+	if secret == "" {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			return nil, fmt.Errorf("cache server: upload secret: %w", err)
+		}
+		secret = hex.EncodeToString(b)
 	}
-	dcfg := &configuration.Configuration{
-		Storage: configuration.Storage{
-			"filesystem": configuration.Parameters{"rootdirectory": cfg.Root},
-			"delete":     configuration.Parameters{"enabled": true},
-		},
-	}
+	dcfg := &configuration.Configuration{Storage: storageConfig(cfg, sub)}
 	// Images with non-distributable layers (Windows bases) name their
 	// layers' URLs; a mirror must accept them as the registry they came
 	// from did.
@@ -197,9 +218,7 @@ func distributionConfig(cfg Config) (*configuration.Configuration, error) {
 	// distribution's YAML loader defaults this to 1000; built as a
 	// struct, it is 0, and the catalog answers every request empty.
 	dcfg.Catalog.MaxEntries = 1000
-	// One server per store: the secret that signs upload state only has to
-	// be shared between servers behind one load balancer.
-	dcfg.HTTP.Secret = hex.EncodeToString(secret)
+	dcfg.HTTP.Secret = secret
 	if cfg.Htpasswd != "" {
 		dcfg.Auth = configuration.Auth{accessControllerName: configuration.Parameters{
 			"realm": "kiln", "path": cfg.Htpasswd, "readonly": cfg.ReadOnly, "access": cfg.Access,
@@ -279,7 +298,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			wg.Go(func() { e.run(ectx, s.cfg.EvictInterval) })
 		}
 	}
-	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "root", s.cfg.Root, "auth", s.cfg.Htpasswd != "")
+	s.log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "store", s.cfg.storeName(), "auth", s.cfg.Htpasswd != "")
 	select {
 	case err := <-errc:
 		s.app.Shutdown()

@@ -41,7 +41,7 @@ func start(t *testing.T, cfg cacheserver.Config) string {
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
-	if cfg.Root == "" {
+	if cfg.Root == "" && cfg.S3 == nil {
 		cfg.Root = t.TempDir()
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,12 +18,13 @@ import (
 // next to the runners.
 func newCmdCacheServe() *cobra.Command {
 	var cfg cacheserver.Config
-	var maxSize string
+	var maxSize, storage, secretFile string
 	var upstreams, access []string
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Serve an OCI registry for build caches and images (CNCF distribution) from a directory",
-		Long: "kiln cache serve runs CNCF distribution's registry over a directory, for use as\n" +
+		Short: "Serve an OCI registry for build caches and images (CNCF distribution) from a directory or an S3 bucket",
+		Long: "kiln cache serve runs CNCF distribution's registry over a directory (--root) or an\n" +
+			"S3 bucket (--storage s3://BUCKET/PREFIX), for use as\n" +
 			"--cache-to/--cache-from type=registry and as an ordinary push/pull registry.\n" +
 			"It logs one JSON line per request to stderr, answers GET /healthz, and on\n" +
 			"SIGINT or SIGTERM stops accepting and lets in-flight requests finish.",
@@ -33,6 +36,23 @@ func newCmdCacheServe() *cobra.Command {
 					return fmt.Errorf("--max-size: %w", err)
 				}
 				cfg.MaxSize = n
+			}
+			if storage != "" {
+				s3, err := cacheserver.ParseS3(storage, os.Getenv)
+				if err != nil {
+					return fmt.Errorf("--storage: %w", err)
+				}
+				cfg.S3 = s3
+			}
+			if secretFile != "" {
+				b, err := os.ReadFile(secretFile)
+				if err != nil {
+					return fmt.Errorf("--upload-secret-file: %w", err)
+				}
+				cfg.UploadSecret = strings.TrimSpace(string(b))
+				if cfg.UploadSecret == "" {
+					return fmt.Errorf("--upload-secret-file: %s is empty", secretFile)
+				}
 			}
 			for _, u := range upstreams {
 				up, err := cacheserver.ParseUpstream(u)
@@ -62,7 +82,8 @@ func newCmdCacheServe() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Addr, "addr", "127.0.0.1:5000", "address to listen on (host:port)")
-	f.StringVar(&cfg.Root, "root", "", "directory that holds the store (required)")
+	f.StringVar(&cfg.Root, "root", "", "directory that holds the store")
+	f.StringVar(&storage, "storage", "", "s3://BUCKET/PREFIX: keep the store in an S3 bucket instead of --root (endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
 	f.StringVar(&cfg.Htpasswd, "htpasswd", "", "htpasswd file (bcrypt) of the users allowed in")
 	f.StringArrayVar(&cfg.ReadOnly, "read-only-user", nil, "an --htpasswd user who may pull but not push or delete (repeatable)")
 	f.StringArrayVar(&access, "access", nil, "USER=MODE:PREFIX,...: limit an --htpasswd user to the repositories under these prefixes, MODE ro (pull) or rw (pull, push, delete), e.g. ci=rw:team-a/,ro:base/ (repeatable)")
@@ -73,9 +94,11 @@ func newCmdCacheServe() *cobra.Command {
 	f.DurationVar(&cfg.MaxAge, "max-age", 0, "remove images unused for longer than this (e.g. 168h)")
 	f.DurationVar(&cfg.EvictGrace, "evict-grace", cacheserver.DefaultEvictGrace, "nothing used more recently than this is evicted")
 	f.DurationVar(&cfg.EvictInterval, "evict-interval", cacheserver.DefaultEvictInterval, "time between eviction sweeps")
+	f.StringVar(&secretFile, "upload-secret-file", "", "file holding the secret that signs upload sessions, shared by servers behind one load balancer (at least 32 bytes; default: random per server)")
 	f.StringArrayVar(&upstreams, "upstream", nil, "PREFIX=URL: mirror a registry read-only under PREFIX/ (repeatable), e.g. docker.io=https://registry-1.docker.io")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cacheserver.DefaultShutdownTimeout, "how long a shutdown waits for in-flight requests")
-	_ = cmd.MarkFlagRequired("root")
+	cmd.MarkFlagsOneRequired("root", "storage")
+	cmd.MarkFlagsMutuallyExclusive("root", "storage")
 	return cmd
 }
 

@@ -45,10 +45,17 @@ type served struct {
 // printed if the test failed.
 func startServe(t *testing.T, root string, args ...string) *served {
 	t.Helper()
+	return startServeEnv(t, nil, append([]string{"--root", root}, args...)...)
+}
+
+// startServeEnv is startServe with env added to the server's environment
+// and the store given in args.
+func startServeEnv(t *testing.T, env []string, args ...string) *served {
+	t.Helper()
 	s := &served{msgs: make(chan string, 10000), done: make(chan error, 1)}
-	args = append([]string{"cache", "serve", "--addr", "127.0.0.1:0", "--root", root}, args...)
+	args = append([]string{"cache", "serve", "--addr", "127.0.0.1:0"}, args...)
 	s.cmd = exec.Command(testenv.Kiln(t), args...)
-	s.cmd.Env = []string{"HOME=" + t.TempDir()}
+	s.cmd.Env = append([]string{"HOME=" + t.TempDir()}, env...)
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
