@@ -130,11 +130,21 @@ type BlobChecker interface {
 	HasBlob(ctx context.Context, d Descriptor) (bool, error)
 }
 
+// Sender is the optional power of a Writer whose Put only stages (a
+// registry): Send uploads the blobs of what was Put so far, so that the
+// uploads overlap the caller's other work instead of waiting for Flush.
+// Nothing becomes visible before Flush, which then sends only what was
+// Put after and the index. An error leaves Flush to send those blobs.
+type Sender interface {
+	Send(ctx context.Context) error
+}
+
 // Interface checks.
 var (
 	_ Writer      = (*Local)(nil)
 	_ Writer      = (*Registry)(nil)
 	_ BlobChecker = (*Registry)(nil)
+	_ Sender      = (*Registry)(nil)
 )
 
 // prepare validates rec for Put and fills its Layer descriptor from l when

@@ -29,6 +29,7 @@ type counter struct {
 // counts are the requests a counter saw.
 type counts struct {
 	blobGETs     int      // GET /v2/<repo>/blobs/sha256:…
+	blobHEADs    int      // HEAD /v2/<repo>/blobs/sha256:…
 	fetched      []string // the digests of those GETs, in order
 	uploadStarts int      // POST /blobs/uploads/ without a mount
 	mounts       int      // POST /blobs/uploads/?mount=
@@ -45,6 +46,8 @@ func (c *counter) RoundTrip(req *http.Request) (*http.Response, error) {
 	case req.Method == http.MethodGet && strings.Contains(p, "/blobs/sha256:"):
 		c.blobGETs++
 		c.fetched = append(c.fetched, p[strings.LastIndex(p, "/")+1:])
+	case req.Method == http.MethodHead && strings.Contains(p, "/blobs/sha256:"):
+		c.blobHEADs++
 	case req.Method == http.MethodPost && strings.Contains(p, "/blobs/uploads/"):
 		if req.URL.Query().Get("mount") != "" && req.URL.Query().Get("from") != "" {
 			c.mounts++

@@ -43,8 +43,11 @@ type Registry struct {
 	// (HasBlob, or a manifest PUT refused for them): the next Flush drops
 	// the records naming them, unless it uploads them again.
 	lost map[v1.Hash]bool
+	// sent are the blobs Send uploaded, in the repository though no index
+	// names them yet; Flush does not upload them again.
+	sent map[v1.Hash]bool
 
-	flushMu sync.Mutex // one Flush at a time
+	flushMu sync.Mutex // one Flush or Send at a time
 
 	readTimeout time.Duration // per attempt of read; readTimeout
 }
@@ -83,6 +86,7 @@ func OpenRegistry(ctx context.Context, ref string, o registry.Options) (*Registr
 		records: map[digest.Digest]Record{},
 		blobs:   map[v1.Hash]bool{},
 		staged:  map[digest.Digest]*stagedRecord{},
+		sent:    map[v1.Hash]bool{},
 
 		readTimeout: readTimeout,
 	}

@@ -60,6 +60,55 @@ func (c *Registry) Put(ctx context.Context, rec Record, l v1.Layer) error {
 	return nil
 }
 
+// Send uploads the blobs of the records staged so far that the repository
+// lacks (see Sender). They are in the repository from then on, named by no
+// manifest until Flush writes the index, as Flush's own uploads are until
+// its write; a build that fails before Flush leaves them for the
+// registry's garbage collection, never a record pointing at a missing
+// blob.
+func (c *Registry) Send(ctx context.Context) error {
+	c.flushMu.Lock()
+	defer c.flushMu.Unlock()
+	c.mu.Lock()
+	if c.readOnly {
+		c.mu.Unlock()
+		return fmt.Errorf("%s: send: %w", c, ErrReadOnly)
+	}
+	staged := make(map[digest.Digest]*stagedRecord, len(c.staged))
+	for k, s := range c.staged {
+		staged[k] = s
+	}
+	have := c.present()
+	lost := make(map[v1.Hash]bool, len(c.lost))
+	for h := range c.lost {
+		lost[h] = true
+	}
+	c.mu.Unlock()
+	uploaded, err := c.uploadBlobs(ctx, staged, have, lost)
+	if err != nil {
+		return fmt.Errorf("%s: send: %w", c, err)
+	}
+	c.mu.Lock()
+	for h := range uploaded {
+		c.sent[h] = true
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// present is the set of blobs known to be in the repository: those the
+// loaded index names and those Send uploaded. c.mu is held.
+func (c *Registry) present() map[v1.Hash]bool {
+	have := make(map[v1.Hash]bool, len(c.blobs)+len(c.sent))
+	for h := range c.blobs {
+		have[h] = true
+	}
+	for h := range c.sent {
+		have[h] = true
+	}
+	return have
+}
+
 // fresh reports whether the index already holds rec (but for LastUsed)
 // and its blob, used recently enough that rewriting the index only to
 // move LastUsed is not worth a write. c.mu is held.
@@ -98,7 +147,8 @@ const (
 )
 
 // Flush publishes the staged records (see doc.go, "Concurrent writers"):
-// it uploads the blobs the repository lacks (HEAD first; a
+// it uploads the blobs the repository lacks and Send did not upload
+// (HEAD first; a
 // *remote.MountableLayer from another repository of the same registry is
 // mounted); then, in rounds, re-reads the index at the ref, merges the
 // staged records into it, applies MaxAge and MaxEntries, writes the index
@@ -143,11 +193,12 @@ func (c *Registry) Flush(ctx context.Context) error {
 	for h := range c.lost {
 		gone[h] = true
 	}
+	have := c.present()
 	c.mu.Unlock()
 
 	// Blobs first, outside the read-merge-write window, so the window
 	// another writer can fall into stays a few requests long.
-	uploaded, err := c.uploadBlobs(ctx, flushed, known.blobs, gone)
+	uploaded, err := c.uploadBlobs(ctx, flushed, have, gone)
 	if err != nil {
 		return fmt.Errorf("%s: flush: %w", c, err)
 	}

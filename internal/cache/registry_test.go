@@ -422,6 +422,84 @@ func TestRegistry(t *testing.T) {
 		}
 	})
 
+	t.Run("send uploads the staged blobs ahead of flush, which publishes them without sending them again", func(t *testing.T) {
+		ref := newRepo(host)
+		c := &counter{}
+		w := openReg(t, ref, c)
+		put := func(name string) Record {
+			l, _ := newLayer(t)
+			rec := record(t, name, "step "+name, l, time.Now())
+			if err := w.Put(ctx, rec, l); err != nil {
+				t.Fatal(err)
+			}
+			return rec
+		}
+		recs := []Record{put("a"), put("b")}
+		if err := w.Send(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.snapshot(); got.uploadStarts != 2 || got.manifestPUTs != 0 {
+			t.Errorf("send: %d uploads, %d manifest PUTs; want the 2 staged blobs and no manifest", got.uploadStarts, got.manifestPUTs)
+		}
+		if _, err := openReg(t, ref, nil).Get(ctx, recs[0].Key); !errors.Is(err, ErrNotFound) {
+			t.Errorf("a record is visible after send, before flush: err = %v", err)
+		}
+		recs = append(recs, put("c"))
+		c.reset()
+		if err := w.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The blob put after send, and the index; the sent ones not even
+		// asked about.
+		if got := c.snapshot(); got.uploadStarts != 2 || got.blobHEADs != 2 {
+			t.Errorf("flush after send: %d uploads, %d blob HEADs; want 2 of each (the later blob and the index)", got.uploadStarts, got.blobHEADs)
+		}
+		back := openReg(t, ref, nil)
+		for _, want := range recs {
+			got, err := back.Get(ctx, want.Key)
+			if err != nil {
+				t.Fatalf("%s lost: %v", want.Key, err)
+			}
+			l, err := back.Layer(ctx, got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, l.Compressed)
+		}
+	})
+
+	t.Run("a failed send leaves the blobs to flush", func(t *testing.T) {
+		ref := newRepo(host)
+		c := &counter{}
+		w := openReg(t, ref, c)
+		l, _ := newLayer(t)
+		rec := record(t, "a", "step a", l, time.Now())
+		if err := w.Put(ctx, rec, l); err != nil {
+			t.Fatal(err)
+		}
+		c.mu.Lock()
+		c.fail = func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/blobs/uploads/") }
+		c.mu.Unlock()
+		if err := w.Send(ctx); err == nil {
+			t.Fatal("send succeeded with every upload failing")
+		}
+		c.mu.Lock()
+		c.fail = nil
+		c.mu.Unlock()
+		if err := w.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got, err := openReg(t, ref, nil).Get(ctx, rec.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := openReg(t, ref, nil).Layer(ctx, got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readAll(t, back.Compressed)
+	})
+
 	t.Run("concurrent puts, gets and a flush", func(t *testing.T) {
 		ref := newRepo(host)
 		w := openReg(t, ref, nil)

@@ -164,14 +164,36 @@ func (b *builder) exportCache(ctx context.Context, spec CacheSpec, final *stage)
 		}
 	}
 	if spec.Mode != "min" {
-		if err := b.exportMounts(ctx, w, spec); err != nil {
+		if err := b.exportAlternates(ctx, w); err != nil {
 			return err
 		}
-		if err := b.exportAlternates(ctx, w); err != nil {
+		// The step layers and base copies go up while the cache mounts
+		// are packed: packing is CPU, uploading mostly waiting on the
+		// registry, and in a cold build each takes about a second.
+		sent := b.sendStaged(ctx, w)
+		err := b.exportMounts(ctx, w, spec)
+		sent()
+		if err != nil {
 			return err
 		}
 	}
 	return w.Flush(ctx)
+}
+
+// sendStaged starts uploading what w has staged, when w can (a registry);
+// the returned func waits for it. A failed upload is Flush's to retry and
+// report.
+func (b *builder) sendStaged(ctx context.Context, w cache.Writer) (wait func()) {
+	s, ok := w.(cache.Sender)
+	if !ok {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Send(ctx)
+	}()
+	return func() { <-done }
 }
 
 // countingTransport counts the blob bytes downloaded from registries, for
