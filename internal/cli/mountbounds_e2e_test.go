@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -204,5 +205,47 @@ func checkMountLines(t *testing.T, out string, wants map[string][]string) {
 				t.Errorf("mount %s's line %q lacks %q", id, lines[found[0]], w)
 			}
 		}
+	}
+}
+
+// A save to a local cache that fails part way (the cache's filesystem
+// fills while a pack is written, as a runner's disk does) fails the
+// export and leaves the previous manifest, which the next runner restores
+// exactly.
+func TestInterruptedLocalMountSaveKeepsThePrevious(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	fs := t.TempDir()
+	// Room for the first save (a 3 MB pack of random bytes), not for a
+	// second one adding 8 MB more.
+	if err := syscall.Mount("tmpfs", fs, "tmpfs", 0, "size=8m"); err != nil {
+		t.Fatalf("mounting a small tmpfs for the cache: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(fs, syscall.MNT_DETACH) })
+	cacheDir := filepath.Join(fs, "cache")
+	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
+	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/full:1", "--cache-to", "type=local,dest="+cacheDir, ".")
+	saved := outFile(t, reg+"/ms/full:1", "after")
+
+	grow := writeContext(t, map[string]string{"Dockerfile": "FROM " + base + "\n" +
+		"RUN --mount=type=cache,id=tree,target=/cache head -c 8000000 /dev/urandom > /cache/more\n"})
+	dir, env = freshRunner(t, grow, time.Unix(1710000000, 0))
+	res := testenv.Run(t, dir, env, "build", "--progress=plain", "--cache-from", "type=local,src="+cacheDir, "--cache-to", "type=local,dest="+cacheDir, ".")
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "no space left") {
+		t.Fatalf("the save to a full cache did not fail on the full disk (exit %d):\n%s", res.ExitCode, res.Stderr)
+	}
+
+	dir, env = freshRunner(t, src, time.Unix(1720000000, 0))
+	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("three\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res = kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/full:3", "--cache-from", "type=local,src="+cacheDir, ".")
+	if strings.Contains(res.Stderr, "left out") || strings.Contains(res.Stderr, "starting empty") {
+		t.Errorf("the restore after a failed save warned:\n%s", res.Stderr)
+	}
+	if got := outFile(t, reg+"/ms/full:3", "before"); got != saved {
+		t.Errorf("after a failed save the restored mount is not the previous one\n got:\n%s\nwant:\n%s", got, saved)
 	}
 }

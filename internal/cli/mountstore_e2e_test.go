@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -164,97 +165,122 @@ func TestCacheMountStoreMovesOnlyChanges(t *testing.T) {
 }
 
 // A save interrupted while it uploads leaves the previous manifest: the
-// next runner restores the earlier contents.
+// next runner restores the earlier contents. Interrupted as a cancelled
+// CI job does (SIGINT) and as a runner that dies does (SIGKILL: no
+// cleanup at all).
 func TestInterruptedMountSaveKeepsThePrevious(t *testing.T) {
 	testenv.Need(t, "runc")
 	reg := testenv.Registry(t)
 	base, _ := testenv.BusyboxImage(t, reg, "busybox")
-	p := newProxy(t, reg)
-	cacheRef := p.host + "/ms/int:cache"
-	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
-	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
-	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/int:1", "--cache-to", "type=registry,ref="+cacheRef, ".")
-	saved := outFile(t, reg+"/ms/int:1", "after")
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			p := newProxy(t, reg)
+			repo := "ms/int" + strconv.Itoa(int(sig))
+			cacheRef := p.host + "/" + repo + ":cache"
+			src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "one\n"})
+			dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+			kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/"+repo+":1", "--cache-to", "type=registry,ref="+cacheRef, ".")
+			saved := outFile(t, reg+"/"+repo+":1", "after")
 
-	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
-	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p.mu.Lock()
-	p.stall = true
-	p.mu.Unlock()
-	cmd := exec.Command(testenv.Kiln(t), "build", "--progress=plain", "--cache-from", "type=registry,ref="+cacheRef, "--cache-to", "type=registry,ref="+cacheRef, ".")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.stalled:
-	case <-time.After(90 * time.Second):
-		cmd.Process.Kill()
-		t.Fatalf("the upload never started:\n%s", out)
-	}
-	cmd.Process.Signal(syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("kiln did not stop within 30s of SIGINT")
-	}
-	p.mu.Lock()
-	p.stall = false
-	p.mu.Unlock()
+			dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+			if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p.mu.Lock()
+			p.stall = true
+			p.mu.Unlock()
+			cmd := exec.Command(testenv.Kiln(t), "build", "--progress=plain", "--cache-from", "type=registry,ref="+cacheRef, "--cache-to", "type=registry,ref="+cacheRef, ".")
+			cmd.Dir = dir
+			cmd.Env = append(os.Environ(), env...)
+			out := &strings.Builder{}
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-p.stalled:
+			case <-time.After(90 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("the upload never started:\n%s", out)
+			}
+			cmd.Process.Signal(sig)
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("kiln did not stop within 30s of %s", sig)
+			}
+			p.mu.Lock()
+			p.stall = false
+			p.mu.Unlock()
 
-	dir, env = freshRunner(t, src, time.Unix(1720000000, 0))
-	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("three\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/int:3", "--cache-from", "type=registry,ref="+cacheRef, ".")
-	if got := outFile(t, reg+"/ms/int:3", "before"); got != saved {
-		t.Errorf("after an interrupted save the restored mount is not the previous one\n got:\n%s\nwant:\n%s", got, saved)
+			dir, env = freshRunner(t, src, time.Unix(1720000000, 0))
+			if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("three\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/"+repo+":3", "--cache-from", "type=registry,ref="+cacheRef, ".")
+			if strings.Contains(res.Stderr, "left out") || strings.Contains(res.Stderr, "starting empty") {
+				t.Errorf("the restore after an interrupted save warned:\n%s", res.Stderr)
+			}
+			if got := outFile(t, reg+"/"+repo+":3", "before"); got != saved {
+				t.Errorf("after an interrupted save the restored mount is not the previous one\n got:\n%s\nwant:\n%s", got, saved)
+			}
+		})
 	}
 }
 
-// Two runners saving one mount id to one cache at once leave a manifest
-// that restores whole to one of their trees.
+// cacheFlags are the --cache-from and --cache-to values of one cache
+// named name: a repository of reg, or a directory under tmp.
+func cacheFlags(kind, reg, tmp, name string) (from, to string) {
+	if kind == "local" {
+		d := filepath.Join(tmp, name)
+		return "type=local,src=" + d, "type=local,dest=" + d
+	}
+	ref := "type=registry,ref=" + reg + "/ms/" + name + ":cache"
+	return ref, ref
+}
+
+// Two runners (two kiln processes) saving one mount id to one cache at
+// once leave a manifest that restores whole to one of their trees.
 func TestConcurrentMountSavesLeaveOneWhole(t *testing.T) {
 	testenv.Need(t, "runc")
 	reg := testenv.Registry(t)
 	base, _ := testenv.BusyboxImage(t, reg, "busybox")
-	cacheRef := reg + "/ms/conc:cache"
-	var wg sync.WaitGroup
-	after := make([]string, 2)
-	for i, input := range []string{"a\n", "b\n"} {
-		src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": input})
-		dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
-		tag := reg + "/ms/conc:" + strings.TrimSpace(input)
-		wg.Go(func() {
-			res := testenv.Run(t, dir, env, "build", "--progress=plain", "--push", "-t", tag, "--cache-to", "type=registry,ref="+cacheRef, ".")
-			if res.ExitCode != 0 {
-				t.Errorf("concurrent build %d failed:\n%s", i, res.Stderr)
+	for _, kind := range []string{"registry", "local"} {
+		t.Run(kind, func(t *testing.T) {
+			from, to := cacheFlags(kind, reg, t.TempDir(), "conc"+kind)
+			var wg sync.WaitGroup
+			after := make([]string, 2)
+			for i, input := range []string{"a\n", "b\n"} {
+				src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": input})
+				dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+				tag := reg + "/ms/conc" + kind + ":" + strings.TrimSpace(input)
+				wg.Go(func() {
+					res := testenv.Run(t, dir, env, "build", "--progress=plain", "--push", "-t", tag, "--cache-to", to, ".")
+					if res.ExitCode != 0 {
+						t.Errorf("concurrent build %d failed:\n%s", i, res.Stderr)
+					}
+				})
+			}
+			wg.Wait()
+			if t.Failed() {
+				return
+			}
+			for i, tag := range []string{"a", "b"} {
+				after[i] = outFile(t, reg+"/ms/conc"+kind+":"+tag, "after")
+			}
+			src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "c\n"})
+			dir, env := freshRunner(t, src, time.Unix(1710000000, 0))
+			res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/conc"+kind+":c", "--cache-from", from, ".")
+			if strings.Contains(res.Stderr, "left out") || strings.Contains(res.Stderr, "starting empty") || !strings.Contains(res.Stderr, "restored cache mount tree") {
+				t.Errorf("restore warned or did not happen:\n%s", res.Stderr)
+			}
+			if got := outFile(t, reg+"/ms/conc"+kind+":c", "before"); got != after[0] && got != after[1] {
+				t.Errorf("the restored mount is neither saved tree:\n%s", got)
 			}
 		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		return
-	}
-	for i, tag := range []string{"a", "b"} {
-		after[i] = outFile(t, reg+"/ms/conc:"+tag, "after")
-	}
-	src := writeContext(t, map[string]string{"Dockerfile": mountDockerfile(base), "input.txt": "c\n"})
-	dir, env := freshRunner(t, src, time.Unix(1710000000, 0))
-	res := kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/conc:c", "--cache-from", "type=registry,ref="+cacheRef, ".")
-	if strings.Contains(res.Stderr, "left out") || strings.Contains(res.Stderr, "starting empty") {
-		t.Errorf("restore warned:\n%s", res.Stderr)
-	}
-	if got := outFile(t, reg+"/ms/conc:c", "before"); got != after[0] && got != after[1] {
-		t.Errorf("the restored mount is neither saved tree:\n%s", got)
 	}
 }
 
@@ -264,24 +290,28 @@ func TestCacheMountMaxSizeDropsLeastRecentlyUsed(t *testing.T) {
 	testenv.Need(t, "runc")
 	reg := testenv.Registry(t)
 	base, _ := testenv.BusyboxImage(t, reg, "busybox")
-	cacheRef := reg + "/ms/cap:cache"
 	// Ten files of 100 kB: f0 is the oldest, f9 the newest.
 	df := "FROM " + base + "\nCOPY input.txt /input.txt\n" +
 		"RUN --mount=type=cache,id=cap,target=/cache mkdir -p /out && ls /cache > /out/before; " +
 		"if [ ! -e /cache/f0 ]; then for i in 0 1 2 3 4 5 6 7 8 9; do head -c 100000 /dev/urandom > /cache/f$i; touch -t 20200101010$i /cache/f$i; done; fi\n"
-	src := writeContext(t, map[string]string{"Dockerfile": df, "input.txt": "one\n"})
-	dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
-	res := kiln(t, dir, env, "build", "--progress=plain", "--cache-to", "type=registry,ref="+cacheRef+",cache-mount-max-size=450kB", ".")
-	if !strings.Contains(res.Stderr, "least recently used files") {
-		t.Errorf("no eviction reported:\n%s", res.Stderr)
-	}
-	dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
-	if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/cap:2", "--cache-from", "type=registry,ref="+cacheRef, ".")
-	if got, want := outFile(t, reg+"/ms/cap:2", "before"), "f6\nf7\nf8\nf9\n"; got != want {
-		t.Errorf("the capped mount holds\n%s\nwant the four newest:\n%s", got, want)
+	for _, kind := range []string{"registry", "local"} {
+		t.Run(kind, func(t *testing.T) {
+			from, to := cacheFlags(kind, reg, t.TempDir(), "cap"+kind)
+			src := writeContext(t, map[string]string{"Dockerfile": df, "input.txt": "one\n"})
+			dir, env := freshRunner(t, src, time.Unix(1700000000, 0))
+			res := kiln(t, dir, env, "build", "--progress=plain", "--cache-to", to+",cache-mount-max-size=450kB", ".")
+			if !strings.Contains(res.Stderr, "least recently used files") {
+				t.Errorf("no eviction reported:\n%s", res.Stderr)
+			}
+			dir, env = freshRunner(t, src, time.Unix(1710000000, 0))
+			if err := os.WriteFile(filepath.Join(dir, "input.txt"), []byte("two\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			kiln(t, dir, env, "build", "--progress=plain", "--push", "-t", reg+"/ms/cap"+kind+":2", "--cache-from", from, ".")
+			if got, want := outFile(t, reg+"/ms/cap"+kind+":2", "before"), "f6\nf7\nf8\nf9\n"; got != want {
+				t.Errorf("the capped mount holds\n%s\nwant the four newest:\n%s", got, want)
+			}
+		})
 	}
 }
 
