@@ -106,7 +106,7 @@ func TestMaxSize(t *testing.T) {
 // meanwhile stays: reads count as use.
 func TestMaxAge(t *testing.T) {
 	root := t.TempDir()
-	addr := start(t, cacheserver.Config{Root: root, MaxAge: 600 * time.Millisecond, EvictGrace: 100 * time.Millisecond, EvictInterval: 50 * time.Millisecond})
+	addr := start(t, cacheserver.Config{Root: root, MaxAge: 3 * time.Second, EvictGrace: 2 * time.Second, EvictInterval: 50 * time.Millisecond})
 	old, _ := name.ParseReference(addr + "/age/old:1")
 	used, _ := name.ParseReference(addr + "/age/used:1")
 	for _, ref := range []name.Reference{old, used} {
@@ -129,7 +129,7 @@ func TestMaxAge(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("an image unused for 20s survived --max-age 600ms")
+			t.Fatal("an image unused for 20s survived --max-age 3s")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -140,7 +140,7 @@ func TestMaxAge(t *testing.T) {
 func TestMaxAgeIgnoresRefusedReads(t *testing.T) {
 	root := t.TempDir()
 	addr := start(t, cacheserver.Config{Root: root, Htpasswd: htpasswd(t, map[string]string{"ci": "pw"}),
-		MaxAge: 600 * time.Millisecond, EvictGrace: 100 * time.Millisecond, EvictInterval: 50 * time.Millisecond})
+		MaxAge: 3 * time.Second, EvictGrace: 2 * time.Second, EvictInterval: 50 * time.Millisecond})
 	ref, _ := name.ParseReference(addr + "/age/old:1")
 	img, _ := random.Image(10_000, 1)
 	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: "ci", Password: "pw"})); err != nil {
