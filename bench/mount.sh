@@ -23,6 +23,9 @@ log "building the bench tools"
 for t in countproxy mountbench; do
 	(cd "$ROOT" && go build -o "$W/bin/$t" "./bench/cmd/$t")
 done
+# A save is measured against an empty repository: blobs an earlier run
+# left in bench/ would be skipped as present, and not counted.
+rm -rf "$W/registry/docker/registry/v2/repositories/bench"
 start_registry
 log "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$W/bin/mountbench" -registry "127.0.0.1:$REGPORT" -proxy "$REG" -work "$W/mount" \

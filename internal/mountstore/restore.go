@@ -647,7 +647,7 @@ func (r *restorer) finish(s *State) (files int, bytes int64, missing int, err er
 			var st unix.Stat_t
 			if fp := r.files[i]; fp != nil && fp.done {
 				st = fp.st
-			} else if st, err = r.meta(e); err != nil {
+			} else if st, err = r.meta(e, false); err != nil {
 				return 0, 0, 0, err
 			}
 			fs := statOf(&st)
@@ -656,7 +656,7 @@ func (r *restorer) finish(s *State) (files int, bytes int64, missing int, err er
 			}
 			s.Files[e.Path] = fs
 		case TypeSymlink:
-			if _, err := r.meta(e); err != nil {
+			if _, err := r.meta(e, false); err != nil {
 				return 0, 0, 0, err
 			}
 		case TypeHardlink:
@@ -671,7 +671,9 @@ func (r *restorer) finish(s *State) (files int, bytes int64, missing int, err er
 	}
 	for i := len(r.m.Entries) - 1; i >= 0; i-- {
 		if e := r.m.Entries[i]; e.Type == TypeDir {
-			if _, err := r.meta(e); err != nil {
+			// In a fresh directory, every directory below it was made by
+			// the layout, as the Root's Mkdir options say.
+			if _, err := r.meta(e, r.fresh && e.Path != "."); err != nil {
 				return 0, 0, 0, err
 			}
 		}
@@ -706,8 +708,11 @@ func (r *restorer) link(e Entry) error {
 }
 
 // meta applies e's owner, mode, xattrs and times through an O_PATH
-// descriptor of the entry itself, so nothing is followed out of the root.
-func (r *restorer) meta(e Entry) (unix.Stat_t, error) {
+// descriptor of the entry itself, so nothing is followed out of the root,
+// and returns its stat after. made is a directory the Root created: its
+// owner and mode are the Root's Mkdir options, set again only if e's
+// differ, and its stat is not read again.
+func (r *restorer) meta(e Entry, made bool) (unix.Stat_t, error) {
 	var st unix.Stat_t
 	d, name := splitPath(e.Path)
 	var pfd int
@@ -733,11 +738,15 @@ func (r *restorer) meta(e Entry) (unix.Stat_t, error) {
 		// path twice in two forms cannot pass Validate; this is a guard).
 		return st, fmt.Errorf("cache mount %s: not a %s", e.Path, e.Type)
 	}
-	if err := unix.Fchownat(pfd, "", e.UID, e.GID, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL) {
+	mk := r.root.Mkdir
+	owned := made && e.UID == mk.UID && e.GID == mk.GID
+	if owned {
+		// Nothing to change.
+	} else if err := unix.Fchownat(pfd, "", e.UID, e.GID, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL) {
 		return st, fmt.Errorf("cache mount %s: chown: %w", e.Path, err)
 	}
 	proc := fmt.Sprintf("/proc/self/fd/%d", pfd)
-	if !link {
+	if !link && (!owned || e.Mode != mk.Mode || len(e.Xattrs) > 0) {
 		if err := unix.Chmod(proc, e.Mode); err != nil {
 			return st, fmt.Errorf("cache mount %s: chmod: %w", e.Path, err)
 		}
@@ -758,6 +767,9 @@ func (r *restorer) meta(e Entry) (unix.Stat_t, error) {
 		if err != nil {
 			return st, fmt.Errorf("cache mount %s: times: %w", e.Path, err)
 		}
+	}
+	if made {
+		return st, nil
 	}
 	if err := unix.Fstat(pfd, &st); err != nil {
 		return st, err

@@ -8,10 +8,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A fresh restore skips the chown and chmod a new file would not need;
-// modes the umask would clear, setuid, setgid and sticky bits, owners
-// other than kiln's, and a mount directory that passes its group down to
-// new files must all still come out as saved.
+// A fresh restore skips the chown and chmod a new file or directory would
+// not need; modes the umask would clear, setuid, setgid and sticky bits,
+// owners other than kiln's, and a mount directory that passes its group
+// down to new files must all still come out as saved.
 func TestFreshRestoreKeepsModesAndOwnersCreationWouldNotGive(t *testing.T) {
 	needRoot(t)
 	old := unix.Umask(0o027) // clears bits that 0o666 and 0o777 files have
@@ -33,6 +33,15 @@ func TestFreshRestoreKeepsModesAndOwnersCreationWouldNotGive(t *testing.T) {
 	must(t, os.Chown(filepath.Join(src, "sub", "owned"), 1000, 1000))
 	write(t, filepath.Join(src, "group"), []byte("group"), 0o640)
 	must(t, os.Chown(filepath.Join(src, "group"), 0, 1000))
+	// Directories: made by the restore as root's 0755, so these differ
+	// from what it made in owner, mode or both.
+	for name, mode := range map[string]os.FileMode{"dir-755": 0o755, "dir-700": 0o700, "dir-sticky": 0o777 | os.ModeSticky, "dir-setgid": 0o775 | os.ModeSetgid} {
+		p := filepath.Join(src, name)
+		must(t, os.Mkdir(p, 0o700))
+		must(t, os.Chmod(p, mode))
+	}
+	must(t, os.Chown(filepath.Join(src, "dir-755"), 0, 1000))
+	must(t, os.Chown(filepath.Join(src, "dir-setgid"), 1000, 1000))
 	st := store(t)
 	want := dump(t, src)
 	save(t, st, src, SaveOptions{})
