@@ -2,9 +2,11 @@ package cacheserver_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -33,8 +35,8 @@ func mustAccess(t *testing.T, specs ...string) map[string][]cacheserver.RepoAcce
 
 // A user limited to prefixes pushes and pulls there, pulls where it may
 // only read, and is refused everywhere else, including next to its
-// prefixes, through a mount from a repository it cannot read, and in the
-// catalog, which distribution cannot filter.
+// prefixes and through a mount from a repository it cannot read; its
+// catalog names only what it may pull.
 func TestRepositoryAccess(t *testing.T) {
 	addr := start(t, cacheserver.Config{
 		Htpasswd: htpasswd(t, map[string]string{"admin": "a-pass", "ci": "c-pass"}),
@@ -86,11 +88,47 @@ func TestRepositoryAccess(t *testing.T) {
 		unauthorized("tag list of "+repo, err)
 	}
 	ref, _ := name.ParseReference(addr + "/team-b/app:1")
-	_, err := remote.Catalog(context.Background(), ref.Context().Registry, ci)
-	unauthorized("catalog", err)
-	if repos, err := remote.Catalog(context.Background(), ref.Context().Registry, admin); err != nil || len(repos) != 5 {
+	want := []string{"base/os", "team-a", "team-a/app", "team-a/releases/app"}
+	if repos, err := remote.Catalog(context.Background(), ref.Context().Registry, ci); err != nil || !slices.Equal(repos, want) {
+		t.Errorf("limited user's catalog: %v, %v; want %v", repos, err, want)
+	}
+	if repos, err := remote.Catalog(context.Background(), ref.Context().Registry, admin); err != nil || !slices.Equal(repos, append(want, "team-b/app")) {
 		t.Errorf("unlimited user's catalog: %v, %v", repos, err)
 	}
+	// Page by page, the limited user's catalog never names what it
+	// cannot reach, in a page or in the next page's link.
+	var paged []string
+	for next := "/v2/_catalog?n=3"; next != ""; {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+next, nil)
+		req.SetBasicAuth("ci", "c-pass")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page struct{ Repositories []string }
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || len(page.Repositories) > 3 {
+			t.Fatalf("catalog page %s: %s, %v, %v", next, resp.Status, page.Repositories, err)
+		}
+		paged = append(paged, page.Repositories...)
+		link := resp.Header.Get("Link")
+		if strings.Contains(link, "team-b") {
+			t.Errorf("catalog link names team-b: %s", link)
+		}
+		next = ""
+		if l, ok := strings.CutPrefix(link, "<"); ok {
+			next, _, _ = strings.Cut(l, ">")
+		}
+		if len(paged) > 10 {
+			t.Fatal("catalog pages do not end")
+		}
+	}
+	if !slices.Equal(paged, want) {
+		t.Errorf("limited user's catalog, 3 a page: %v, want %v", paged, want)
+	}
+	_, err := remote.Catalog(context.Background(), ref.Context().Registry, remote.WithAuth(&authn.Basic{Username: "ci", Password: "guess"}))
+	unauthorized("catalog with a wrong password", err)
 
 	// A mount from team-b into team-a would copy a blob the user cannot
 	// read into a repository it can.

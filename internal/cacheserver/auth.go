@@ -163,8 +163,8 @@ func (ac *accessController) Authorized(req *http.Request, access ...auth.Access)
 func (ac *accessController) allowed(user string, grants []RepoAccess, limited bool, a auth.Access) bool {
 	if a.Type == "registry" && a.Name == "catalog" {
 		// distribution lists every repository to whoever may read the
-		// catalog; it cannot filter it by a user's prefixes, so a limited
-		// user may not read it at all.
+		// catalog and cannot filter it by a user's prefixes: a limited
+		// user's catalog is filteredCatalog's, never distribution's.
 		return !limited
 	}
 	if !limited {

@@ -173,6 +173,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		api = s.evictor.track(app)
 	}
+	if len(cfg.Access) > 0 {
+		if api, err = newFilteredCatalog(ctx, api, driver, dcfg.Auth[accessControllerName], cfg.Access); err != nil {
+			return nil, err
+		}
+	}
 	for _, up := range cfg.Upstreams {
 		m, err := newMirror(ctx, cfg, up)
 		if err != nil {
