@@ -18,6 +18,14 @@ bench-extract:
 bench-mount:
 	bash bench/mount.sh
 
+# `make bench-load` runs the load test of `kiln cache serve` against Debian's
+# docker-registry, 32 clients for 60 s, two interleaved rounds (about 4.5
+# minutes; LOAD_CLIENTS, LOAD_DURATION, LOAD_ROUNDS; README's cache server
+# section).
+.PHONY: bench-load
+bench-load:
+	bash bench/loadtest.sh
+
 # `make check` runs CI's static checks (gofmt on the tracked files, go mod
 # tidy, go vet, staticcheck): what to run before landing, instead of a
 # gofmt that walks directories (bench/.work holds other projects' Go files).
