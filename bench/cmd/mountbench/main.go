@@ -40,6 +40,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/image"
@@ -114,7 +115,7 @@ func main() {
 	fmt.Printf("whole-archive save: %.2f s, pushed %.1f MiB (%.1fx the bytes added)\n", wholeSave.Seconds(), mib(wholePushed), float64(wholePushed)/float64(added))
 
 	urls := b.tarBlobs(ctx, src)
-	var kiln, tar, wholeR []float64
+	var kiln, tar, wholeR, kilnCPU, tarCPU, wholeCPU []float64
 	var prof *os.File
 	if *cpuprofile != "" {
 		if prof, err = os.Create(*cpuprofile); err != nil {
@@ -126,6 +127,7 @@ func main() {
 			name string
 			run  func(dir string) error
 			out  *[]float64
+			cpu  *[]float64
 		}{
 			{"kiln", func(dir string) error {
 				if prof != nil {
@@ -134,9 +136,9 @@ func main() {
 					}
 				}
 				return b.restore(ctx, dir)
-			}, &kiln},
-			{"tar", func(dir string) error { return curlTar(ctx, urls, dir) }, &tar},
-			{"whole", func(dir string) error { return b.restoreWhole(ctx, whole, dir) }, &wholeR},
+			}, &kiln, &kilnCPU},
+			{"tar", func(dir string) error { return curlTar(ctx, urls, dir) }, &tar, &tarCPU},
+			{"whole", func(dir string) error { return b.restoreWhole(ctx, whole, dir) }, &wholeR, &wholeCPU},
 		}
 		// Rotate, so no side always runs first (or after the same one).
 		sides = append(sides[i%3:], sides[:i%3]...)
@@ -151,13 +153,16 @@ func main() {
 				log.Fatal(err)
 			}
 			_ = exec.Command("sync").Run()
+			cpu0 := cpuTime()
 			start := time.Now()
 			if err := s.run(dir); err != nil {
 				log.Fatalf("%s: %v", s.name, err)
 			}
 			d := time.Since(start).Seconds()
+			cpu := cpuTime() - cpu0
 			*s.out = append(*s.out, d)
-			fmt.Printf("run %d %-5s %.2f s\n", i+1, s.name, d)
+			*s.cpu = append(*s.cpu, cpu)
+			fmt.Printf("run %d %-5s %.2f s (CPU %.2f s; load %s)\n", i+1, s.name, d, cpu, loadavg())
 			if prof != nil && s.name == "kiln" {
 				prof.Close()
 				prof = nil
@@ -171,6 +176,8 @@ func main() {
 	mk, mt, mw := median(kiln), median(tar), median(wholeR)
 	fmt.Printf("restore medians: kiln %.2f s, %d x curl|tar %.2f s (ratio %.2f), whole archive %.2f s (%.2fx the floor)\n",
 		mk, parts, mt, mk/mt, mw, mw/mt)
+	fmt.Printf("restore CPU medians (user+system; the registry's not counted): kiln %.2f s, curl|tar %.2f s (ratio %.2f), whole archive %.2f s\n",
+		median(kilnCPU), median(tarCPU), median(kilnCPU)/median(tarCPU), median(wholeCPU))
 	fmt.Printf("save: kiln pushed %.2f MiB for %.2f MiB added (%.2fx), whole archive %.1f MiB (%.1fx)\n",
 		mib(pushed), mib(added), float64(pushed)/float64(added), mib(wholePushed), float64(wholePushed)/float64(added))
 }
@@ -407,4 +414,23 @@ func median(xs []float64) float64 {
 		return 0
 	}
 	return s[len(s)/2]
+}
+
+// cpuTime is the CPU this process and its waited-for children used so
+// far: kiln's sides run in the process, curl and tar as children.
+func cpuTime() float64 {
+	var self, kids unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &self)
+	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &kids)
+	sec := func(t unix.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return sec(self.Utime) + sec(self.Stime) + sec(kids.Utime) + sec(kids.Stime)
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
