@@ -213,7 +213,8 @@ func (s Sink) HasPack(ctx context.Context, p Pack) bool {
 		s.lost(p, "could not be read back by this build's restore")
 		return false
 	}
-	why := ""
+	// The base came from W or From: a pack neither holds was lost.
+	why := "is no longer in " + s.W.String()
 	for _, st := range []cache.Store{s.W, s.From} {
 		if st == nil {
 			continue
@@ -233,9 +234,7 @@ func (s Sink) HasPack(ctx context.Context, p Pack) bool {
 		}
 		return true
 	}
-	if why != "" {
-		s.lost(p, why)
-	}
+	s.lost(p, why)
 	return false
 }
 

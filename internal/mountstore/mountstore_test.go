@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/cache"
@@ -498,5 +499,56 @@ func TestMostlyDeadPacksAreCompacted(t *testing.T) {
 	third := save(t, st, src, SaveOptions{State: second.State})
 	if third.Uploaded > 1<<10 {
 		t.Errorf("a one-file change after compaction uploaded %d bytes", third.Uploaded)
+	}
+}
+
+// A pack the restore could not read whole (damaged on disk: the local
+// store drops it) is not reused by the save after it: the files it held,
+// which the runner has again, are packed anew, the sink is told, and the
+// next restore gets every file. Packed anew, the same chunks make the
+// same pack, so the manifest may name it again: it is whole now.
+func TestUnreadablePackIsPackedAgain(t *testing.T) {
+	ctx := context.Background()
+	src := fixture(t)
+	st := store(t)
+	first := save(t, st, src, SaveOptions{})
+	m, _, err := Load(ctx, st, "id")
+	must(t, err)
+	bad := m.Packs[0]
+	p := filepath.Join(st.BlobDir(), bad.Digest.Encoded())
+	data, err := os.ReadFile(p)
+	must(t, err)
+	data[len(data)/2] ^= 0xff
+	must(t, os.WriteFile(p, data, 0o644))
+
+	u := &Unreadable{}
+	dst := filepath.Join(t.TempDir(), "r")
+	must(t, os.MkdirAll(dst, 0o700))
+	r, err := Restore(ctx, dst, m, Source{Store: st, Unreadable: u}, RestoreOptions{})
+	must(t, err)
+	if r.Missing == 0 || !u.Has(bad.Digest) {
+		t.Fatalf("restore through a damaged pack: missing %d, unreadable noted %v", r.Missing, u.Has(bad.Digest))
+	}
+	var lost []digest.Digest
+	var mu sync.Mutex
+	sink := Sink{W: st, ID: "id", Unreadable: u, Lost: func(p Pack, why string) {
+		mu.Lock()
+		defer mu.Unlock()
+		lost = append(lost, p.Digest)
+	}}
+	second, err := Save(ctx, src, sink, SaveOptions{Base: m, State: first.State})
+	must(t, err)
+	_, err = sink.Commit(ctx, second.Manifest)
+	must(t, err)
+	if len(lost) != 1 || lost[0] != bad.Digest || second.NewPacks == 0 {
+		t.Errorf("save after a damaged pack: told of %v (want %s), %d new packs", lost, bad.Digest, second.NewPacks)
+	}
+	again := filepath.Join(t.TempDir(), "r2")
+	r = restore(t, st, again, RestoreOptions{})
+	if r.Missing != 0 {
+		t.Errorf("restore of the new manifest left out %d files: %v", r.Missing, r.Problems)
+	}
+	if got, want := dump(t, again), dump(t, src); got != want {
+		t.Errorf("restored tree differs\n got:\n%s\nwant:\n%s", got, want)
 	}
 }
