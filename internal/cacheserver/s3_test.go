@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -398,5 +400,58 @@ func TestS3UploadAcrossServers(t *testing.T) {
 	}
 	if _, err := cacheserver.New(t.Context(), cacheserver.Config{S3: s3, Addr: "127.0.0.1:0", UploadSecret: "short"}); err == nil {
 		t.Error("a short upload secret was accepted")
+	}
+}
+
+// A base image one server mirrored into the bucket is served by another
+// server on that bucket with the upstream stopped.
+func TestS3UpstreamMirror(t *testing.T) {
+	m := testenv.MinIO(t)
+	s3, bucket, prefix := s3StoreOn(t, m)
+	upstream := httptest.NewServer(registry.New())
+	defer upstream.Close()
+	img, _ := random.Image(50_000, 2)
+	upRef, _ := name.ParseReference(strings.TrimPrefix(upstream.URL, "http://") + "/library/base:1")
+	if err := remote.Write(upRef, img); err != nil {
+		t.Fatal(err)
+	}
+	up, err := cacheserver.ParseUpstream("hub=" + upstream.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := start(t, cacheserver.Config{S3: s3, Upstreams: []cacheserver.Upstream{up}})
+	b := start(t, cacheserver.Config{S3: s3, Upstreams: []cacheserver.Upstream{up}})
+	refA, _ := name.ParseReference(a + "/hub/library/base:1")
+	got, err := remote.Image(refA)
+	if err != nil {
+		t.Fatalf("pull through A's mirror: %v", err)
+	}
+	if err := validate.Image(got); err != nil {
+		t.Fatalf("pull through A's mirror: %v", err)
+	}
+	// The mirror commits a blob after the client has read it: wait for
+	// the manifest, the config and both layers to be in the bucket.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		keys := m.Keys(t, bucket, prefix+"mirrors/hub/docker/registry/v2/blobs/")
+		if len(keys) >= 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the mirrored image is not in the bucket under %smirrors/hub/: %v", prefix, keys)
+		}
+	}
+
+	upstream.Close()
+	refB, _ := name.ParseReference(b + "/hub/library/base:1")
+	again, err := remote.Image(refB)
+	if err != nil {
+		t.Fatalf("pull through B's mirror with the upstream stopped: %v", err)
+	}
+	if err := validate.Image(again); err != nil {
+		t.Fatalf("pull through B's mirror with the upstream stopped: %v", err)
+	}
+	want, _ := img.Digest()
+	if d, _ := again.Digest(); d != want {
+		t.Errorf("B's mirror served %s, upstream had %s", d, want)
 	}
 }

@@ -136,13 +136,14 @@ func startMinIO(t testing.TB, bin, dir string, attempt int) (*MinIOServer, error
 	return m, nil
 }
 
-// waitMinIO polls MinIO's liveness endpoint until it answers 200, the
+// waitMinIO polls MinIO's readiness endpoint (liveness answers before its
+// store is ready, when S3 calls still fail) until it answers 200, the
 // process exits, or the start timeout passes.
 func waitMinIO(ctx context.Context, addr string, exited <-chan struct{}, waitErr *error) error {
 	ctx, cancel := context.WithTimeout(ctx, registryStartTimeout)
 	defer cancel()
 	client := &http.Client{Timeout: time.Second}
-	url := "http://" + addr + "/minio/health/live"
+	url := "http://" + addr + "/minio/health/ready"
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
