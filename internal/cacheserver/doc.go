@@ -1,9 +1,10 @@
 // Package cacheserver is `kiln cache serve`: an OCI registry made to sit
 // next to CI runners and hold their build caches.
 //
-// The registry itself is CNCF distribution's (its HTTP handlers, storage
-// drivers and htpasswd auth), never one of kiln's own; this package adds
-// what a build cache server needs around it: a refusal to serve a
+// The registry itself is CNCF distribution's (its HTTP handlers, its
+// filesystem and S3 storage drivers, htpasswd auth), never one of kiln's
+// own; this package adds what a build cache server needs around it: a
+// store in a directory or an S3 bucket (storage.go), a refusal to serve a
 // non-loopback address without auth, read-only users and per-repository
 // prefixes (with a catalog filtered to them), size and age bounds
 // (evict.go), pull-through mirrors (mirror.go), a health endpoint,
