@@ -25,7 +25,14 @@ var probes sync.Map // absolute root -> *overlayProbe
 // redirect_dir on, a renamed lower directory is recorded as a redirect
 // xattr and its content stays in the lower layer, invisible to Diff; with
 // metacopy on, a chmod copies up metadata only and the data stays below.
-var overlayExtras = []string{"redirect_dir=off", "metacopy=off"}
+// volatile (Linux 5.10) spares the unmount at the end of every step a
+// sync of the whole filesystem under the upper dir: after a first miss
+// that is the hundreds of megabytes of base layers just extracted, and
+// whatever else the host wrote, which BuildKit's snapshots wait for too.
+// A step's snapshot has no use after a crash (it is discarded and the
+// step runs again), and each one is mounted once, so the mount that
+// volatile refuses (the same upper and work dirs again) never comes.
+var overlayExtras = []string{"redirect_dir=off", "metacopy=off", "volatile"}
 
 // OverlaySupported reports whether an overlay mount works under root, by
 // mounting a tiny one in a temporary directory there (needs root or
