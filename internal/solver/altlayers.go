@@ -29,8 +29,9 @@ import (
 // always assembled from the base's own layers.
 //
 // The copy is encoded from the original's tar as the build's own extraction
-// inflates it (teeLayer: no second download, no second inflate) and Put at
-// cache export.
+// inflates it (teeLayer: no second download, no second inflate), on a
+// low-priority thread that follows a spool of the tar (altspool.go), and
+// Put at cache export.
 
 // altMinSize: smaller layers (a busybox-sized base) inflate in tens of
 // milliseconds; a second blob is not worth its upload and index entry.
@@ -75,6 +76,9 @@ type madeAlt struct {
 	done  chan struct{}
 	layer *image.Layer
 	err   error
+	// tid is the encoder's thread while it runs at low priority (see
+	// altspool.go), 0 once it is not.
+	tid atomic.Int32
 }
 
 // stop cancels the transcodes still running and waits for them: nothing
@@ -221,31 +225,36 @@ type teeLayer struct {
 var _ snapshot.TarTee = (*teeLayer)(nil)
 
 // TeeTar starts the transcode of the tar the extraction is about to read,
-// fed through a pipe; none when the copy is made or being made already.
-// The pipe's writer is the snapshotter's to close: with an error when the
-// tar was not whole or not the layer's, which fails Recompress, as does
-// a tar whose diffID Recompress finds is not the layer's.
+// fed through a spool; none when the copy is made or being made already.
+// The spool is the snapshotter's to close: with an error when the tar was
+// not whole or not the layer's, which fails Recompress, as does a tar
+// whose diffID Recompress finds is not the layer's.
 func (t *teeLayer) TeeTar() snapshot.TarWriter {
 	b := t.b
 	m := b.claimAlternate(t.diffID)
 	if m == nil {
 		return nil
 	}
-	pr, pw := io.Pipe()
+	sp, err := newSpool(b.cacheLayer.Dir)
+	if err != nil {
+		m.err = err
+		close(m.done)
+		return nil
+	}
+	ctx := b.alts.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	b.alts.wg.Go(func() {
 		defer close(m.done)
-		// Closing the reader unblocks the snapshotter's writer when the
-		// transcode stops early (cancelled, or its file failed).
-		defer pr.Close()
+		defer sp.release()
+		m.tid.Store(lowThread())
+		defer m.tid.Store(0)
 		opts := b.cacheLayer
 		opts.Compression, opts.Level, opts.OCI = image.Zstd, &altLevel, true
-		ctx := b.alts.ctx
-		if ctx == nil {
-			ctx = context.Background()
-		}
-		m.layer, m.err = image.Recompress(ctx, &pipeLayer{Layer: t.Layer, r: pr}, opts)
+		m.layer, m.err = image.Recompress(ctx, &spoolLayer{Layer: t.Layer, r: sp.reader(ctx)}, opts)
 	})
-	return pw
+	return sp
 }
 
 // claimAlternate returns a new attempt at the copy of diffID d, or nil
@@ -272,13 +281,13 @@ func (b *builder) claimAlternate(d v1.Hash) *madeAlt {
 	return m
 }
 
-// pipeLayer is a layer whose uncompressed tar is read from r, once.
-type pipeLayer struct {
+// spoolLayer is a layer whose uncompressed tar is read from r, once.
+type spoolLayer struct {
 	v1.Layer
-	r *io.PipeReader
+	r io.Reader
 }
 
-func (l *pipeLayer) Uncompressed() (io.ReadCloser, error) { return l.r, nil }
+func (l *spoolLayer) Uncompressed() (io.ReadCloser, error) { return io.NopCloser(l.r), nil }
 
 // exportAlternates puts into w the zstd copies this build made that w
 // lacks, and again the copies it used (which keeps them from ageing out
@@ -303,6 +312,8 @@ func (b *builder) exportAlternates(ctx context.Context, w cache.Writer) error {
 		b.alts.mu.Lock()
 		m := b.alts.made[d]
 		b.alts.mu.Unlock()
+		// Now the build waits for it: normal priority.
+		raise(&m.tid)
 		select {
 		case <-m.done:
 		case <-ctx.Done():
