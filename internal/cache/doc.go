@@ -78,7 +78,7 @@
 // by digest. Records naming a blob the manifest does not list are ignored
 // on load. Flush uploads the blobs the repository lacks, then merges the
 // index as it is now with the records Put since, drops records unused for
-// longer than RegistryWriteOptions.MaxAge, keeps the MaxEntries most
+// longer than Bounds.MaxAge, keeps the MaxEntries most
 // recently used, and writes the manifest last, so a reader sees the old
 // cache or the new one, never a manifest naming a missing blob. The
 // bounds count and age units, not records: a record whose Inputs name,
@@ -149,6 +149,15 @@
 // its own file, renamed into place, so every writer's records are kept
 // (two records for one key: the last rename wins, and either is correct
 // because keys cover results).
+//
+// A --cache-to directory takes the registry's bounds (SetBounds, the same
+// keep, units and all): Flush, holding the directory's lock exclusively
+// while Put holds it shared, removes the records keep drops, with the
+// step index entries naming them, then every blob no remaining record
+// names. A writer that starts after it sees the blobs as they now are;
+// one that ran before it finished its record first. A lookup that found a
+// record just before the Flush removed it may still find its blob gone
+// when it reads it, as with a registry's eviction.
 //
 // # What the records are
 //

@@ -29,6 +29,8 @@ type Local struct {
 	now func() time.Time
 	// lease, when set, pins the blobs Get and Put use (see SetLease).
 	lease *gc.Lease
+	// bounds are what Flush keeps (see SetBounds).
+	bounds Bounds
 	// readOnly: lookups leave LastUsed as it was and Put fails (see
 	// SetReadOnly).
 	readOnly bool
@@ -338,9 +340,6 @@ func (l *Local) Put(ctx context.Context, rec Record, layer v1.Layer) error {
 	}
 	return nil
 }
-
-// Flush is a no-op: Put is already durable.
-func (l *Local) Flush(ctx context.Context) error { return ctx.Err() }
 
 // hasBlob reports whether the blob is stored whole.
 func (l *Local) hasBlob(d Descriptor) bool {

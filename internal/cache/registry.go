@@ -33,7 +33,7 @@ type Registry struct {
 	readOnly bool
 
 	mu sync.Mutex
-	wo RegistryWriteOptions
+	wo Bounds
 	// records is the index as loaded or last flushed; blobs are the layer
 	// digests its manifest names, all present in the repository.
 	records map[digest.Digest]Record
@@ -57,9 +57,10 @@ type stagedRecord struct {
 	layer v1.Layer
 }
 
-// RegistryWriteOptions bound what Flush keeps. Set them with
-// (*Registry).SetWriteOptions; the zero value keeps everything.
-type RegistryWriteOptions struct {
+// Bounds bound what a store's Flush keeps, the same for a registry and a
+// local directory (see keep). Set them with SetBounds; the zero value keeps
+// everything.
+type Bounds struct {
 	// MaxAge drops records whose LastUsed is older than this at Flush
 	// (0: no age limit).
 	MaxAge time.Duration
@@ -256,8 +257,8 @@ func (c *remoteIndex) loadInline(m *v1.Manifest, raw []byte) error {
 	return nil
 }
 
-// SetWriteOptions sets the bounds Flush applies. Call it before Flush.
-func (c *Registry) SetWriteOptions(o RegistryWriteOptions) {
+// SetBounds sets the bounds Flush applies. Call it before Flush.
+func (c *Registry) SetBounds(o Bounds) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.wo = o

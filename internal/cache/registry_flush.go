@@ -309,7 +309,7 @@ var errBusy = errors.New("the cache index kept changing under concurrent writers
 //
 // A PUT the registry refuses because the index names blobs it no longer
 // has adds them to lost and merges again without their records.
-func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]*stagedRecord, known *remoteIndex, lost map[v1.Hash]bool, wo RegistryWriteOptions, contended *bool) (mine []digest.Digest, window time.Duration, wrote string, err error) {
+func (c *Registry) mergeAndWrite(ctx context.Context, flushed map[digest.Digest]*stagedRecord, known *remoteIndex, lost map[v1.Hash]bool, wo Bounds, contended *bool) (mine []digest.Digest, window time.Duration, wrote string, err error) {
 	for attempt := 1; ; attempt++ {
 		began := time.Now()
 		var base remoteIndex
@@ -494,7 +494,7 @@ func (k *remoteIndex) absorb(idx remoteIndex) {
 // every record seen before), applies the bounds, uploads the index blob and
 // returns the manifest to PUT, with the keys of the staged records the
 // bounds kept.
-func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, lost map[v1.Hash]bool, wo RegistryWriteOptions) ([]digest.Digest, rawTaggable, error) {
+func (c *Registry) writeIndex(ctx context.Context, base remoteIndex, flushed map[digest.Digest]*stagedRecord, lost map[v1.Hash]bool, wo Bounds) ([]digest.Digest, rawTaggable, error) {
 	merged := make(map[digest.Digest]Record, len(base.records)+len(flushed))
 	for k, r := range base.records {
 		merged[k] = r
@@ -587,7 +587,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // with its units; a record no one requires is a unit of its own. A head
 // requiring a record merged lacks is dropped: it would restore part of a
 // mount.
-func keep(merged map[digest.Digest]Record, wo RegistryWriteOptions, now time.Time) []Record {
+func keep(merged map[digest.Digest]Record, wo Bounds, now time.Time) []Record {
 	required := map[digest.Digest]bool{}
 	for _, r := range merged {
 		for _, k := range Requires(r) {

@@ -126,13 +126,13 @@ func TestRegistry(t *testing.T) {
 		t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 		tests := []struct {
 			name string
-			wo   RegistryWriteOptions
+			wo   Bounds
 			want []string
 		}{
-			{"no limits keep all", RegistryWriteOptions{}, []string{"d1", "d2", "d3", "d4"}},
-			{"max entries keeps the most recently used", RegistryWriteOptions{MaxEntries: 2}, []string{"d3", "d4"}},
-			{"max age drops the stale", RegistryWriteOptions{MaxAge: 36 * time.Hour}, []string{"d3", "d4"}},
-			{"both", RegistryWriteOptions{MaxAge: 60 * time.Hour, MaxEntries: 1}, []string{"d4"}},
+			{"no limits keep all", Bounds{}, []string{"d1", "d2", "d3", "d4"}},
+			{"max entries keeps the most recently used", Bounds{MaxEntries: 2}, []string{"d3", "d4"}},
+			{"max age drops the stale", Bounds{MaxAge: 36 * time.Hour}, []string{"d3", "d4"}},
+			{"both", Bounds{MaxAge: 60 * time.Hour, MaxEntries: 1}, []string{"d4"}},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -142,7 +142,7 @@ func TestRegistry(t *testing.T) {
 				for i, n := range []string{"d1", "d2", "d3"} {
 					w := openReg(t, ref, nil)
 					day := t0.Add(time.Duration(i) * 24 * time.Hour)
-					w.SetWriteOptions(RegistryWriteOptions{Now: func() time.Time { return day }})
+					w.SetBounds(Bounds{Now: func() time.Time { return day }})
 					for k, v := range putFlush(t, w, n) {
 						recs[k] = v
 					}
@@ -150,7 +150,7 @@ func TestRegistry(t *testing.T) {
 				w := openReg(t, ref, nil)
 				wo := tt.wo
 				wo.Now = func() time.Time { return t0.Add(72 * time.Hour) }
-				w.SetWriteOptions(wo)
+				w.SetBounds(wo)
 				putFlush(t, w, "d4")
 				got := keysOf(t, openReg(t, ref, nil))
 				if len(got) != len(tt.want) {
@@ -172,10 +172,10 @@ func TestRegistry(t *testing.T) {
 		ref := newRepo(host)
 		t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 		w := openReg(t, ref, nil)
-		w.SetWriteOptions(RegistryWriteOptions{Now: func() time.Time { return t0 }})
+		w.SetBounds(Bounds{Now: func() time.Time { return t0 }})
 		old := putFlush(t, w, "kept", "dropped")
 		w = openReg(t, ref, nil)
-		w.SetWriteOptions(RegistryWriteOptions{MaxAge: time.Hour, Now: func() time.Time { return t0.Add(48 * time.Hour) }})
+		w.SetBounds(Bounds{MaxAge: time.Hour, Now: func() time.Time { return t0.Add(48 * time.Hour) }})
 		hit, err := w.Get(ctx, old["kept"].Key)
 		if err != nil {
 			t.Fatal(err)
@@ -270,7 +270,7 @@ func TestRegistry(t *testing.T) {
 		now := start
 		clock := func() time.Time { return now }
 		first := openReg(t, ref, nil)
-		first.SetWriteOptions(RegistryWriteOptions{Now: clock})
+		first.SetBounds(Bounds{Now: clock})
 		rec := record(t, "hit", "s", l, start)
 		if err := first.Put(ctx, rec, l); err != nil {
 			t.Fatal(err)
@@ -293,7 +293,7 @@ func TestRegistry(t *testing.T) {
 			now = start.Add(tc.after)
 			c := &counter{}
 			w := openReg(t, ref, c)
-			w.SetWriteOptions(RegistryWriteOptions{Now: clock})
+			w.SetBounds(Bounds{Now: clock})
 			again := rec
 			again.StepID = tc.step
 			if err := w.Put(ctx, again, l); err != nil {

@@ -64,23 +64,23 @@ func TestKeepTreatsAManifestAndItsPacksAsOne(t *testing.T) {
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	for _, tc := range []struct {
 		name string
-		wo   RegistryWriteOptions
+		wo   Bounds
 		edit func(map[digest.Digest]Record)
 		want []string
 	}{
-		{"no bounds", RegistryWriteOptions{}, nil, []string{"m", "p1", "p2", "s1", "s2", "s3"}},
-		{"an old pack of a fresh manifest outlives max-age", RegistryWriteOptions{MaxAge: 24 * time.Hour}, nil, []string{"m", "p1", "p2", "s1", "s2", "s3"}},
-		{"the unit fits", RegistryWriteOptions{MaxEntries: 4}, nil, []string{"m", "p1", "p2", "s1"}},
-		{"the unit does not fit: dropped whole, older records fill", RegistryWriteOptions{MaxEntries: 2}, nil, []string{"s1", "s2"}},
-		{"an old manifest takes its fresh packs with it", RegistryWriteOptions{MaxAge: time.Hour}, func(rs map[digest.Digest]Record) {
+		{"no bounds", Bounds{}, nil, []string{"m", "p1", "p2", "s1", "s2", "s3"}},
+		{"an old pack of a fresh manifest outlives max-age", Bounds{MaxAge: 24 * time.Hour}, nil, []string{"m", "p1", "p2", "s1", "s2", "s3"}},
+		{"the unit fits", Bounds{MaxEntries: 4}, nil, []string{"m", "p1", "p2", "s1"}},
+		{"the unit does not fit: dropped whole, older records fill", Bounds{MaxEntries: 2}, nil, []string{"s1", "s2"}},
+		{"an old manifest takes its fresh packs with it", Bounds{MaxAge: time.Hour}, func(rs map[digest.Digest]Record) {
 			m := rs[testKey("m")]
 			m.LastUsed = now.Add(-2 * time.Hour)
 			rs[m.Key] = m
 		}, []string{"s1", "s2", "s3"}},
-		{"a manifest naming a pack the index lacks is dropped", RegistryWriteOptions{}, func(rs map[digest.Digest]Record) {
+		{"a manifest naming a pack the index lacks is dropped", Bounds{}, func(rs map[digest.Digest]Record) {
 			delete(rs, testKey("p2"))
 		}, []string{"s1", "s2", "s3"}},
-		{"a pack no manifest requires ages on its own", RegistryWriteOptions{MaxAge: 24 * time.Hour}, func(rs map[digest.Digest]Record) {
+		{"a pack no manifest requires ages on its own", Bounds{MaxAge: 24 * time.Hour}, func(rs map[digest.Digest]Record) {
 			delete(rs, testKey("m"))
 		}, []string{"p2", "s1", "s2", "s3"}},
 	} {

@@ -96,7 +96,7 @@ func (b *builder) openCache(ctx context.Context, spec CacheSpec, write bool) (ca
 			return nil, err
 		}
 		if write {
-			r.SetWriteOptions(cache.RegistryWriteOptions{MaxAge: spec.MaxAge, MaxEntries: spec.MaxEntries})
+			r.SetBounds(cache.Bounds{MaxAge: spec.MaxAge, MaxEntries: spec.MaxEntries})
 		}
 		return r, nil
 	case "local":
@@ -105,7 +105,14 @@ func (b *builder) openCache(ctx context.Context, spec CacheSpec, write bool) (ca
 				return nil, err
 			}
 		}
-		return cache.OpenLocal(spec.Dir)
+		l, err := cache.OpenLocal(spec.Dir)
+		if err != nil {
+			return nil, err
+		}
+		if write {
+			l.SetBounds(cache.Bounds{MaxAge: spec.MaxAge, MaxEntries: spec.MaxEntries})
+		}
+		return l, nil
 	}
 	return nil, fmt.Errorf("unknown cache type %q", spec.Type)
 }
