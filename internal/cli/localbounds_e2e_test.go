@@ -228,3 +228,23 @@ func TestLocalCacheBoundsKeepAMountWhole(t *testing.T) {
 		})
 	}
 }
+
+// Bounds on kiln's own cache directory as a --cache-to would wait for a
+// lock the build itself holds: the export fails at once, saying why,
+// instead of hanging the build.
+func TestLocalCacheBoundsOnKilnsOwnCacheFail(t *testing.T) {
+	testenv.Need(t, "runc")
+	reg := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, reg, "busybox")
+	_, b := localBoundsContexts(t, base)
+	run, env := freshRunner(t, b, time.Unix(1700000000, 0))
+	own := filepath.Join(strings.TrimPrefix(env[1], "XDG_CACHE_HOME="), "kiln", "cache")
+	start := time.Now()
+	res := testenv.Run(t, run, env, "build", "--progress=plain", "--cache-to", "type=local,dest="+own+",max-entries=1", ".")
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "kiln's own cache") {
+		t.Errorf("exit %d, want a failure naming kiln's own cache:\n%s", res.ExitCode, res.Stderr)
+	}
+	if d := time.Since(start); d > time.Minute {
+		t.Errorf("took %v", d)
+	}
+}

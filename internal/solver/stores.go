@@ -109,7 +109,12 @@ func (b *builder) openCache(ctx context.Context, spec CacheSpec, write bool) (ca
 		if err != nil {
 			return nil, err
 		}
-		if write {
+		if write && (spec.MaxAge > 0 || spec.MaxEntries > 0) {
+			// Bounds wait for the directory's exclusive lock, which this
+			// build holds shared on its own cache until it ends.
+			if own := b.caches.local; own != nil && own.Dir() == l.Dir() {
+				return nil, fmt.Errorf("%s is kiln's own cache, bounded by kiln cache prune and its size bound, not max-age/max-entries", l.Dir())
+			}
 			l.SetBounds(cache.Bounds{MaxAge: spec.MaxAge, MaxEntries: spec.MaxEntries})
 		}
 		return l, nil
