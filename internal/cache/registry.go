@@ -375,12 +375,10 @@ func (c *Registry) Layer(ctx context.Context, rec Record) (v1.Layer, error) {
 	}
 	desc := rec.Layer
 	src := c.ref.Context().Digest(desc.Digest.String())
+	// The verifyReader around the whole (perhaps resumed) stream is the
+	// one digest check: registry.Blob leaves it to us.
 	fetch := func() (io.ReadCloser, error) {
-		rl, err := remote.Layer(src, c.opts.RemoteOptions(ctx)...)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", c, err)
-		}
-		rc, err := rl.Compressed()
+		rc, err := registry.Blob(ctx, src, c.opts)
 		if err != nil {
 			return nil, fmt.Errorf("%s: fetching blob: %w", c, err)
 		}
