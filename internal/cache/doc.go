@@ -154,10 +154,12 @@
 // keep, units and all): Flush, holding the directory's lock exclusively
 // while Put holds it shared, removes the records keep drops, with the
 // step index entries naming them, then every blob no remaining record
-// names. A writer that starts after it sees the blobs as they now are;
-// one that ran before it finished its record first. A lookup that found a
-// record just before the Flush removed it may still find its blob gone
-// when it reads it, as with a registry's eviction.
+// names and that nobody wrote or hit for an hour (blobGrace). A writer
+// that starts after it sees the blobs as they now are; one that ran
+// before it finished its record first. A lookup that found a record just
+// before the Flush removed it still reads its blob whole: the hit marked
+// it used. Lingering blobs count toward the directory's size for at most
+// one grace period, until the next Flush after it.
 //
 // # What the records are
 //

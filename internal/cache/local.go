@@ -141,6 +141,9 @@ func (l *Local) Get(ctx context.Context, key digest.Digest) (Record, error) {
 	if err := os.Chtimes(l.recordPath(key), now, now); err == nil {
 		rec.LastUsed = now
 	}
+	// The hit's caller reads the blob later: marked used, a Flush that
+	// drops this record meanwhile leaves the blob for blobGrace.
+	l.markUsed(rec.Layer, now)
 	return rec, nil
 }
 
@@ -332,6 +335,7 @@ func (l *Local) Put(ctx context.Context, rec Record, layer v1.Layer) error {
 		}
 	}
 	rec.LastUsed = l.now()
+	l.markUsed(rec.Layer, rec.LastUsed)
 	if rec.Created.IsZero() {
 		rec.Created = rec.LastUsed
 	}
@@ -339,6 +343,14 @@ func (l *Local) Put(ctx context.Context, rec Record, layer v1.Layer) error {
 		return fmt.Errorf("%s: put %s: %w", l, rec.Key, err)
 	}
 	return nil
+}
+
+// markUsed sets the blob's mtime, which Flush reads as its last use; best
+// effort, like the record's LastUsed (a read-only directory still hits).
+func (l *Local) markUsed(d Descriptor, now time.Time) {
+	if !d.IsZero() {
+		_ = os.Chtimes(l.blobPath(d.Digest), now, now)
+	}
 }
 
 // hasBlob reports whether the blob is stored whole.

@@ -6,12 +6,21 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kiln-build/kiln/internal/gc"
 	"github.com/kiln-build/kiln/internal/lock"
 )
+
+// blobGrace is how long Flush leaves a blob no kept record names after
+// its last use (its mtime: written by Put, touched by a hit in Get). A
+// build that hit a record reads the blob lazily, maybe much later in a
+// long build, and a concurrent build's Flush may drop the record in
+// between; an hour covers the longest build we expect, as the cache
+// server's --evict-grace does for its unnamed blobs.
+const blobGrace = time.Hour
 
 // SetBounds sets the bounds Flush applies to the directory, with the
 // registry's semantics (see keep). Call it before Flush.
@@ -20,7 +29,11 @@ func (l *Local) SetBounds(b Bounds) { l.bounds = b }
 // Flush applies the bounds set with SetBounds, if any: Put is already
 // durable. It keeps what keep keeps of every record in the directory, its
 // own and those concurrent writers put, removes the other records, then
-// every blob no remaining record names.
+// every blob no remaining record names and nobody used for blobGrace.
+// Records go at once, so what a new lookup sees holds to the bounds; only
+// the bytes of a recently used blob linger, for at most one grace
+// period, and count toward the directory's size until the next Flush
+// after it.
 //
 // It holds the directory's lock exclusively while it does, and Put holds
 // it shared from its blob check to its record, so no writer can find a
@@ -104,6 +117,11 @@ func (l *Local) applyBounds(ctx context.Context) error {
 	}
 	for _, de := range des {
 		if named[de.Name()] {
+			continue
+		}
+		// A blob removed since the listing is fine; one we cannot stat
+		// is left for the next Flush.
+		if fi, err := de.Info(); err != nil || now.Sub(fi.ModTime()) < blobGrace {
 			continue
 		}
 		if err := f.RemoveAll(filepath.Join(blobs, de.Name())); err != nil {

@@ -96,6 +96,7 @@ func TestLocalFlushAppliesBounds(t *testing.T) {
 			dir, l, clock, blobs := boundedDir(t)
 			// Flush at 5m30s: s3 is 30 s old, m 3m30s, p1 5m30s.
 			clock.set(clock.now().Add(30 * time.Second))
+			ageBlobs(t, dir, clock.now().Add(-2*blobGrace))
 			l.SetBounds(tc.bounds)
 			if err := l.Flush(ctx); err != nil {
 				t.Fatal(err)
@@ -130,6 +131,7 @@ func TestLocalFlushRemovesBrokenLeftovers(t *testing.T) {
 	if err := os.WriteFile(orphan, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	ageBlobs(t, dir, l.now().Add(-blobGrace-time.Second))
 	l.SetBounds(Bounds{MaxEntries: 100})
 	if err := l.Flush(ctx); err != nil {
 		t.Fatal(err)
@@ -203,6 +205,9 @@ func TestLocalFlushUnderConcurrentWriters(t *testing.T) {
 		}
 		readAll(t, lay.Compressed)
 	}
+	// The blobs dropped records named linger for the grace; once past
+	// it, the next Flush leaves only the kept records' blobs.
+	ageBlobs(t, dir, time.Now().Add(-2*blobGrace))
 	l.SetBounds(Bounds{MaxEntries: 3})
 	if err := l.Flush(ctx); err != nil {
 		t.Fatal(err)
@@ -212,5 +217,78 @@ func TestLocalFlushUnderConcurrentWriters(t *testing.T) {
 	}
 	if n := len(dirEntries(t, filepath.Join(dir, "blobs", "sha256"))); n > 3 {
 		t.Errorf("%d blobs for 3 records", n)
+	}
+}
+
+// ageBlobs sets every blob's last use (its mtime) to at.
+func ageBlobs(t *testing.T, dir string, at time.Time) {
+	t.Helper()
+	for _, n := range dirEntries(t, filepath.Join(dir, "blobs", "sha256")) {
+		if err := os.Chtimes(filepath.Join(dir, "blobs", "sha256", n), at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A build that hit a record reads its layer later; another build's Flush
+// dropping the record in between must not take the bytes from under it.
+// The hit's blob lingers for the grace, unnamed blobs nobody used go at
+// once, a kept record's blob stays however old, and the lingering blob
+// goes with the first Flush after the grace.
+func TestLocalFlushSparesAHitsBlob(t *testing.T) {
+	ctx := context.Background()
+	dir, l, clock, blobs := boundedDir(t)
+	// Everything was written long ago: only what a hit touches is recent.
+	ageBlobs(t, dir, clock.now().Add(-10*blobGrace))
+
+	// Build A hits s1 through its own Local and takes the lazy layer.
+	a := openLocal(t, dir)
+	a.now = clock.now
+	rec, err := a.Get(ctx, testKey("s1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lay, err := a.Layer(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := readAll(t, lay.Compressed)
+
+	// Build B's Flush keeps only s3: s1 and s2 (which share s1's blob)
+	// are no longer found, but A's read still gets every byte.
+	clock.set(clock.now().Add(time.Minute))
+	l.SetBounds(Bounds{MaxEntries: 1})
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := present(t, dir); !slices.Equal(got, []string{"s3"}) {
+		t.Fatalf("records after Flush: %v, want [s3]", got)
+	}
+	if got := readAll(t, lay.Compressed); string(got) != string(want) {
+		t.Fatalf("the hit's layer read %d bytes after the Flush, want its %d", len(got), len(want))
+	}
+	readAll(t, lay.Uncompressed)
+	if got := blobNames(t, dir, blobs); !slices.Equal(got, []string{"s1", "s2", "s3"}) {
+		t.Errorf("blobs after Flush: %v, want s1's (hit) and s3's (kept) only", got)
+	}
+
+	// Just inside the grace the bytes stay; just past it the next Flush
+	// reclaims them, while s3's ten-grace-old blob stays named.
+	clock.set(clock.now().Add(blobGrace - 2*time.Minute))
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := blobNames(t, dir, blobs); !slices.Equal(got, []string{"s1", "s2", "s3"}) {
+		t.Errorf("blobs inside the grace: %v, want s1's still there", got)
+	}
+	clock.set(clock.now().Add(2 * time.Minute))
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := blobNames(t, dir, blobs); !slices.Equal(got, []string{"s3"}) {
+		t.Errorf("blobs past the grace: %v, want only the kept record's", got)
+	}
+	if got := present(t, dir); !slices.Equal(got, []string{"s3"}) {
+		t.Errorf("records past the grace: %v, want [s3]", got)
 	}
 }

@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-build/kiln/internal/cache"
 	"github.com/kiln-build/kiln/internal/testenv"
 )
 
@@ -86,6 +88,10 @@ func TestLocalCacheMaxEntries(t *testing.T) {
 	run, env = freshRunner(t, a, time.Unix(1700000000, 0))
 	kiln(t, run, env, "build", "--progress=plain", "--cache-to", "type=local,dest="+dir, ".")
 	withA := duBytes(t, dir)
+	// Nobody used A's blobs for an hour, so B's Flush may take them (a
+	// blob lingers that long after its last use, for a build still
+	// reading a layer it hit).
+	ageBlobs(t, dir, time.Now().Add(-2*time.Hour))
 	if got := localRecords(t, dir); got <= n {
 		t.Fatalf("A made %d records, B %d: the bound would not drop any of A's", got, n)
 	}
@@ -118,6 +124,9 @@ func TestLocalCacheMaxAge(t *testing.T) {
 	kiln(t, run, env, "build", "--progress=plain", "--cache-to", "type=local,dest="+dir, ".")
 	// A was last used a month ago (a record's last use is its mtime).
 	month := time.Now().Add(-30 * 24 * time.Hour)
+	// Its blobs too: a blob no record names lingers for an hour after its
+	// last use, for a build that hit it and reads it later.
+	ageBlobs(t, dir, month)
 	paths, _ := filepath.Glob(filepath.Join(dir, "records", "sha256", "*.json"))
 	for _, p := range paths {
 		if err := os.Chtimes(p, month, month); err != nil {
@@ -202,6 +211,21 @@ func TestLocalCacheBoundsKeepAMountWhole(t *testing.T) {
 				t.Errorf("%d records under max-entries=%s", n, tc.entries)
 			}
 			packs, _ := filepath.Glob(filepath.Join(dir, "blobs", "sha256", "*"))
+			if !tc.whole {
+				// This build hit the mount's packs, so its own Flush left
+				// their bytes for the grace; the next Flush after it
+				// reclaims them.
+				ageBlobs(t, dir, time.Now().Add(-2*time.Hour))
+				l, err := cache.OpenLocal(dir)
+				if err != nil {
+					t.Fatal(err)
+				}
+				l.SetBounds(cache.Bounds{MaxEntries: 2})
+				if err := l.Flush(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				packs, _ = filepath.Glob(filepath.Join(dir, "blobs", "sha256", "*"))
+			}
 			bytes := duBytes(t, dir)
 			if !tc.whole && bytes > 1_000_000 {
 				t.Errorf("the cache still holds %d bytes (%d blobs) with the mount's 3 MB unit dropped", bytes, len(packs))
@@ -246,5 +270,16 @@ func TestLocalCacheBoundsOnKilnsOwnCacheFail(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Minute {
 		t.Errorf("took %v", d)
+	}
+}
+
+// ageBlobs sets the last use (mtime) of every blob in the local cache dir.
+func ageBlobs(t *testing.T, dir string, at time.Time) {
+	t.Helper()
+	blobs, _ := filepath.Glob(filepath.Join(dir, "blobs", "sha256", "*"))
+	for _, p := range blobs {
+		if err := os.Chtimes(p, at, at); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
