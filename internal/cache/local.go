@@ -142,8 +142,14 @@ func (l *Local) Get(ctx context.Context, key digest.Digest) (Record, error) {
 		rec.LastUsed = now
 	}
 	// The hit's caller reads the blob later: marked used, a Flush that
-	// drops this record meanwhile leaves the blob for blobGrace.
+	// drops this record meanwhile leaves the blob for blobGrace. Flush
+	// removes records before it looks at blobs, so a record still there
+	// after the mark means any Flush removing it sees the mark; one gone
+	// already is a miss.
 	l.markUsed(rec.Layer, now)
+	if _, err := os.Lstat(l.recordPath(key)); errors.Is(err, fs.ErrNotExist) {
+		return Record{}, fmt.Errorf("%s: %s: %w", l, key, ErrNotFound)
+	}
 	return rec, nil
 }
 
