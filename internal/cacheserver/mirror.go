@@ -66,7 +66,7 @@ func newMirror(ctx context.Context, cfg Config, up Upstream) (*mirror, error) {
 		if err != nil {
 			return nil, fmt.Errorf("mirror %s: %w", up.Prefix, err)
 		}
-		if m.evictor, err = newEvictor(ctx, driver, cfg, cfg.Log); err != nil {
+		if m.evictor, err = newEvictor(ctx, driver, cfg, true, cfg.Log); err != nil {
 			return nil, err
 		}
 		m.handler = m.evictor.track(app)

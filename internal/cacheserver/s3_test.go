@@ -100,18 +100,9 @@ func TestParseS3(t *testing.T) {
 	}
 }
 
-// A server on S3 with --max-size or --max-age is refused, since each of
-// several servers on one bucket would evict what the others serve.
-func TestS3RefusesBounds(t *testing.T) {
+// A store in a bucket and in a directory at once is refused.
+func TestS3RefusesRootToo(t *testing.T) {
 	s3 := &cacheserver.S3{Bucket: "cache", Endpoint: "http://127.0.0.1:1", Region: "us-east-1"}
-	for _, cfg := range []cacheserver.Config{
-		{Addr: "127.0.0.1:0", S3: s3, MaxSize: 1 << 30},
-		{Addr: "127.0.0.1:0", S3: s3, MaxAge: time.Hour},
-	} {
-		if _, err := cacheserver.New(t.Context(), cfg); !errors.Is(err, cacheserver.ErrBoundsOnS3) {
-			t.Errorf("New(%+v) = %v, want ErrBoundsOnS3", cfg, err)
-		}
-	}
 	if _, err := cacheserver.New(t.Context(), cacheserver.Config{Addr: "127.0.0.1:0", S3: s3, Root: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Errorf("New with --root and --storage = %v, want a refusal", err)
 	}

@@ -48,8 +48,9 @@ type Config struct {
 	TLSCert, TLSKey string
 	// MaxSize, when positive, bounds the bytes of blobs in the store;
 	// MaxAge, when positive, removes images unused for longer. Least
-	// recently used images go first (see evictor). A local store only:
-	// see ErrBoundsOnS3.
+	// recently used images go first (see evictor). Servers that share
+	// a bucket should all have the same bounds: a server without them
+	// does not record what it serves.
 	MaxSize int64
 	MaxAge  time.Duration
 	// EvictGrace is how long after its last use nothing may be evicted.
@@ -104,8 +105,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	switch {
 	case cfg.S3 != nil && cfg.Root != "":
 		return nil, errors.New("cache server: a store in S3 (--storage) or in a directory (--root), not both")
-	case cfg.S3 != nil && (cfg.MaxSize > 0 || cfg.MaxAge > 0):
-		return nil, ErrBoundsOnS3
 	case cfg.S3 == nil && cfg.Root == "":
 		return nil, errors.New("cache server: no store directory (--root) or bucket (--storage)")
 	case cfg.S3 == nil:
@@ -168,7 +167,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, app: app, driver: driver}
 	var api http.Handler = app
 	if cfg.MaxSize > 0 || cfg.MaxAge > 0 {
-		if s.evictor, err = newEvictor(ctx, driver, cfg, log); err != nil {
+		if s.evictor, err = newEvictor(ctx, driver, cfg, false, log); err != nil {
 			return nil, err
 		}
 		api = s.evictor.track(app)

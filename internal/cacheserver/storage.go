@@ -153,8 +153,3 @@ func probe(ctx context.Context, d storagedriver.StorageDriver) error {
 	}
 	return nil
 }
-
-// ErrBoundsOnS3 refuses --max-size and --max-age on an S3 store.
-var ErrBoundsOnS3 = errors.New("cache server: --max-size and --max-age bound a local --root only: " +
-	"a server knows only the reads and pushes it serves itself, so with several servers on one bucket " +
-	"one would evict what another is serving or about to name in a manifest")
