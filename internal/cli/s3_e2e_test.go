@@ -60,7 +60,6 @@ func TestCacheServeS3BadStorage(t *testing.T) {
 		{[]string{"--storage", "s3://Bad_Bucket/p"}, []string{"AWS_ENDPOINT_URL=http://127.0.0.1:1"}, "not a bucket name"},
 		{[]string{"--storage", "file:///var/cache"}, nil, "want s3://BUCKET"},
 		{[]string{"--storage", "s3://cache/p", "--root", "/tmp/x"}, nil, "none of the others can be"},
-		{[]string{"--storage", "s3://cache/p", "--max-size", "1GB"}, []string{"AWS_ENDPOINT_URL=http://127.0.0.1:1"}, "--max-size and --max-age bound a local --root only"},
 		{[]string{"--storage", "s3://cache/p"}, []string{"AWS_ENDPOINT_URL=http://127.0.0.1:1", "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=y"}, "unreachable"},
 		{nil, nil, "at least one of the flags in the group [root storage] is required"},
 	} {

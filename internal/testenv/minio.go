@@ -196,7 +196,11 @@ func (m *MinIOServer) Setenv(t testing.TB) {
 
 func (m *MinIOServer) client(t testing.TB) *s3.S3 {
 	t.Helper()
+	// A client of its own: with AWS_CA_BUNDLE set, the SDK installs the
+	// bundle into the config's HTTP client, by default http.DefaultClient,
+	// while the servers under test may be using it.
 	sess, err := session.NewSession(aws.NewConfig().
+		WithHTTPClient(&http.Client{}).
 		WithEndpoint(m.Endpoint).
 		WithRegion(minioRegion).
 		WithS3ForcePathStyle(true).
@@ -221,16 +225,33 @@ func (m *MinIOServer) Bucket(t testing.TB) string {
 func (m *MinIOServer) Keys(t testing.TB, bucket, prefix string) []string {
 	t.Helper()
 	var keys []string
+	for _, o := range m.Objects(t, bucket, prefix) {
+		keys = append(keys, o.Key)
+	}
+	return keys
+}
+
+// Object is a key in a bucket and the size of its object.
+type Object struct {
+	Key  string
+	Size int64
+}
+
+// Objects lists the objects in bucket whose keys start with prefix, in
+// key order.
+func (m *MinIOServer) Objects(t testing.TB, bucket, prefix string) []Object {
+	t.Helper()
+	var out []Object
 	err := m.client(t).ListObjectsV2PagesWithContext(t.Context(),
 		&s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: aws.String(prefix)},
 		func(page *s3.ListObjectsV2Output, _ bool) bool {
 			for _, o := range page.Contents {
-				keys = append(keys, aws.StringValue(o.Key))
+				out = append(out, Object{Key: aws.StringValue(o.Key), Size: aws.Int64Value(o.Size)})
 			}
 			return true
 		})
 	if err != nil {
 		t.Fatalf("testenv: list %s/%s: %v", bucket, prefix, err)
 	}
-	return keys
+	return out
 }
