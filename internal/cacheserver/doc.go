@@ -7,7 +7,8 @@
 // store in a directory or an S3 bucket (storage.go), a refusal to serve a
 // non-loopback address without auth, read-only users and per-repository
 // prefixes (with a catalog filtered to them), size and age bounds
-// (evict.go), pull-through mirrors (mirror.go), a health endpoint,
+// (evict.go, reading distribution's layout in layout.go, shared between
+// the servers of one bucket through use records in uses.go), pull-through mirrors (mirror.go), a health endpoint,
 // Prometheus metrics with cache hits and misses, structured access logs
 // and a shutdown that lets in-flight uploads finish.
 //

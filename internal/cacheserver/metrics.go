@@ -33,7 +33,7 @@ var (
 	}, []string{"kind", "method", "result"})
 	evictions = promauto.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "kiln_cache_server", Name: "evictions_total",
-		Help: "Manifests and blobs removed to keep the store under --max-size and --max-age.",
+		Help: "Manifests and blobs this server removed to keep the store (a directory or a bucket) under --max-size and --max-age, manifests naming a missing blob included.",
 	}, []string{"kind"})
 	storeBytes = promauto.NewGauge(prometheus.GaugeOpts{
 		Namespace: "kiln_cache_server", Name: "store_bytes",

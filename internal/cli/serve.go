@@ -92,7 +92,7 @@ func newCmdCacheServe() *cobra.Command {
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key (PEM) for --tls-cert")
 	f.StringVar(&maxSize, "max-size", "", "bound the store's bytes (e.g. 50GB); least recently used images go first")
 	f.DurationVar(&cfg.MaxAge, "max-age", 0, "remove images unused for longer than this (e.g. 168h)")
-	f.DurationVar(&cfg.EvictGrace, "evict-grace", cacheserver.DefaultEvictGrace, "nothing used more recently than this is evicted")
+	f.DurationVar(&cfg.EvictGrace, "evict-grace", cacheserver.DefaultEvictGrace, "nothing used more recently than this is evicted; longer than the longest push, and the same on every server of one bucket")
 	f.DurationVar(&cfg.EvictInterval, "evict-interval", cacheserver.DefaultEvictInterval, "time between eviction sweeps")
 	f.StringVar(&secretFile, "upload-secret-file", "", "file holding the secret that signs upload sessions, shared by servers behind one load balancer (at least 32 bytes; default: random per server)")
 	f.StringArrayVar(&upstreams, "upstream", nil, "PREFIX=URL: mirror a registry read-only under PREFIX/ (repeatable), e.g. docker.io=https://registry-1.docker.io")
