@@ -216,18 +216,20 @@ func TestS3MaxAgeTwoServers(t *testing.T) {
 // whole through the other.
 func TestS3EvictionSparesReadsAndUploads(t *testing.T) {
 	b := newBucket(t)
-	cfg := cacheserver.Config{S3: b.s3, MaxSize: 1 << 20, EvictGrace: 2 * time.Second, EvictInterval: 200 * time.Millisecond}
-	a := start(t, cfg)
-	bb := start(t, cfg)
-
+	// The slow image goes in through a server without bounds before the
+	// bounded ones start: pushing 24 MiB under the race detector can take
+	// longer than the 2s grace from its first blob to its manifest, and a
+	// sweep then rightly removes that blob as an orphan.
 	big, err := random.Image(24<<20, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bigRef, _ := name.ParseReference(a + "/slow/big:1")
+	bigRef, _ := name.ParseReference(start(t, cacheserver.Config{S3: b.s3}) + "/slow/big:1")
 	if err := remote.Write(bigRef, big); err != nil {
 		t.Fatal(err)
 	}
+	cfg := cacheserver.Config{S3: b.s3, MaxSize: 1 << 20, EvictGrace: 2 * time.Second, EvictInterval: 200 * time.Millisecond}
+	bb := start(t, cfg)
 	bigDigest, _ := big.Digest()
 	layers, _ := big.Layers()
 	layer, _ := layers[0].Digest()
@@ -262,6 +264,7 @@ func TestS3EvictionSparesReadsAndUploads(t *testing.T) {
 		loc = "http://" + bb + loc
 	}
 
+	a := start(t, cfg)
 	// Filler pushed through A puts the store over its cap, and the slow
 	// image, unused since its push, is the least recently used.
 	for i := range 3 {

@@ -107,7 +107,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, errors.New("cache server: a store in S3 (--storage) or in a directory (--root), not both")
 	case cfg.S3 == nil && cfg.Root == "":
 		return nil, errors.New("cache server: no store directory (--root) or bucket (--storage)")
-	case cfg.S3 == nil:
+	case cfg.S3 != nil:
+		if err := applyCABundle(); err != nil {
+			return nil, fmt.Errorf("cache server: %w", err)
+		}
+	default:
 		root, err := filepath.Abs(cfg.Root)
 		if err != nil {
 			return nil, fmt.Errorf("cache server: store directory: %w", err)

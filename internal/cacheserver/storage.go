@@ -2,13 +2,18 @@ package cacheserver
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
@@ -152,4 +157,42 @@ func probe(ctx context.Context, d storagedriver.StorageDriver) error {
 		return err
 	}
 	return nil
+}
+
+// caBundle applies AWS_CA_BUNDLE once per process, for every S3 session.
+// The AWS SDK (v1, which distribution's driver uses) applies it itself on
+// every new session by writing http.DefaultClient's transport and that
+// transport's TLS roots in place: with two drivers in one process (the
+// server's and distribution's own, a mirror's, a second server in a test)
+// that write races with requests the first driver has in flight. So the
+// bundle is applied here, before the first session, with the SDK's meaning
+// (the bundle's certificates are the only roots), and the variable is
+// cleared so that no session applies it again.
+var caBundle struct {
+	once sync.Once
+	err  error
+}
+
+func applyCABundle() error {
+	caBundle.once.Do(func() {
+		file := os.Getenv("AWS_CA_BUNDLE")
+		if file == "" {
+			return
+		}
+		pem, err := os.ReadFile(file)
+		if err != nil {
+			caBundle.err = fmt.Errorf("AWS_CA_BUNDLE: %w", err)
+			return
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			caBundle.err = fmt.Errorf("AWS_CA_BUNDLE %s: no PEM certificates", file)
+			return
+		}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{RootCAs: roots}
+		http.DefaultClient.Transport = t
+		caBundle.err = os.Unsetenv("AWS_CA_BUNDLE")
+	})
+	return caBundle.err
 }
