@@ -60,8 +60,9 @@
 // # Promises
 //
 // Restore writes only inside the mount directory (every path goes through
-// internal/archive's Root, symlinks are scoped to it), checks every
-// chunk's digest before writing it, and fetches packs in parallel
+// internal/archive's Root, symlinks are scoped to it), writes a pack's
+// chunks only once the whole pack has arrived and its digest (which fixes
+// every chunk's bytes) has checked out, and fetches packs in parallel
 // (bounded). A pack that cannot be fetched or fails its digest costs the
 // files that needed it, which are left out (never written partially or
 // wrongly) and reported; it never fails the restore. Files already present
