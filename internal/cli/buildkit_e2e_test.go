@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"archive/tar"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,9 @@ COPY docs/*.txt ./docs/
 COPY single.txt renamed.txt
 COPY nested /deep/er/
 ADD archive.tar.gz /opt/
+RUN mkdir -p /opt/existing && chmod 0711 /opt/existing
+ADD rooted.tar.gz /opt/existing/
+ADD rooted.tar.gz /opt/extracted/
 ADD single.txt nested /added/
 COPY single.txt /etc
 COPY src/link /linked
@@ -93,6 +97,16 @@ func TestMatchesBuildKit(t *testing.T) {
 		".dockerignore":    "**/*.md\n",
 	})
 	if err := os.WriteFile(filepath.Join(dir, "archive.tar.gz"), tarGz(t, map[string]string{"pkg/a.txt": "in archive\n", "pkg/b/c.txt": "c\n"}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// As `tar -C dir -czf rooted.tar.gz .` writes it: a "./" entry first,
+	// owned by the user who made it.
+	rooted := tarGzEntries(t, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o750, Uid: 1000, Gid: 1000},
+		{Name: "./f.txt", Typeflag: tar.TypeReg, Mode: 0o640, Uid: 1000, Gid: 1000, Size: 2},
+	}, "f\n")
+	if err := os.WriteFile(filepath.Join(dir, "rooted.tar.gz"), rooted, 0o644); err != nil {
 		t.Fatal(err)
 	}
 

@@ -58,6 +58,36 @@ func tarGz(t *testing.T, files map[string]string) []byte {
 	return buf.Bytes()
 }
 
+// tarGzEntries writes the headers in order, each regular file's Size
+// bytes taken from data in turn.
+func tarGzEntries(t *testing.T, hdrs []*tar.Header, data string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for _, h := range hdrs {
+		if h.ModTime.IsZero() {
+			h.ModTime = time.Unix(1700000000, 0)
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			if _, err := tw.Write([]byte(data[:h.Size])); err != nil {
+				t.Fatal(err)
+			}
+			data = data[h.Size:]
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
 type want struct {
 	typ      byte
 	mode     int64

@@ -188,8 +188,15 @@ func (c *copier) extract(ctx context.Context, tr *tar.Reader, meter *archive.Met
 		if err != nil {
 			return err
 		}
-		if lp == dest && h.Typeflag != tar.TypeDir {
-			return fmt.Errorf("archive entry %q is not a directory but names the destination", h.Name)
+		if lp == dest {
+			if h.Typeflag != tar.TypeDir {
+				return fmt.Errorf("archive entry %q is not a directory but names the destination", h.Name)
+			}
+			// The archive's root ("./") lands on the destination, which
+			// exists by now: it keeps its own owner, mode and time, as
+			// in BuildKit, whose unpacker skips a "." directory entry
+			// onto an existing directory.
+			continue
 		}
 		if err := x.entry(h, meter.Data(tr), lp, dest); err != nil {
 			return fmt.Errorf("archive entry %q: %w", h.Name, err)

@@ -145,6 +145,39 @@ func TestAddArchive(t *testing.T) {
 	})
 }
 
+// An archive's root entry ("./", as `tar -C dir -czf a.tgz .` writes it)
+// leaves the destination's owner and mode alone, whether ADD made the
+// destination or it was there, as BuildKit does.
+func TestAddArchiveRootEntryKeepsDestination(t *testing.T) {
+	requireRoot(t)
+	archive := mkTar(t, []tarEntry{
+		{name: "./", typ: tar.TypeDir, mode: 0o750, uid: 1000, gid: 1000},
+		{name: "./f.txt", data: "f", mode: 0o640, uid: 1000, gid: 1000},
+	})
+	ctxDir, rootfs := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(ctxDir, "a.tgz"), compress(t, "gzip", archive), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(rootfs, "opt/existing"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(rootfs, "opt/existing"), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	for _, dest := range []string{"/opt/existing/", "/opt/extracted/"} {
+		op := Add{Copy: Copy{Src: Tree{Root: ctxDir, ResetOwner: true}, Sources: []string{"a.tgz"}, Dest: dest}}
+		if _, err := op.Apply(context.Background(), rootfs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectTree(t, rootfs, map[string]*got{
+		"opt/existing":        {dir: true, mode: 0o711},
+		"opt/existing/f.txt":  {data: "f", mode: 0o640, uid: 1000, gid: 1000},
+		"opt/extracted":       {dir: true, mode: 0o755},
+		"opt/extracted/f.txt": {data: "f", mode: 0o640, uid: 1000, gid: 1000},
+	})
+}
+
 func TestAddArchiveHostile(t *testing.T) {
 	requireRoot(t)
 	tests := []struct {
