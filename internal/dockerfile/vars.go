@@ -85,18 +85,37 @@ func (p Platform) String() string {
 	return s
 }
 
-// PlatformArgs are the ARGs BuildKit predefines in the global scope.
-func PlatformArgs(target, build Platform) *Vars {
+// PlatformArgs are the ARGs BuildKit predefines in the global scope, in
+// its order (dockerfile2llb's defaultArgs): the platforms' parts, the OS
+// versions (empty on Linux, which has none), and TARGETSTAGE, the stage
+// being built: --target as given, else the last stage's name, else
+// "default".
+func PlatformArgs(target, build Platform, stage string) *Vars {
+	if stage == "" {
+		stage = "default"
+	}
 	v := &Vars{}
-	v.Set("TARGETPLATFORM", target.String())
-	v.Set("TARGETOS", target.OS)
-	v.Set("TARGETARCH", target.Arch)
-	v.Set("TARGETVARIANT", target.Variant)
 	v.Set("BUILDPLATFORM", build.String())
 	v.Set("BUILDOS", build.OS)
+	v.Set("BUILDOSVERSION", "")
 	v.Set("BUILDARCH", build.Arch)
 	v.Set("BUILDVARIANT", build.Variant)
+	v.Set("TARGETPLATFORM", target.String())
+	v.Set("TARGETOS", target.OS)
+	v.Set("TARGETOSVERSION", "")
+	v.Set("TARGETARCH", target.Arch)
+	v.Set("TARGETVARIANT", target.Variant)
+	v.Set("TARGETSTAGE", stage)
 	return v
+}
+
+// TargetStage is what TARGETSTAGE names when target (--target, perhaps
+// empty) is built.
+func (d *Dockerfile) TargetStage(target string) string {
+	if target != "" || len(d.Stages) == 0 {
+		return target
+	}
+	return d.Stages[len(d.Stages)-1].Name
 }
 
 // GlobalArgs evaluates the ARGs before the first FROM: a --build-arg value

@@ -131,18 +131,41 @@ func TestVarsCloneAndKeysAreIndependent(t *testing.T) {
 }
 
 func TestPlatformArgs(t *testing.T) {
-	v := PlatformArgs(Platform{"linux", "arm", "v7"}, Platform{"linux", "amd64", ""})
+	v := PlatformArgs(Platform{"linux", "arm", "v7"}, Platform{"linux", "amd64", ""}, "")
 	want := []string{
-		"TARGETPLATFORM=linux/arm/v7", "TARGETOS=linux", "TARGETARCH=arm", "TARGETVARIANT=v7",
-		"BUILDPLATFORM=linux/amd64", "BUILDOS=linux", "BUILDARCH=amd64", "BUILDVARIANT=",
+		"BUILDPLATFORM=linux/amd64", "BUILDOS=linux", "BUILDOSVERSION=", "BUILDARCH=amd64", "BUILDVARIANT=",
+		"TARGETPLATFORM=linux/arm/v7", "TARGETOS=linux", "TARGETOSVERSION=", "TARGETARCH=arm", "TARGETVARIANT=v7",
+		"TARGETSTAGE=default",
 	}
 	if got := v.Env(); !slices.Equal(got, want) {
 		t.Errorf("PlatformArgs = %q\nwant %q", got, want)
 	}
+	if got, ok := PlatformArgs(Platform{"linux", "amd64", ""}, Platform{"linux", "amd64", ""}, "build").Get("TARGETSTAGE"); !ok || got != "build" {
+		t.Errorf("TARGETSTAGE = %q, want build", got)
+	}
+}
+
+func TestTargetStage(t *testing.T) {
+	d, err := Parse("Dockerfile", []byte("FROM a AS Build\nFROM b AS final\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for target, want := range map[string]string{"": "final", "Build": "Build", "build": "build"} {
+		if got := d.TargetStage(target); got != want {
+			t.Errorf("TargetStage(%q) = %q, want %q", target, got, want)
+		}
+	}
+	d, err = Parse("Dockerfile", []byte("FROM a\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := PlatformArgs(Platform{"linux", "amd64", ""}, Platform{"linux", "amd64", ""}, d.TargetStage("")).Get("TARGETSTAGE"); got != "default" {
+		t.Errorf("TARGETSTAGE of an unnamed last stage = %q, want default", got)
+	}
 }
 
 func TestGlobalArgs(t *testing.T) {
-	predefined := PlatformArgs(Platform{"linux", "arm64", "v8"}, Platform{"linux", "amd64", ""})
+	predefined := PlatformArgs(Platform{"linux", "arm64", "v8"}, Platform{"linux", "amd64", ""}, "")
 	tests := []struct {
 		name      string
 		src       string

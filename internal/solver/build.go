@@ -360,7 +360,7 @@ func (b *builder) setPlatform() error {
 // files).
 func (b *builder) prepare(ctx context.Context) error {
 	df := b.df
-	globals, err := df.GlobalArgs(b.opts.BuildArgs, dockerfile.PlatformArgs(b.opts.Platform, b.opts.Platform))
+	globals, err := df.GlobalArgs(b.opts.BuildArgs, dockerfile.PlatformArgs(b.opts.Platform, b.opts.Platform, df.TargetStage(b.opts.Target)))
 	if err != nil {
 		return err
 	}

@@ -323,7 +323,10 @@ ARG TARGETPLATFORM
 ARG TARGETOS
 ARG TARGETARCH
 ARG BUILDARCH
-ENV TP=$TARGETPLATFORM TO=$TARGETOS TA=$TARGETARCH BA=$BUILDARCH
+ARG TARGETSTAGE
+ARG TARGETOSVERSION
+ARG BUILDOSVERSION
+ENV TP=$TARGETPLATFORM TO=$TARGETOS TA=$TARGETARCH BA=$BUILDARCH TS=$TARGETSTAGE OSV=${TARGETOSVERSION-unset}${BUILDOSVERSION-unset}
 COPY --link a /a
 `
 	img, err := buildScratch(t, df, map[string]string{"a": "a"}, nil)
@@ -332,7 +335,9 @@ COPY --link a /a
 	}
 	cf, _ := img.ConfigFile()
 	env := envMap(cf.Config.Env)
-	if env["TP"] != "linux/amd64" || env["TO"] != "linux" || env["TA"] != "amd64" || env["BA"] != "amd64" {
+	// TARGETSTAGE is the last stage's name without --target; the OS
+	// versions are defined, and empty on Linux, as in BuildKit.
+	if env["TP"] != "linux/amd64" || env["TO"] != "linux" || env["TA"] != "amd64" || env["BA"] != "amd64" || env["TS"] != "b" || env["OSV"] != "" {
 		t.Errorf("predefined platform ARGs: %q", cf.Config.Env)
 	}
 	if layers, _ := img.Layers(); len(layers) != 1 {
