@@ -28,6 +28,7 @@ LABEL version=$VERSION team="kiln"
 WORKDIR $APP
 COPY --chown=app:staff src/ ./src/
 COPY --chmod=0755 bin/tool.sh /usr/local/bin/tool
+COPY --chmod=u+x,go-r docs/a.txt /docs/symbolic
 COPY docs/*.txt /docs/
 COPY archive.tar.gz /opt/
 ADD archive.tar.gz /opt/extracted/
@@ -139,6 +140,8 @@ func TestBuildMultiStagePushAndReadBack(t *testing.T) {
 		"app/src/current":        {typ: sym, mode: 0o777, uid: 1000, gid: 50, link: "main.go"},
 		// --chmod, rename on copy.
 		"usr/local/bin/tool": {typ: reg, mode: 0o755, content: "#!/bin/sh\necho tool\n"},
+		// Symbolic --chmod, on the source's 0644.
+		"docs/symbolic": {typ: reg, mode: 0o700, content: "a\n"},
 		// Globs.
 		"docs/a.txt": {typ: reg, mode: 0o644, content: "a\n"},
 		"docs/b.txt": {typ: reg, mode: 0o644, content: "b\n"},

@@ -234,7 +234,7 @@ func (x *extractor) entry(h *tar.Header, body io.Reader, lp, dest string) error 
 		m.uid, m.gid = op.Chown.UID, op.Chown.GID
 	}
 	if op.Chmod != nil && h.Typeflag != tar.TypeSymlink {
-		m.mode = m.mode.Type() | fileMode(*op.Chmod)
+		m.mode = op.Chmod.apply(m.mode)
 	}
 	if h.Typeflag == tar.TypeDir {
 		return x.dir(lp, m, h.ModTime)
@@ -489,7 +489,7 @@ func (op Add) download(ctx context.Context, w *writer, rawURL string) error {
 		m.uid, m.gid = op.Chown.UID, op.Chown.GID
 	}
 	if op.Chmod != nil {
-		m.mode = fileMode(*op.Chmod)
+		m.mode = op.Chmod.apply(m.mode)
 	}
 	if err := w.mkdirAll(ctx, path.Dir(dest), op.Chown); err != nil {
 		return err

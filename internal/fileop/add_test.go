@@ -278,7 +278,7 @@ func TestAddURL(t *testing.T) {
 		src      string
 		dest     string
 		checksum string
-		chmod    *os.FileMode
+		chmod    *Chmod
 		chown    *Owner
 		path     string
 		mode     os.FileMode

@@ -43,11 +43,11 @@ var ErrDestNotDir = errors.New("when using COPY with more than one source file, 
 //     directory.
 type Copy struct {
 	Src     Tree
-	Sources []string     // after ARG/ENV expansion
-	Dest    string       // absolute path inside rootfs, joined with WORKDIR; a trailing "/" is significant
-	Chown   *Owner       // nil = 0:0 for the context, kept for a stage
-	Chmod   *fs.FileMode // nil = keep; raw octal setuid bits (0o4000) are accepted
-	Exclude []string     // COPY --exclude patterns (patternmatcher syntax), may be nil
+	Sources []string // after ARG/ENV expansion
+	Dest    string   // absolute path inside rootfs, joined with WORKDIR; a trailing "/" is significant
+	Chown   *Owner   // nil = 0:0 for the context, kept for a stage
+	Chmod   *Chmod   // nil = keep
+	Exclude []string // COPY --exclude patterns (patternmatcher syntax), may be nil
 }
 
 // Apply performs the copy into rootfs and returns every rootfs-relative path
@@ -204,7 +204,7 @@ func (c *copier) metaFor(dir int, name string, fi fs.FileInfo) meta {
 		m.uid, m.gid = c.op.Chown.UID, c.op.Chown.GID
 	}
 	if c.op.Chmod != nil && fi.Mode()&fs.ModeSymlink == 0 {
-		m.mode = fi.Mode().Type() | fileMode(*c.op.Chmod)
+		m.mode = c.op.Chmod.apply(fi.Mode())
 	}
 	return m
 }

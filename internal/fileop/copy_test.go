@@ -90,6 +90,17 @@ func TestCopy(t *testing.T) {
 			want: map[string]*got{"p": {dir: true, mode: 0o755}, "p/q": {dir: true, mode: 0o755}, "p/q/sub": {dir: true, mode: 0o4711}, "p/q/f": {data: "F", mode: 0o4711}, "p/q/link": {link: "f"}},
 		},
 		{
+			// As chmod(1) and BuildKit: each object's own mode changed.
+			name: "symbolic chmod changes each copied object's own mode",
+			op:   Copy{Sources: []string{"src"}, Dest: "/s", Chmod: symMode(t, "go-rwx,u+x")},
+			want: map[string]*got{"s": {dir: true, mode: 0o755}, "s/f": {data: "F", mode: 0o700}, "s/sub": {dir: true, mode: 0o700}, "s/sub/g": {data: "G", mode: 0o700}, "s/link": {link: "f"}},
+		},
+		{
+			name: "symbolic X sets execute on directories and on what was executable",
+			op:   Copy{Sources: []string{"src", "suid"}, Dest: "/x/", Chmod: symMode(t, "a=r,a+X")},
+			want: map[string]*got{"x/f": {data: "F", mode: 0o444}, "x/sub": {dir: true, mode: 0o555}, "x/sub/g": {data: "G", mode: 0o444}, "x/suid": {data: "S", mode: 0o555}},
+		},
+		{
 			name: "setuid preserved",
 			op:   Copy{Sources: []string{"suid"}, Dest: "/bin/"},
 			want: map[string]*got{"bin/suid": {data: "S", mode: 0o4755}},

@@ -166,4 +166,15 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-func fmode(m fs.FileMode) *fs.FileMode { return &m }
+// symMode is a symbolic --chmod.
+func symMode(t *testing.T, s string) *Chmod {
+	t.Helper()
+	c, err := ParseChmod(s)
+	if err != nil || c.sym == nil {
+		t.Fatalf("ParseChmod(%q) = %v, %v", s, c, err)
+	}
+	return c
+}
+
+// fmode is an octal --chmod, raw setuid/setgid/sticky bits (0o4000) accepted.
+func fmode(m fs.FileMode) *Chmod { return &Chmod{octal: fileMode(m)} }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"path"
 	"strings"
@@ -22,7 +21,7 @@ type File struct {
 // neither, dest is the file's own path. Files get mode 0644 unless chmod, and
 // owner chown (nil = 0:0). The mtime is the current time; the layer writer
 // clamps it for reproducible builds.
-func WriteFiles(ctx context.Context, rootfs, dest string, files []File, chown *Owner, chmod *fs.FileMode) ([]string, error) {
+func WriteFiles(ctx context.Context, rootfs, dest string, files []File, chown *Owner, chmod *Chmod) ([]string, error) {
 	w, err := newWriter(rootfs)
 	if err != nil {
 		return nil, err
@@ -45,7 +44,7 @@ func WriteFiles(ctx context.Context, rootfs, dest string, files []File, chown *O
 		m.uid, m.gid = chown.UID, chown.GID
 	}
 	if chmod != nil {
-		m.mode = fileMode(*chmod)
+		m.mode = chmod.apply(m.mode)
 	}
 	for _, f := range files {
 		if err := ctx.Err(); err != nil {

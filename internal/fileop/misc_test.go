@@ -3,6 +3,7 @@ package fileop
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -18,7 +19,7 @@ func TestWriteFiles(t *testing.T) {
 		dest    string
 		files   []File
 		chown   *Owner
-		chmod   *os.FileMode
+		chmod   *Chmod
 		want    map[string]*got
 		changed []string
 		wantErr error
@@ -31,6 +32,8 @@ func TestWriteFiles(t *testing.T) {
 			want: map[string]*got{"app/a": {data: "1", mode: 0o644}}},
 		{name: "chmod and chown", dest: "/bin/", files: []File{{"x", []byte("#!/bin/sh")}}, chmod: fmode(0o755), chown: &Owner{UID: 1, GID: 2},
 			want: map[string]*got{"bin": {dir: true, mode: 0o755, uid: 1, gid: 2}, "bin/x": {data: "#!/bin/sh", mode: 0o755, uid: 1, gid: 2}}},
+		{name: "symbolic chmod applies to the heredoc's 0644", dest: "/bin/", files: []File{{"x", []byte("#!/bin/sh")}}, chmod: symMode(t, "u+x,o-r"),
+			want: map[string]*got{"bin/x": {data: "#!/bin/sh", mode: 0o740}}},
 		{name: "several files need a dir", dest: "/f", files: []File{{"a", nil}, {"b", nil}}, wantErr: ErrDestNotDir},
 		{name: "name cannot climb", dest: "/d/", files: []File{{"../../x", nil}}, wantErr: ErrOutsideContext},
 	}
@@ -142,5 +145,19 @@ func TestResolveOwner(t *testing.T) {
 	}
 	if _, err := ResolveOwner(rootfs, "ghost"); !errors.Is(err, ErrUnknownOwner) {
 		t.Errorf("unknown user err = %v, want ErrUnknownOwner", err)
+	}
+}
+
+func TestParseChmod(t *testing.T) {
+	for _, bad := range []string{"999", "07778", "10000", "u+q", "x="} {
+		if _, err := ParseChmod(bad); err == nil || !strings.Contains(err.Error(), "invalid chmod parameter") {
+			t.Errorf("ParseChmod(%q) = %v, want an invalid chmod parameter error", bad, err)
+		}
+	}
+	if c, err := ParseChmod("0750"); err != nil || c.apply(fs.ModeDir|0o777) != fs.ModeDir|0o750 {
+		t.Errorf("ParseChmod(0750) = %v, %v", c, err)
+	}
+	if c, err := ParseChmod(""); c != nil || err != nil {
+		t.Errorf("ParseChmod(\"\") = %v, %v, want none", c, err)
 	}
 }

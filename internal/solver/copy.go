@@ -3,8 +3,6 @@ package solver
 import (
 	"context"
 	"fmt"
-	"io/fs"
-	"strconv"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -34,7 +32,7 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 	if c.checksum != "" && c.name == "COPY" {
 		return fmt.Errorf("COPY: checksum can't be specified for COPY")
 	}
-	chmod, err := parseChmod(c.chmod)
+	chmod, err := fileop.ParseChmod(c.chmod)
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.name, err)
 	}
@@ -182,33 +180,4 @@ func (b *builder) copySource(ctx context.Context, from string) (fileop.Tree, err
 		return fileop.Tree{}, err
 	}
 	return fileop.Tree{Root: root}, nil
-}
-
-// parseChmod accepts BuildKit's octal --chmod values.
-func parseChmod(s string) (*fs.FileMode, error) {
-	if s == "" {
-		return nil, nil
-	}
-	p, err := strconv.ParseUint(s, 8, 32)
-	if err != nil || p > 0o7777 {
-		return nil, fmt.Errorf("invalid chmod parameter: '%v'. it should be octal string and between 0 and 07777", s)
-	}
-	m := fs.FileMode(p&0o777) | unixBits(p)
-	return &m, nil
-}
-
-// unixBits maps setuid/setgid/sticky from their octal positions to Go's
-// FileMode flags.
-func unixBits(p uint64) fs.FileMode {
-	var m fs.FileMode
-	if p&0o4000 != 0 {
-		m |= fs.ModeSetuid
-	}
-	if p&0o2000 != 0 {
-		m |= fs.ModeSetgid
-	}
-	if p&0o1000 != 0 {
-		m |= fs.ModeSticky
-	}
-	return m
 }
