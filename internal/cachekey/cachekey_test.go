@@ -15,11 +15,11 @@ func TestKeyGolden(t *testing.T) {
 		want string
 	}{
 		{"scratch base", Base("linux/amd64", "", map[string]string{"compression": "gzip"}).String(),
-			"sha256:5ce0296cb1b89cd056d25747d689f02e787159525aa993483724b8f98f1026b1"},
+			"sha256:55bd0e2f1b263ef28a59429a60a54e920ff06eb97c61d479b97edb876bd3222d"},
 		{"chain", Chain("sha256:aa", []digest.Digest{"sha256:01", "sha256:02"}).String(),
-			"sha256:b384cf3fbc2a8d9b71ca44e8792a6ab5431aaa376a0644e2690cfbc3b9cfe3f0"},
+			"sha256:e813f80b6ceb79d5a8baf8d50b8c1ccfd9db1813b721208fe71ca1ded5bc6221"},
 		{"copy", Key("copy", Inputs{"parent": "sha256:00", "instruction": "COPY a /a", "dest": "/a", "file:a": "sha256:11"}).String(),
-			"sha256:5fbb9280e9d507c001c4e1f92cde396162c18a8cb666f2a2b2a125f92feea931"},
+			"sha256:fab8bdc67d5d756aab0283944fc8f05553bed015fb7e16f6a5283288e6af8f62"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

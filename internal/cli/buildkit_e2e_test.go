@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"archive/tar"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/testenv"
 )
@@ -33,6 +35,10 @@ ADD archive.tar.gz /opt/
 RUN mkdir -p /opt/existing && chmod 0711 /opt/existing
 ADD rooted.tar.gz /opt/existing/
 ADD rooted.tar.gz /opt/extracted/
+COPY setxattr /usr/local/bin/
+RUN cp /bin/busybox /bin/capped && setxattr /bin/capped security.capability 0100000200040000000000000000000000000000 && cp /bin/busybox /bin/noted && setxattr /bin/noted user.note 6e6f7465
+COPY capped.txt /capped-copy
+ADD capped.tar.gz /opt/capped/
 ADD single.txt nested /added/
 COPY single.txt /etc
 COPY src/link /linked
@@ -110,6 +116,22 @@ func TestMatchesBuildKit(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A static program that sets an xattr, since busybox has no setcap;
+	// and a context file that has capabilities.
+	buildSetxattr(t, filepath.Join(dir, "setxattr"))
+	if err := os.WriteFile(filepath.Join(dir, "capped.txt"), []byte("capped\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(dir, "capped.txt"), "security.capability", netBindCaps, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	capped := tarGzEntries(t, []*tar.Header{{Name: "capbin", Typeflag: tar.TypeReg, Mode: 0o755, Size: 4, Format: tar.FormatPAX,
+		PAXRecords: map[string]string{"SCHILY.xattr.security.capability": string(netBindCaps), "SCHILY.xattr.user.note": "n"}}}, "bin\n")
+	if err := os.WriteFile(filepath.Join(dir, "capped.tar.gz"), capped, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	kilnRef := host + "/conformance:kiln"
 	kiln(t, dir, nil, "build", "--progress=plain", "--push", "-t", kilnRef, "--build-arg", "BASE="+base, "--build-arg", "V=7", ".")
 
@@ -134,9 +156,9 @@ func TestMatchesBuildKit(t *testing.T) {
 			t.Errorf("%s: in BuildKit's image, missing from kiln's", p)
 			continue
 		}
-		if k.Type != b.Type || k.Mode != b.Mode || k.UID != b.UID || k.GID != b.GID || k.Linkname != b.Linkname || string(k.Content) != string(b.Content) {
-			t.Errorf("%s differs:\n  kiln     type=%q mode=%#o owner=%d:%d link=%q content=%q\n  buildkit type=%q mode=%#o owner=%d:%d link=%q content=%q",
-				p, k.Type, k.Mode, k.UID, k.GID, k.Linkname, trim(k.Content), b.Type, b.Mode, b.UID, b.GID, b.Linkname, trim(b.Content))
+		if k.Type != b.Type || k.Mode != b.Mode || k.UID != b.UID || k.GID != b.GID || k.Linkname != b.Linkname || string(k.Content) != string(b.Content) || !maps.Equal(k.Xattrs, b.Xattrs) {
+			t.Errorf("%s differs:\n  kiln     type=%q mode=%#o owner=%d:%d link=%q xattrs=%q content=%q\n  buildkit type=%q mode=%#o owner=%d:%d link=%q xattrs=%q content=%q",
+				p, k.Type, k.Mode, k.UID, k.GID, k.Linkname, k.Xattrs, trim(k.Content), b.Type, b.Mode, b.UID, b.GID, b.Linkname, b.Xattrs, trim(b.Content))
 		}
 	}
 	for p := range ktree {
@@ -241,4 +263,44 @@ func equalMaps(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// netBindCaps is cap_net_bind_service, permitted and effective, as setcap
+// writes it (VFS_CAP_REVISION_2).
+var netBindCaps = []byte{1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+
+// buildSetxattr builds `setxattr PATH NAME HEXVALUE` as a static binary.
+func buildSetxattr(t *testing.T, out string) {
+	t.Helper()
+	src := t.TempDir()
+	prog := `package main
+
+import (
+	"encoding/hex"
+	"os"
+	"syscall"
+)
+
+func main() {
+	v, err := hex.DecodeString(os.Args[3])
+	if err == nil {
+		err = syscall.Setxattr(os.Args[1], os.Args[2], v, 0)
+	}
+	if err != nil {
+		println("setxattr:", err.Error())
+		os.Exit(1)
+	}
+}
+`
+	for name, body := range map[string]string{"go.mod": "module setxattr\n\ngo 1.22\n", "main.go": prog} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	build := exec.Command("go", "build", "-trimpath", "-o", out, ".")
+	build.Dir = src
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local", "GOFLAGS=")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build setxattr: %v\n%s", err, b)
+	}
 }

@@ -230,6 +230,15 @@ type dirTime struct {
 func (x *extractor) entry(h *tar.Header, body io.Reader, lp, dest string) error {
 	op := x.c.op
 	m := meta{mode: h.FileInfo().Mode(), uid: h.Uid, gid: h.Gid, mtime: h.ModTime}
+	for k, v := range h.PAXRecords {
+		// trusted.overlay.* would steer the overlay the rootfs is.
+		if attr, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && !strings.HasPrefix(attr, "trusted.overlay.") {
+			if m.xattrs == nil {
+				m.xattrs = map[string]string{}
+			}
+			m.xattrs[attr] = v
+		}
+	}
 	if op.Chown != nil {
 		m.uid, m.gid = op.Chown.UID, op.Chown.GID
 	}
@@ -410,6 +419,14 @@ func metaAt(dir int, base string, m meta) error {
 	if m.mode&fs.ModeSymlink == 0 {
 		if err := unix.Fchmodat(dir, base, unixPerm(m.mode), 0); err != nil {
 			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	for attr, v := range m.xattrs {
+		// As BuildKit's unpacker: what the filesystem or the kernel
+		// refuses is left out. A layer keeps only file capabilities.
+		if err := unix.Lsetxattr(archive.ProcPath(dir, base), attr, []byte(v), 0); err != nil &&
+			!errors.Is(err, unix.ENOTSUP) && !errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("set xattr %s: %w", attr, err)
 		}
 	}
 	ts := unix.NsecToTimespec(m.mtime.UnixNano())

@@ -140,6 +140,9 @@ type meta struct {
 	gid   int
 	mtime time.Time
 	rdev  uint64
+	// xattrs are an archive entry's extended attributes, set after the
+	// chown (which would clear file capabilities).
+	xattrs map[string]string
 }
 
 // fileMode converts a user mode (e.g. from --chmod) to an fs.FileMode. It

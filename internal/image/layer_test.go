@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -311,5 +312,61 @@ func TestEmptyLayer(t *testing.T) {
 		if diffID, _ := l.DiffID(); diffID.Hex != "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef" {
 			t.Errorf("%s: empty diffID = %s, want the well-known empty tar", c, diffID)
 		}
+	}
+}
+
+// cap_net_bind_service, permitted and effective, as setcap writes it
+// (VFS_CAP_REVISION_2).
+var netBindCaps = string([]byte{1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+
+// A file's capabilities reach the layer, as BuildKit's layers carry them;
+// no other extended attribute does.
+func TestWriteLayerKeepsFileCapabilitiesOnly(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	for _, f := range []string{"ping", "plain"} {
+		if err := os.WriteFile(filepath.Join(root, f), []byte(f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Setxattr(filepath.Join(root, "ping"), "security.capability", []byte(netBindCaps), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"ping", "plain"} {
+		if err := unix.Setxattr(filepath.Join(root, f), "user.note", []byte("x"), 0); err != nil {
+			t.Logf("this filesystem takes no user xattrs (%v): only the capability is checked", err)
+		}
+	}
+	l, err := WriteLayer(context.Background(), root, Changes{Paths: []string{"ping", "plain"}}, LayerOptions{Compression: Uncompressed, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	got := map[string]map[string]string{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[h.Name] = map[string]string{}
+		for k, v := range h.PAXRecords {
+			if strings.HasPrefix(k, "SCHILY.xattr.") {
+				got[h.Name][k] = v
+			}
+		}
+	}
+	if want := map[string]string{"SCHILY.xattr.security.capability": netBindCaps}; !maps.Equal(got["ping"], want) {
+		t.Errorf("ping's xattrs in the layer = %q, want %q", got["ping"], want)
+	}
+	if len(got["plain"]) != 0 {
+		t.Errorf("plain's xattrs in the layer = %q, want none", got["plain"])
 	}
 }

@@ -352,6 +352,9 @@ func (w *layerWriter) write(e planned) error {
 		// Sockets cannot be stored in a tar; Docker skips them too.
 		return nil
 	}
+	if err := fileCaps(hdr, dirfd, base); err != nil {
+		return fmt.Errorf("layer entry %s: %w", e.name, err)
+	}
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("write layer entry %s: %w", e.name, err)
 	}
@@ -359,6 +362,32 @@ func (w *layerWriter) write(e planned) error {
 		return nil
 	}
 	return copyContent(w.tw, dirfd, base, e.name, hdr.Size)
+}
+
+// capsXattr holds a file's capabilities (setcap). It is the one extended
+// attribute a layer records, as in BuildKit, whose layers are written by
+// containerd's archive writer: every other xattr stays out of images.
+const capsXattr = "security.capability"
+
+// fileCaps adds base's capabilities, if it has any, to hdr as the PAX
+// record containerd writes.
+func fileCaps(hdr *tar.Header, dirfd int, base string) error {
+	// A v3 capability (with a namespace root id) is 24 bytes.
+	var buf [64]byte
+	n, err := unix.Lgetxattr(archive.ProcPath(dirfd, base), capsXattr, buf[:])
+	switch {
+	case errors.Is(err, unix.ENODATA), errors.Is(err, unix.ENOTSUP):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read %s: %w", capsXattr, err)
+	case n == 0:
+		return nil
+	}
+	if hdr.PAXRecords == nil {
+		hdr.PAXRecords = map[string]string{}
+	}
+	hdr.PAXRecords["SCHILY.xattr."+capsXattr] = string(buf[:n])
+	return nil
 }
 
 func copyContent(w io.Writer, dirfd int, base, name string, size int64) error {

@@ -35,6 +35,9 @@ type Entry struct {
 	// Content is the bytes of a regular file. A hard link carries the
 	// content of the file it links to, so tests can read either name.
 	Content []byte
+	// Xattrs are the extended attributes the layer's PAX records give
+	// the entry ("security.capability": raw value); nil when none.
+	Xattrs map[string]string
 }
 
 // Tree returns img's merged filesystem: layers applied in order, honouring
@@ -115,6 +118,14 @@ func applyLayer(tree map[string]Entry, l v1.Layer) error {
 			UID:      hdr.Uid,
 			GID:      hdr.Gid,
 			Linkname: hdr.Linkname,
+		}
+		for k, v := range hdr.PAXRecords {
+			if attr, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+				if e.Xattrs == nil {
+					e.Xattrs = map[string]string{}
+				}
+				e.Xattrs[attr] = v
+			}
 		}
 		if e.Type == tar.TypeReg {
 			if e.Content, err = io.ReadAll(tr); err != nil {
