@@ -14,9 +14,10 @@ import (
 // Version tags every key. Change it when the normalization changes, or
 // when a step's result for the same inputs does, so old cache entries are
 // never misread or reused. v3: layers keep file capabilities (a RUN's
-// setcap, an ADDed archive's), and ADD of an archive with a "./" entry
-// leaves the destination's owner and mode alone; a v2 entry would bring
-// back the old results.
+// setcap, an ADDed archive's), COPY keeps hard links among the files it
+// copies, and ADD of an archive with a "./" entry leaves the
+// destination's owner and mode alone; a v2 entry would bring back the old
+// results.
 const Version = "kiln.cachekey.v3"
 
 // Inputs are a step's named inputs. Names are prefixed by kind so a miss

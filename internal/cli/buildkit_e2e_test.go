@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -39,6 +40,7 @@ COPY setxattr /usr/local/bin/
 RUN cp /bin/busybox /bin/capped && setxattr /bin/capped security.capability 0100000200040000000000000000000000000000 && cp /bin/busybox /bin/noted && setxattr /bin/noted user.note 6e6f7465
 COPY capped.txt /capped-copy
 ADD capped.tar.gz /opt/capped/
+COPY linked/ /linked/
 ADD single.txt nested /added/
 COPY single.txt /etc
 COPY src/link /linked
@@ -126,6 +128,21 @@ func TestMatchesBuildKit(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A hard-linked pair, and a file linked from outside what is copied.
+	for _, f := range []string{"linked/a", "outside"} {
+		if err := os.MkdirAll(filepath.Join(dir, path.Dir(f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "linked/a"), []byte("linked\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{"linked/sub/b", "outside"} {
+		_ = os.MkdirAll(filepath.Dir(filepath.Join(dir, l)), 0o755)
+		if err := os.Link(filepath.Join(dir, "linked/a"), filepath.Join(dir, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	capped := tarGzEntries(t, []*tar.Header{{Name: "capbin", Typeflag: tar.TypeReg, Mode: 0o755, Size: 4, Format: tar.FormatPAX,
 		PAXRecords: map[string]string{"SCHILY.xattr.security.capability": string(netBindCaps), "SCHILY.xattr.user.note": "n"}}}, "bin\n")
 	if err := os.WriteFile(filepath.Join(dir, "capped.tar.gz"), capped, 0o644); err != nil {

@@ -38,7 +38,8 @@ var ErrDestNotDir = errors.New("when using COPY with more than one source file, 
 //   - symlinks inside copied directories are copied as symlinks; a source
 //     that is itself a symlink is followed, scoped to Src.Root;
 //   - modes (with setuid/setgid/sticky) and mtimes are preserved unless
-//     Chmod; hardlinks are copied as separate files;
+//     Chmod; files hard-linked to each other in the source stay linked
+//     (to the first name copied) when this copy copies both;
 //   - a file replaces an existing file; a directory merges into an existing
 //     directory.
 type Copy struct {
@@ -65,6 +66,9 @@ type copier struct {
 	w       *writer
 	op      Copy
 	exclude *patternmatcher.PatternMatcher
+	// links is the destination written for each multiply-linked source
+	// inode, so the other names become hard links to it, as in BuildKit.
+	links map[[2]uint64]string
 }
 
 // plan is a resolved copy: the items and where they go.
@@ -106,7 +110,7 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 		return nil, err
 	}
 	defer w.close()
-	c := &copier{w: w, op: op}
+	c := &copier{w: w, op: op, links: map[[2]uint64]string{}}
 	if len(op.Exclude) > 0 {
 		if c.exclude, err = patternmatcher.New(op.Exclude); err != nil {
 			return nil, fmt.Errorf("invalid --exclude pattern: %w", err)
@@ -227,6 +231,16 @@ func (c *copier) copyEntryAt(dir int, name, rel string, fi fs.FileInfo, dest str
 	m := c.metaFor(dir, name, fi)
 	switch {
 	case fi.Mode().IsRegular():
+		var id [2]uint64
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+			id = [2]uint64{st.Dev, st.Ino}
+			if first, ok := c.links[id]; ok {
+				if err := c.op.Src.verifyAt(rel, dir, name); err != nil {
+					return err
+				}
+				return c.w.writeLink(dest, first)
+			}
+		}
 		fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("copy %s: %w", name, err)
@@ -239,6 +253,9 @@ func (c *copier) copyEntryAt(dir int, name, rel string, fi fs.FileInfo, dest str
 		}
 		if err := c.w.writeFile(dest, f, m); err != nil {
 			return err
+		}
+		if id != ([2]uint64{}) {
+			c.links[id] = dest
 		}
 		return c.op.Src.verifyFd(rel, fd)
 	case fi.Mode()&fs.ModeSymlink != 0:

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kiln-build/kiln/internal/buildctx"
 )
 
@@ -376,5 +378,50 @@ func TestCopyListsSourceBeforeWriting(t *testing.T) {
 	want := []string{"x/a.txt", "x/d/b.txt", "x/z/deep/c", "x/z/deep/c2"}
 	if !reflect.DeepEqual(files, want) {
 		t.Fatalf("copied %d files %v, want each source file once: %v", len(files), files, want)
+	}
+}
+
+// Files hard-linked to each other in the source stay linked when one COPY
+// copies both, as BuildKit keeps them; a name outside what is copied does
+// not pull its link along.
+func TestCopyKeepsHardLinks(t *testing.T) {
+	src, rootfs := t.TempDir(), t.TempDir()
+	for _, d := range []string{"d/sub", "other"} {
+		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(src, "d/a"), []byte("A"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{"d/sub/b", "other/c"} {
+		if err := os.Link(filepath.Join(src, "d/a"), filepath.Join(src, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	op := Copy{Src: Tree{Root: src}, Sources: []string{"d"}, Dest: "/x", Chmod: fmode(0o600)}
+	if _, err := op.Apply(context.Background(), rootfs); err != nil {
+		t.Fatal(err)
+	}
+	ino := func(p string) (uint64, uint64) {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(rootfs, p), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino, uint64(st.Nlink)
+	}
+	a, an := ino("x/a")
+	b, _ := ino("x/sub/b")
+	if a != b || an != 2 {
+		t.Errorf("x/a (inode %d, %d links) and x/sub/b (inode %d) are not one file of two names", a, an, b)
+	}
+	expectTree(t, rootfs, map[string]*got{"x/a": {data: "A", mode: 0o600}, "x/sub/b": {data: "A", mode: 0o600}})
+	// A second copy of the same sources links among its own files only.
+	op = Copy{Src: Tree{Root: src}, Sources: []string{"other"}, Dest: "/y"}
+	if _, err := op.Apply(context.Background(), rootfs); err != nil {
+		t.Fatal(err)
+	}
+	if c, cn := ino("y/c"); c == a || cn != 1 {
+		t.Errorf("y/c: inode %d with %d links, want a file of its own", c, cn)
 	}
 }

@@ -244,6 +244,41 @@ func (w *writer) writeFile(lp string, r io.Reader, m meta) error {
 	return nil
 }
 
+// writeLink makes lp a hard link to target, a file this writer wrote
+// (both logical paths), replacing a non-directory at lp.
+func (w *writer) writeLink(lp, target string) error {
+	r, err := w.root()
+	if err != nil {
+		return err
+	}
+	tfd, _, err := r.Dir(path.Dir(target), false)
+	if err != nil {
+		return fmt.Errorf("link /%s: %w", lp, err)
+	}
+	// Its own descriptor: replacing lp may drop the cached ones.
+	tdir, err := unix.Dup(tfd)
+	if err != nil {
+		return fmt.Errorf("link /%s: %w", lp, err)
+	}
+	defer unix.Close(tdir)
+	abs, _, err := w.resolve(lp, false)
+	if err != nil {
+		return err
+	}
+	if err := w.removeNonDir(abs, lp); err != nil {
+		return fmt.Errorf("link /%s: %w", lp, err)
+	}
+	fd, pphys, err := r.Dir(path.Dir(lp), false)
+	if err != nil {
+		return fmt.Errorf("link /%s: %w", lp, err)
+	}
+	if err := unix.Linkat(tdir, path.Base(target), fd, path.Base(lp), 0); err != nil {
+		return fmt.Errorf("link /%s to /%s: %w", lp, target, err)
+	}
+	w.mark(path.Join(pphys, path.Base(lp)))
+	return nil
+}
+
 // writeSymlink creates a symlink at lp (replacing a non-directory there);
 // the target is stored verbatim: it is resolved later inside the container.
 func (w *writer) writeSymlink(lp, target string, m meta) error {
