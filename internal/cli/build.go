@@ -45,6 +45,7 @@ type buildFlags struct {
 	isolation    string
 	snapshotter  string
 	network      string
+	allow        []string
 	cacheFrom    []string
 	cacheTo      []string
 	noCacheFilt  []string
@@ -75,6 +76,7 @@ func (f *buildFlags) addFlags(cmd *cobra.Command) {
 	fl.StringVar(&f.isolation, "isolation", "auto", `How RUN is isolated: "auto" (runc when installed, else chroot), "chroot", "runc"`)
 	fl.StringVar(&f.snapshotter, "snapshotter", "auto", `How root filesystems are made: "auto" (overlay where possible), "overlay", "copy"`)
 	fl.StringVar(&f.network, "network", "default", `Networking mode for RUN instructions: "default" (the host's), "host", "none"`)
+	fl.StringSliceVar(&f.allow, "allow", nil, `Allow extra privileged entitlement: "security.insecure" (RUN --security=insecure), "network.host" (always allowed here)`)
 	fl.StringArrayVar(&f.cacheFrom, "cache-from", nil, `External cache sources, tried in order (e.g., "type=registry,ref=user/app:cache", "type=local,src=path/to/dir")`)
 	fl.StringArrayVar(&f.cacheTo, "cache-to", nil, `Cache export destinations (e.g., "type=registry,ref=user/app:cache,mode=max", "type=local,dest=path/to/dir")`)
 	fl.StringArrayVar(&f.noCacheFilt, "no-cache-filter", nil, "Do not use the cache for the specified stages")
@@ -290,6 +292,17 @@ func (f *buildFlags) options(stdin io.Reader, contextDir string) (solver.Options
 		o.Network = f.network
 	default:
 		return o, fmt.Errorf("--network=%s: must be default, host or none", f.network)
+	}
+	for _, e := range f.allow {
+		switch strings.TrimSpace(e) {
+		case "security.insecure":
+			o.AllowInsecure = true
+		case "network.host":
+			// RUN --network=host needs no entitlement in kiln, which
+			// runs RUN in the host's network by default.
+		default:
+			return o, fmt.Errorf("--allow=%s: invalid entitlement (security.insecure or network.host)", e)
+		}
 	}
 	if o.Secrets, err = parseSecrets(f.secrets); err != nil {
 		return o, err

@@ -83,6 +83,17 @@ func TestBadInput(t *testing.T) {
 			want:       []string{"Dockerfile:2:", "type=ssh", "not supported yet"},
 		},
 		{
+			name:       "RUN --security=insecure without --allow",
+			dockerfile: "FROM " + base + "\nRUN --security=insecure true\n",
+			want:       []string{"Dockerfile:2:", "security.insecure is not allowed", "--allow security.insecure"},
+		},
+		{
+			name:       "unknown --allow entitlement",
+			dockerfile: "FROM scratch\nLABEL a=b\n",
+			args:       []string{"--allow", "device"},
+			want:       []string{"--allow=device", "invalid entitlement"},
+		},
+		{
 			name:       "missing required secret",
 			dockerfile: "FROM " + base + "\nRUN --mount=type=secret,id=tok,required=true true\n",
 			want:       []string{"Dockerfile:2:", `secret "tok" is required`},

@@ -368,3 +368,29 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// RUN --security=insecure with --allow security.insecure runs privileged
+// (here: it mounts a tmpfs), as BuildKit's entitlement does; the next RUN
+// is sandboxed again. Without --allow the build fails (TestBadInput).
+func TestRunSecurityInsecure(t *testing.T) {
+	testenv.Need(t, "runc")
+	host := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, host, "busybox")
+	df := "FROM " + base + "\n" +
+		"RUN --security=insecure mkdir -p /m && mount -t tmpfs none /m && echo in-tmpfs > /m/f && cat /m/f > /privileged && umount /m\n" +
+		"RUN mkdir -p /m && (mount -t tmpfs none /m 2>/dev/null && echo mounted || echo refused) > /sandboxed\n"
+	for _, iso := range []string{"chroot", "runc"} {
+		t.Run(iso, func(t *testing.T) {
+			dir := writeContext(t, map[string]string{"Dockerfile": df})
+			ref := host + "/insecure:" + iso
+			kiln(t, dir, nil, "build", "--progress=plain", "--isolation", iso, "--allow", "security.insecure", "--push", "-t", ref, ".")
+			tree := testenv.Tree(t, testenv.Pull(t, ref))
+			if got := string(tree["privileged"].Content); got != "in-tmpfs\n" {
+				t.Errorf("/privileged = %q, want what the insecure RUN's tmpfs held", got)
+			}
+			if got := string(tree["sandboxed"].Content); got != "refused\n" {
+				t.Errorf("/sandboxed = %q: the RUN after the insecure one was not sandboxed", got)
+			}
+		})
+	}
+}

@@ -84,6 +84,9 @@ func setupMounts(cfg childConfig) error {
 			return err
 		}
 		m := mount.Mount{Type: sm.typ, Source: sm.source, Options: sm.options}
+		if cfg.Insecure && sm.dest == "/sys" {
+			m.Options = writable(m.Options)
+		}
 		if err := m.Mount(target); err != nil {
 			return err
 		}
@@ -119,6 +122,9 @@ func setupMounts(cfg childConfig) error {
 		if err := toMount(m).Mount(target); err != nil {
 			return err
 		}
+	}
+	if cfg.Insecure {
+		return nil
 	}
 	return protectKernelFiles(root)
 }
@@ -314,8 +320,12 @@ func dropCapabilities(lastCap int) error {
 
 // execProcess drops privileges and execs the process.
 func execProcess(cfg childConfig, lastCap int) error {
-	if err := dropCapabilities(lastCap); err != nil {
-		return err
+	// Insecure keeps the whole bounding set: root gets every capability.
+	// Unlike runc's, other users get none (no ambient set here).
+	if !cfg.Insecure {
+		if err := dropCapabilities(lastCap); err != nil {
+			return err
+		}
 	}
 	gids := make([]int, len(cfg.Sgids))
 	for i, g := range cfg.Sgids {

@@ -45,6 +45,7 @@ type childConfig struct {
 	UID        uint32   `json:"uid"`
 	GID        uint32   `json:"gid"`
 	Sgids      []uint32 `json:"sgids"`
+	Insecure   bool     `json:"insecure"`
 }
 
 type chrootExecutor struct{ cfg Config }
@@ -72,6 +73,7 @@ func (e chrootExecutor) Run(ctx context.Context, spec Spec) (err error) {
 		Rootfs: r.rootfs, Mounts: spec.Mounts, Hosts: r.hosts, ResolvConf: r.resolvConf,
 		Hostname: r.hostname, NetNone: spec.Network == NetworkNone,
 		Args: spec.Args, Env: r.env, Cwd: r.cwd, UID: r.uid, GID: r.gid, Sgids: r.sgids,
+		Insecure: spec.Insecure,
 	})
 	if err != nil {
 		return fmt.Errorf("chroot executor: encode child config: %w", err)

@@ -3,6 +3,7 @@ package executor
 import (
 	"fmt"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,6 +39,58 @@ func capNames() []string {
 	}
 	return out
 }
+
+// allCaps names every capability, in the kernel's numbering.
+var allCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER",
+	"CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP",
+	"CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+	"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+	"CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+	"CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+	"CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD",
+	"CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP",
+	"CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+	"CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+	"CAP_CHECKPOINT_RESTORE",
+}
+
+// insecureCapNames is every capability kiln's process holds: BuildKit
+// grants a security.insecure RUN its own set, and runc cannot give more.
+func insecureCapNames() ([]string, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil, fmt.Errorf("capget: %w", err)
+	}
+	held := uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
+	var out []string
+	for i, name := range allCaps {
+		if held&(1<<i) != 0 {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
+// insecureDevices are the device nodes BuildKit adds for
+// security.insecure (util/entitlements/security): the kernel log, FUSE,
+// CUSE, KVM, TUN and loop devices, so a privileged step can mount images
+// or run a VM.
+var insecureDevices = func() []specs.LinuxDevice {
+	d := []specs.LinuxDevice{
+		{Path: "/dev/kmsg", Type: "c", Major: 1, Minor: 11},
+		{Path: "/dev/cuse", Type: "c", Major: 10, Minor: 203},
+		{Path: "/dev/fuse", Type: "c", Major: 10, Minor: 229},
+		{Path: "/dev/kvm", Type: "c", Major: 10, Minor: 232},
+		{Path: "/dev/net/tun", Type: "c", Major: 10, Minor: 200},
+		{Path: "/dev/loop-control", Type: "c", Major: 10, Minor: 237},
+	}
+	for i := range 8 {
+		d = append(d, specs.LinuxDevice{Path: fmt.Sprintf("/dev/loop%d", i), Type: "b", Major: 7, Minor: int64(i)})
+	}
+	return d
+}()
 
 // maskedPaths and readonlyPaths are containerd's defaults (what runc gets
 // from BuildKit): kernel files a build has no business reading or writing.

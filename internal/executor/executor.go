@@ -45,6 +45,10 @@ type Spec struct {
 	User     string // "", "name", "uid", "name:group", "uid:gid"; default root
 	Network  string // "" or "default" or "host": the host's namespace; "none": only loopback
 	Hostname string // default DefaultHostname
+	// Insecure is RUN --security=insecure (BuildKit's security.insecure
+	// entitlement): every capability, no masked or read-only kernel
+	// paths, a writable /sys, and every device allowed.
+	Insecure bool
 	Stdout   io.Writer
 	Stderr   io.Writer
 }

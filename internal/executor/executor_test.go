@@ -151,6 +151,34 @@ func testExecutor(t *testing.T, name string) {
 		}
 	})
 
+	t.Run("insecure", func(t *testing.T) {
+		// RUN --security=insecure: every capability the kernel has, the
+		// kernel files unmasked, /sys writable; so a mount works.
+		root := newTestRoot(t, rbindRoot)
+		// What this (root) process holds, as BuildKit grants its own.
+		status, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, all, _ := strings.Cut(string(status), "CapPrm:\t")
+		all, _, _ = strings.Cut(all, "\n")
+		out, errOut, err := runIn(t, ctx, ex, root, Spec{Insecure: true, Args: sh(`grep -E '^Cap(Eff|Bnd)' /proc/self/status && ` +
+			`mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && umount /mnt/t && echo mounted && ` +
+			`grep -q ' /sys sysfs rw,' /proc/mounts && echo sys-rw && ! grep -q ' /proc/kcore ' /proc/mounts && echo unmasked`)})
+		if err != nil {
+			t.Fatalf("%v: %s", err, errOut)
+		}
+		for _, want := range []string{"CapEff:\t" + all, "mounted", "sys-rw", "unmasked"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("insecure RUN printed %q, lacking %q", out, want)
+			}
+		}
+		// The same without it: no mount.
+		if _, _, err := runIn(t, ctx, ex, root, Spec{Args: sh("mkdir -p /mnt/t && mount -t tmpfs none /mnt/t")}); err == nil {
+			t.Error("a sandboxed RUN mounted a tmpfs")
+		}
+	})
+
 	for _, kind := range []rootKind{rbindRoot, overlayRoot} {
 		t.Run("writes persist "+string(kind), func(t *testing.T) {
 			root := newTestRoot(t, kind)

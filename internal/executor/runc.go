@@ -49,7 +49,13 @@ func (e *runcExecutor) Run(ctx context.Context, spec Spec) (err error) {
 		log:   filepath.Join(r.dir, "runc.log"),
 		id:    "kiln-" + hex.EncodeToString(idb[:]),
 	}
-	cfg, err := json.Marshal(ociSpec(r, spec, c.id))
+	var insecureCaps []string
+	if spec.Insecure {
+		if insecureCaps, err = insecureCapNames(); err != nil {
+			return fmt.Errorf("runc executor: %w", err)
+		}
+	}
+	cfg, err := json.Marshal(ociSpec(r, spec, c.id, insecureCaps))
 	if err != nil {
 		return fmt.Errorf("runc executor: encode config.json: %w", err)
 	}
@@ -149,6 +155,17 @@ func (c runcContainer) logErrors() string {
 	return strings.Join(msgs, "; ")
 }
 
+// writable is mount options without "ro".
+func writable(opts []string) []string {
+	out := make([]string, 0, len(opts))
+	for _, o := range opts {
+		if o != "ro" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
 // ociSpec is the runtime-spec config: BuildKit's (containerd's default
 // spec without /run, with resolv.conf and hosts, new privileges allowed, no
 // rlimits) minus seccomp and the cgroup mount.
@@ -159,7 +176,7 @@ func (c runcContainer) logErrors() string {
 // and stays inside the limits of the CI job that started kiln. Without a
 // path runc made each container a cgroup of its own beside the job's, so
 // N parallel RUNs took N shares of the host's CPU.
-func ociSpec(r *run, spec Spec, id string) *specs.Spec {
+func ociSpec(r *run, spec Spec, id string, insecureCaps []string) *specs.Spec {
 	caps := capNames()
 	umask := uint32(0o022)
 	s := &specs.Spec{
@@ -191,8 +208,19 @@ func ociSpec(r *run, spec Spec, id string) *specs.Spec {
 	if spec.Network == NetworkNone {
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
 	}
+	if spec.Insecure {
+		c := insecureCaps
+		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: c, Effective: c, Permitted: c, Inheritable: c, Ambient: c}
+		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Type: "c", Access: "rwm"}, {Allow: true, Type: "b", Access: "rwm"}}
+		s.Linux.Devices = insecureDevices
+	}
 	for _, m := range systemMounts {
-		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.dest, Type: m.typ, Source: m.source, Options: m.options})
+		opts := m.options
+		if spec.Insecure && m.dest == "/sys" {
+			opts = writable(opts)
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.dest, Type: m.typ, Source: m.source, Options: opts})
 	}
 	for _, b := range [][2]string{{r.resolvConf, "/etc/resolv.conf"}, {r.hosts, "/etc/hosts"}} {
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: b[1], Type: "bind", Source: b[0], Options: []string{"rbind", "ro", "nosuid", "nodev"}})

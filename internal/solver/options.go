@@ -69,6 +69,9 @@ type Options struct {
 	// Network is RUN's default network: "default" (the host's), "host",
 	// "none".
 	Network string
+	// AllowInsecure is --allow security.insecure: RUN --security=insecure
+	// runs privileged; without it such a RUN fails, as in BuildKit.
+	AllowInsecure bool
 	// Secrets are the --secret values by id.
 	Secrets map[string]Secret
 

@@ -27,9 +27,9 @@ const pipesDir = "/dev/pipes"
 // run executes a RUN instruction in a writable snapshot of the stage and
 // records what it changed as a layer, unless the cache has it.
 func (b *builder) run(ctx context.Context, s *stage, c *instructions.RunCommand) error {
-	sec := instructions.GetSecurity(c)
-	if sec == instructions.SecurityInsecure {
-		return fmt.Errorf("RUN --security=insecure: %w", ErrUnsupported)
+	insecure := instructions.GetSecurity(c) == instructions.SecurityInsecure
+	if insecure && !b.opts.AllowInsecure {
+		return errors.New("RUN --security=insecure: security.insecure is not allowed (give --allow security.insecure)")
 	}
 	args, script, err := runArgs(s, c)
 	if err != nil {
@@ -65,6 +65,10 @@ func (b *builder) runStep(ctx context.Context, s *stage, c *instructions.RunComm
 		"user":        s.cfg.Config.User,
 		"workdir":     cwd,
 		"network":     network,
+	}
+	if instructions.GetSecurity(c) == instructions.SecurityInsecure {
+		// A privileged RUN may make other files than a sandboxed one.
+		in["option:security"] = "insecure"
 	}
 	var inherited []string
 	for _, k := range s.vars.Keys() {
@@ -197,15 +201,16 @@ func (b *builder) doRun(ctx context.Context, s *stage, c *instructions.RunComman
 	})
 	return b.mutate(ctx, s, func(ctx context.Context, rootMounts []mount.Mount) error {
 		spec := executor.Spec{
-			Root:    rootMounts,
-			Mounts:  mounts,
-			Args:    args,
-			Env:     append(s.vars.Env(), env...),
-			Cwd:     cwd,
-			User:    s.cfg.Config.User,
-			Network: network,
-			Stdout:  out,
-			Stderr:  out,
+			Root:     rootMounts,
+			Mounts:   mounts,
+			Args:     args,
+			Env:      append(s.vars.Env(), env...),
+			Cwd:      cwd,
+			User:     s.cfg.Config.User,
+			Network:  network,
+			Insecure: instructions.GetSecurity(c) == instructions.SecurityInsecure,
+			Stdout:   out,
+			Stderr:   out,
 		}
 		err := exec.Run(ctx, spec)
 		out.Flush()
