@@ -34,13 +34,19 @@ func TestAddURL(t *testing.T) {
 	sum := fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(body)))
 
 	dir := writeContext(t, map[string]string{"Dockerfile": fmt.Sprintf(
-		"FROM scratch\nADD --checksum=%s %s/files/tool.txt /dl/\nADD %s/files/pkg.tar.gz /dl/renamed.tar.gz\n", sum, srv.URL, srv.URL)})
+		"FROM scratch\nADD --checksum=%s %s/files/tool.txt /dl/\nADD %s/files/pkg.tar.gz /dl/renamed.tar.gz\n"+
+			// --unpack (Dockerfile 1.17): a URL's archive extracted, a
+			// local one kept whole.
+			"ADD --unpack=true %s/files/pkg.tar.gz /unpacked/\nADD --unpack=false local.tar.gz /kept/\n", sum, srv.URL, srv.URL, srv.URL),
+		"local.tar.gz": string(archive)})
 	ociDir := filepath.Join(t.TempDir(), "oci")
 	kiln(t, dir, nil, "build", "--progress=plain", "-o", "type=oci,tar=false,dest="+ociDir, ".")
 	tree := treeFromLayout(t, ociDir)
 	checkTree(t, tree, map[string]want{
-		"dl/tool.txt":       {typ: tar.TypeReg, mode: 0o600, content: body},
-		"dl/renamed.tar.gz": {typ: tar.TypeReg, mode: 0o600, content: string(archive)},
+		"dl/tool.txt":         {typ: tar.TypeReg, mode: 0o600, content: body},
+		"dl/renamed.tar.gz":   {typ: tar.TypeReg, mode: 0o600, content: string(archive)},
+		"unpacked/inside.txt": {typ: tar.TypeReg, mode: 0o640, uid: 7, gid: 8, content: "x"},
+		"kept/local.tar.gz":   {typ: tar.TypeReg, mode: 0o644, content: string(archive)},
 	})
 
 	bad := writeContext(t, map[string]string{"Dockerfile": fmt.Sprintf(

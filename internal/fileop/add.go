@@ -35,12 +35,15 @@ var ErrChecksum = errors.New("checksum mismatch")
 //   - an http(s) URL source is downloaded to Dest/<basename of the URL path>
 //     when Dest ends with "/", else to Dest, mode 0600 unless Chmod, mtime
 //     from Last-Modified; Checksum ("sha256:<hex>") is verified when set.
-//     URLs are never extracted;
+//     A URL is extracted into Dest only with Unpack true (--unpack), and
+//     a local archive is copied as it is with Unpack false, as BuildKit;
 //   - a git URL is an error wrapping ErrNotSupported.
 type Add struct {
 	Copy
 	Checksum string
-	Client   *http.Client // nil = http.DefaultClient
+	// Unpack is --unpack: nil extracts local archives and not URLs.
+	Unpack *bool
+	Client *http.Client // nil = http.DefaultClient
 	// Limits bound what one local archive may expand to; the zero value
 	// means archive.DefaultLimits, so no caller runs unbounded by leaving
 	// it out.
@@ -84,7 +87,11 @@ func (op Add) Apply(ctx context.Context, rootfs string) ([]string, error) {
 			// the "/" check above already covered the mixed case
 			cp.Dest = strings.TrimSuffix(op.Dest, "/") + "/"
 		}
-		changed, err := cp.apply(ctx, rootfs, op.extractHook)
+		hook := op.extractHook
+		if op.Unpack != nil && !*op.Unpack {
+			hook = nil
+		}
+		changed, err := cp.apply(ctx, rootfs, hook)
 		if err != nil {
 			return nil, err
 		}
@@ -125,11 +132,7 @@ func (op Add) extractHook(ctx context.Context, c *copier, it item, destDir strin
 	if err := c.op.Src.verifyFd(it.name, int(f.Fd())); err != nil {
 		return false, err
 	}
-	limits := op.Limits
-	if limits == (archive.Limits{}) {
-		limits = archive.DefaultLimits
-	}
-	meter := archive.NewMeter(limits)
+	meter := archive.NewMeter(op.limits())
 	tr, dec, ok, err := archive.OpenTar(meter.Input(f))
 	if err != nil || !ok {
 		return false, err
@@ -146,6 +149,35 @@ func (op Add) extractHook(ctx context.Context, c *copier, it item, destDir strin
 	}
 	if err := c.op.Src.verifyFd(it.name, int(f.Fd())); err != nil {
 		return false, err
+	}
+	return true, nil
+}
+
+func (op Add) limits() archive.Limits {
+	if op.Limits == (archive.Limits{}) {
+		return archive.DefaultLimits
+	}
+	return op.Limits
+}
+
+// unpackDownload extracts a downloaded file f into destDir when it is a
+// tar archive (--unpack); otherwise it reports false with f rewound.
+func (op Add) unpackDownload(ctx context.Context, w *writer, f *os.File, rawURL, destDir string) (bool, error) {
+	meter := archive.NewMeter(op.limits())
+	tr, dec, ok, err := archive.OpenTar(meter.Input(f))
+	if err != nil || !ok {
+		if _, serr := f.Seek(0, io.SeekStart); err == nil {
+			err = serr
+		}
+		return false, err
+	}
+	defer dec.Close()
+	if err := w.mkdirAll(ctx, destDir, op.Chown); err != nil {
+		return false, err
+	}
+	c := &copier{w: w, op: op.Copy, links: map[[2]uint64]string{}}
+	if err := c.extract(ctx, tr, meter, destDir); err != nil {
+		return false, fmt.Errorf("ADD %s: %w", rawURL, err)
 	}
 	return true, nil
 }
@@ -492,6 +524,11 @@ func (op Add) download(ctx context.Context, w *writer, rawURL string) error {
 	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("ADD %s: %w", rawURL, err)
+	}
+	if op.Unpack != nil && *op.Unpack {
+		if done, err := op.unpackDownload(ctx, w, tmp, rawURL, logical(op.Dest)); done || err != nil {
+			return err
+		}
 	}
 
 	dest := logical(op.Dest)

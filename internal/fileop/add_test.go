@@ -330,3 +330,42 @@ func TestAddChecksumOnLocalRefused(t *testing.T) {
 		t.Fatalf("err = %v, want ErrNotSupported", err)
 	}
 }
+
+// --unpack: true extracts an archive a URL serves (a file that is no
+// archive is downloaded as usual); false copies a local archive as it is.
+func TestAddUnpack(t *testing.T) {
+	requireRoot(t)
+	tgz := compress(t, "gzip", mkTar(t, []tarEntry{{name: "pkg/inner", data: "i", mode: 0o640}}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/plain.txt" {
+			_, _ = w.Write([]byte("plain"))
+			return
+		}
+		_, _ = w.Write(tgz)
+	}))
+	defer srv.Close()
+	yes, no := true, false
+	ctxDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(ctxDir, "a.tgz"), tgz, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rootfs := t.TempDir()
+	for _, op := range []Add{
+		{Copy: Copy{Src: Tree{Root: ctxDir}, Sources: []string{srv.URL + "/a.tgz"}, Dest: "/url/"}, Unpack: &yes, Client: srv.Client()},
+		{Copy: Copy{Src: Tree{Root: ctxDir}, Sources: []string{srv.URL + "/plain.txt"}, Dest: "/url/"}, Unpack: &yes, Client: srv.Client()},
+		{Copy: Copy{Src: Tree{Root: ctxDir}, Sources: []string{srv.URL + "/a.tgz"}, Dest: "/kept/"}, Client: srv.Client()},
+		{Copy: Copy{Src: Tree{Root: ctxDir, ResetOwner: true}, Sources: []string{"a.tgz"}, Dest: "/local/"}, Unpack: &no},
+	} {
+		if _, err := op.Apply(context.Background(), rootfs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectTree(t, rootfs, map[string]*got{
+		"url/pkg/inner": {data: "i", mode: 0o640},
+		"url/a.tgz":     nil,
+		"url/plain.txt": {data: "plain", mode: 0o600},
+		"kept/a.tgz":    {data: string(tgz), mode: 0o600},
+		"local/a.tgz":   {data: string(tgz), mode: 0o644},
+		"local/pkg":     nil,
+	})
+}

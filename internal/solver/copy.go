@@ -3,6 +3,7 @@ package solver
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -22,6 +23,7 @@ type copySpec struct {
 	chmod    string
 	exclude  []string
 	checksum string
+	unpack   *bool  // ADD --unpack
 	text     string // the instruction as written, for progress
 }
 
@@ -42,6 +44,9 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 		inputs: cachekey.Inputs{"instruction": history, "dest": dest}}
 	if len(c.exclude) > 0 {
 		st.inputs["exclude"] = strings.Join(c.exclude, "\n")
+	}
+	if c.unpack != nil {
+		st.inputs["option:unpack"] = strconv.FormatBool(*c.unpack)
 	}
 	for _, sc := range c.params.SourceContents {
 		st.inputs["heredoc:"+sc.Path] = cachekey.Value(sc.Data)
@@ -76,7 +81,7 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 				cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude}
 				var err error
 				if c.name == "ADD" {
-					_, err = fileop.Add{Copy: cp, Checksum: c.checksum, Limits: archive.DefaultLimits}.Apply(ctx, root)
+					_, err = fileop.Add{Copy: cp, Checksum: c.checksum, Unpack: c.unpack, Limits: archive.DefaultLimits}.Apply(ctx, root)
 				} else {
 					_, err = cp.Apply(ctx, root)
 				}

@@ -26,12 +26,9 @@ func (b *builder) dispatchFiles(ctx context.Context, s *stage, cmd instructions.
 			exclude: c.ExcludePatterns, text: c.String(),
 		})
 	case *instructions.AddCommand:
-		if c.Unpack != nil {
-			return fmt.Errorf("ADD --unpack: %w", ErrUnsupported)
-		}
 		return b.copy(ctx, s, copySpec{
 			name: "ADD", params: c.SourcesAndDest, chown: c.Chown, chmod: c.Chmod,
-			exclude: c.ExcludePatterns, checksum: c.Checksum, text: c.String(),
+			exclude: c.ExcludePatterns, checksum: c.Checksum, unpack: c.Unpack, text: c.String(),
 		})
 	case *instructions.RunCommand:
 		return b.run(ctx, s, c)
