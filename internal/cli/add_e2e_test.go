@@ -62,3 +62,30 @@ func TestAddURL(t *testing.T) {
 		t.Errorf("ADD of a git URL must fail clearly as not supported yet; exit %d:\n%s", res.ExitCode, res.Stderr)
 	}
 }
+
+// COPY --parents (Dockerfile 1.19): sources keep their context paths, or
+// their paths below a "/./" pivot, under the destination.
+func TestCopyParents(t *testing.T) {
+	dir := writeContext(t, map[string]string{
+		"Dockerfile":      "FROM scratch\nCOPY --parents svc/api/go.mod svc/*/main.go /src/\nCOPY --parents ./vendor/./mod/x.go /deps\n",
+		"svc/api/go.mod":  "module api\n",
+		"svc/api/main.go": "package main\n",
+		"svc/web/main.go": "package web\n",
+		"svc/web/skip.md": "no\n",
+		"vendor/mod/x.go": "package mod\n",
+	})
+	ociDir := filepath.Join(t.TempDir(), "oci")
+	kiln(t, dir, nil, "build", "--progress=plain", "-o", "type=oci,tar=false,dest="+ociDir, ".")
+	tree := treeFromLayout(t, ociDir)
+	checkTree(t, tree, map[string]want{
+		"src/svc/api/go.mod":  {typ: tar.TypeReg, mode: 0o644, content: "module api\n"},
+		"src/svc/api/main.go": {typ: tar.TypeReg, mode: 0o644, content: "package main\n"},
+		"src/svc/web/main.go": {typ: tar.TypeReg, mode: 0o644, content: "package web\n"},
+		"deps/mod/x.go":       {typ: tar.TypeReg, mode: 0o644, content: "package mod\n"},
+	})
+	for _, p := range []string{"src/svc/web/skip.md", "deps/vendor"} {
+		if _, ok := tree[p]; ok {
+			t.Errorf("%s is in the image; COPY --parents copied more than its sources", p)
+		}
+	}
+}

@@ -49,6 +49,10 @@ type Copy struct {
 	Chown   *Owner   // nil = 0:0 for the context, kept for a stage
 	Chmod   *Chmod   // nil = keep
 	Exclude []string // COPY --exclude patterns (patternmatcher syntax), may be nil
+	// Parents is COPY --parents: each source keeps its path below the
+	// tree's root, or below a "/./" pivot in it ("src/./pkg/f" lands at
+	// Dest/pkg/f), its parent directories copied with their metadata.
+	Parents bool
 }
 
 // Apply performs the copy into rootfs and returns every rootfs-relative path
@@ -81,13 +85,31 @@ type plan struct {
 func (op Copy) plan(w *writer) (plan, error) {
 	var p plan
 	for _, s := range op.Sources {
+		pivot := ""
+		if op.Parents {
+			if parent, rest, ok := strings.Cut(s, "/./"); ok {
+				var err error
+				if pivot, err = cleanSource(parent); err != nil {
+					return p, err
+				}
+				s = path.Join(parent, rest)
+			}
+		}
 		items, err := op.Src.expand(s)
 		if err != nil {
 			return p, err
 		}
+		for i := range items {
+			items[i].pivot = pivot
+		}
 		p.items = append(p.items, items...)
 	}
 	p.dest = logical(op.Dest)
+	if op.Parents {
+		// Every source keeps its path under Dest: a directory.
+		p.destDir = true
+		return p, nil
+	}
 	slash := strings.HasSuffix(op.Dest, "/") || strings.HasSuffix(op.Dest, "/.") || p.dest == ""
 	multi := len(op.Sources) > 1 || len(p.items) > 1
 	if multi && !slash {
@@ -143,6 +165,12 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 			if err := op.Src.verify(it.name, &st); err != nil {
 				return nil, err
 			}
+		}
+		if op.Parents {
+			if err := c.copyWithParents(ctx, it, fi, p.dest, hook); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if fi.IsDir() {
 			// As fsutil's prepareTargetDir: the destination of a directory's
@@ -275,6 +303,101 @@ func (c *copier) copyEntryAt(dir int, name, rel string, fi fs.FileInfo, dest str
 		}
 		return c.w.writeSpecial(dest, m)
 	}
+}
+
+// copyWithParents copies item it (COPY --parents) to dest/<its path below
+// its pivot>: the directories on the way are made with their sources'
+// metadata where missing, as BuildKit copies them as included parents, and
+// a directory item is copied whole, itself included.
+func (c *copier) copyWithParents(ctx context.Context, it item, fi fs.FileInfo, dest string, hook fileHook) error {
+	rel := it.name
+	if it.pivot != "" {
+		var ok bool
+		if rel, ok = strings.CutPrefix(it.name, it.pivot+"/"); !ok {
+			return fmt.Errorf("copy %s: outside its pivot %s: %w", it.name, it.pivot, ErrOutsideContext)
+		}
+	}
+	if err := c.w.mkdirAll(ctx, dest, c.op.Chown); err != nil {
+		return err
+	}
+	// The parents, top down; their mtimes are set again at the end.
+	type made struct {
+		lp    string
+		mtime time.Time
+	}
+	var parents []made
+	parts := strings.Split(rel, "/")
+	for i := 1; i < len(parts); i++ {
+		lp := path.Join(dest, path.Join(parts[:i]...))
+		if abs, _, err := c.w.resolve(lp, false); err == nil {
+			if st, err := os.Lstat(abs); err == nil && st.IsDir() {
+				continue // there already: left as it is
+			}
+		}
+		// Resolved inside the tree: a parent may be a symlink.
+		srcDir, err := c.op.Src.resolve(path.Join(it.pivot, path.Join(parts[:i]...)), true)
+		if err != nil {
+			return err
+		}
+		m, err := c.sourceMeta(path.Dir(srcDir), path.Base(srcDir))
+		if err != nil {
+			return err
+		}
+		if err := c.w.ensureDir(lp, m); err != nil {
+			return err
+		}
+		parents = append(parents, made{lp, m.mtime})
+	}
+	target := path.Join(dest, rel)
+	src := filepath.Join(c.op.Src.Root, filepath.FromSlash(it.resolved))
+	switch {
+	case fi.IsDir():
+		m, err := c.sourceMeta(path.Dir(it.resolved), path.Base(it.resolved))
+		if err != nil {
+			return err
+		}
+		if err := c.w.ensureDir(target, m); err != nil {
+			return err
+		}
+		if err := c.copyChildren(ctx, it.resolved, it.name, "", target); err != nil {
+			return err
+		}
+		parents = append(parents, made{target, m.mtime})
+	default:
+		handled := false
+		if hook != nil && fi.Mode().IsRegular() {
+			var err error
+			if handled, err = hook(ctx, c, it, path.Dir(target)); err != nil {
+				return err
+			}
+		}
+		if !handled {
+			if err := c.copyEntry(src, it.name, fi, target); err != nil {
+				return err
+			}
+		}
+	}
+	for i := len(parents) - 1; i >= 0; i-- {
+		if err := c.w.setDirMtime(parents[i].lp, parents[i].mtime); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sourceMeta is what the source object name in the tree-relative
+// directory dir gets when copied.
+func (c *copier) sourceMeta(dir, name string) (meta, error) {
+	fd, err := unix.Open(filepath.Join(c.op.Src.Root, filepath.FromSlash(dir)), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return meta{}, fmt.Errorf("copy %s: %w", path.Join(dir, name), err)
+	}
+	defer unix.Close(fd)
+	fi := &statInfo{name: name}
+	if err := unix.Fstatat(fd, name, &fi.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return meta{}, fmt.Errorf("copy %s: %w", path.Join(dir, name), err)
+	}
+	return c.metaFor(fd, name, fi), nil
 }
 
 // statInfo is the fs.FileInfo of an entry stat'ed relative to its

@@ -425,3 +425,52 @@ func TestCopyKeepsHardLinks(t *testing.T) {
 		t.Errorf("y/c: inode %d with %d links, want a file of its own", c, cn)
 	}
 }
+
+// COPY --parents keeps each source's path (below a "/./" pivot when
+// there is one), its parent directories made with their own metadata, as
+// BuildKit's include-pattern copy does.
+func TestCopyParents(t *testing.T) {
+	requireRoot(t)
+	src := t.TempDir()
+	mkTree(t, src, map[string]spec{
+		"a":         {dir: true, mode: 0o750},
+		"a/b":       {dir: true, mode: 0o700},
+		"a/b/c.txt": {data: "C"},
+		"x":         {dir: true},
+		"x/y.txt":   {data: "Y"},
+		"z":         {dir: true},
+		"z/y.txt":   {data: "Z"},
+		"p":         {dir: true, mode: 0o711},
+		"p/q":       {dir: true, mode: 0o751},
+		"p/q/r.txt": {data: "R", mode: 0o600},
+	})
+	tests := []struct {
+		name    string
+		sources []string
+		want    map[string]*got
+	}{
+		{"files keep their paths", []string{"a/b/c.txt", "x/y.txt"}, map[string]*got{
+			"d": {dir: true, mode: 0o755}, "d/a": {dir: true, mode: 0o750}, "d/a/b": {dir: true, mode: 0o700},
+			"d/a/b/c.txt": {data: "C", mode: 0o644}, "d/x/y.txt": {data: "Y", mode: 0o644}, "d/z": nil,
+		}},
+		{"a glob keeps each match's path", []string{"*/y.txt"}, map[string]*got{
+			"d/x/y.txt": {data: "Y", mode: 0o644}, "d/z/y.txt": {data: "Z", mode: 0o644}, "d/a": nil,
+		}},
+		{"a pivot drops what is above it", []string{"p/./q/r.txt"}, map[string]*got{
+			"d/q": {dir: true, mode: 0o751}, "d/q/r.txt": {data: "R", mode: 0o600}, "d/p": nil,
+		}},
+		{"a directory is copied whole, itself included", []string{"a"}, map[string]*got{
+			"d/a": {dir: true, mode: 0o750}, "d/a/b": {dir: true, mode: 0o700}, "d/a/b/c.txt": {data: "C", mode: 0o644}, "d/b": nil,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rootfs := t.TempDir()
+			op := Copy{Src: Tree{Root: src, ResetOwner: true}, Sources: tt.sources, Dest: "/d", Parents: true}
+			if _, err := op.Apply(context.Background(), rootfs); err != nil {
+				t.Fatal(err)
+			}
+			expectTree(t, rootfs, tt.want)
+		})
+	}
+}

@@ -165,6 +165,7 @@ func hasMeta(s string) bool { return strings.ContainsAny(s, `*?[\`) }
 type item struct {
 	name     string // tree-relative path as written or matched; its base names the copy
 	resolved string // tree-relative path after following symlinks
+	pivot    string // COPY --parents: the tree-relative directory its path is kept below
 }
 
 // expand returns the objects a source names: the path itself, or every path

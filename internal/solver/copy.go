@@ -24,6 +24,7 @@ type copySpec struct {
 	exclude  []string
 	checksum string
 	unpack   *bool  // ADD --unpack
+	parents  bool   // COPY --parents
 	text     string // the instruction as written, for progress
 }
 
@@ -78,7 +79,7 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 				chown = &o
 			}
 			if len(c.params.SourcePaths) > 0 {
-				cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude}
+				cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude, Parents: c.parents}
 				var err error
 				if c.name == "ADD" {
 					_, err = fileop.Add{Copy: cp, Checksum: c.checksum, Unpack: c.unpack, Limits: archive.DefaultLimits}.Apply(ctx, root)
@@ -150,6 +151,9 @@ func (b *builder) copyInputs(ctx context.Context, c copySpec, st *step) (*buildc
 // copyHistory is BuildKit's created_by for COPY and ADD.
 func copyHistory(c copySpec) string {
 	msg := c.name
+	if c.parents {
+		msg += " --parents"
+	}
 	if c.chown != "" {
 		msg += " --chown=" + c.chown
 	}

@@ -18,12 +18,9 @@ func (b *builder) dispatchFiles(ctx context.Context, s *stage, cmd instructions.
 	case *instructions.WorkdirCommand:
 		return b.workdir(ctx, s, c)
 	case *instructions.CopyCommand:
-		if c.Parents {
-			return fmt.Errorf("COPY --parents: %w", ErrUnsupported)
-		}
 		return b.copy(ctx, s, copySpec{
 			name: "COPY", params: c.SourcesAndDest, from: c.From, chown: c.Chown, chmod: c.Chmod,
-			exclude: c.ExcludePatterns, text: c.String(),
+			exclude: c.ExcludePatterns, parents: c.Parents, text: c.String(),
 		})
 	case *instructions.AddCommand:
 		return b.copy(ctx, s, copySpec{
