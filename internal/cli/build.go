@@ -72,7 +72,7 @@ func (f *buildFlags) addFlags(cmd *cobra.Command) {
 	fl.StringVar(&f.progress, "progress", "auto", `Set type of progress output ("auto", "plain", "tty", "quiet")`)
 	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "Registry HOST[:PORT] to reach over plain HTTP (repeatable)")
 	fl.StringArrayVar(&f.secrets, "secret", nil, `Secret to expose to RUN --mount=type=secret (format: "id=mysecret[,src=/local/secret]" or "id=mysecret,env=VAR")`)
-	fl.StringArrayVar(&f.ssh, "ssh", nil, "SSH agent socket or keys to expose (not supported yet)")
+	fl.StringArrayVar(&f.ssh, "ssh", nil, "SSH agent socket or keys to expose to RUN --mount=type=ssh: default|ID[=SOCKET|KEY[,KEY...]] (repeatable)")
 	fl.StringVar(&f.isolation, "isolation", "auto", `How RUN is isolated: "auto" (runc when installed, else chroot), "chroot", "runc"`)
 	fl.StringVar(&f.snapshotter, "snapshotter", "auto", `How root filesystems are made: "auto" (overlay where possible), "overlay", "copy"`)
 	fl.StringVar(&f.network, "network", "default", `Networking mode for RUN instructions: "default" (the host's), "host", "none"`)
@@ -272,8 +272,8 @@ func (f *buildFlags) options(stdin io.Reader, contextDir string) (solver.Options
 	}
 	o.CacheDir = cache
 	o.StoreDir = filepath.Join(cache, "images")
-	if len(f.ssh) > 0 {
-		return o, fmt.Errorf("--ssh: not supported yet")
+	if o.SSH, err = parseSSH(f.ssh, os.Getenv("SSH_AUTH_SOCK")); err != nil {
+		return o, err
 	}
 	switch f.isolation {
 	case "auto", "chroot", "runc":

@@ -289,8 +289,7 @@ var netBindCaps = []byte{1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
 // buildSetxattr builds `setxattr PATH NAME HEXVALUE` as a static binary.
 func buildSetxattr(t *testing.T, out string) {
 	t.Helper()
-	src := t.TempDir()
-	prog := `package main
+	buildStaticGo(t, out, `package main
 
 import (
 	"encoding/hex"
@@ -308,8 +307,15 @@ func main() {
 		os.Exit(1)
 	}
 }
-`
-	for name, body := range map[string]string{"go.mod": "module setxattr\n\ngo 1.22\n", "main.go": prog} {
+`)
+}
+
+// buildStaticGo builds a one-file Go program (standard library only) as a
+// static binary for a busybox image.
+func buildStaticGo(t *testing.T, out, prog string) {
+	t.Helper()
+	src := t.TempDir()
+	for name, body := range map[string]string{"go.mod": "module kilnhelper\n\ngo 1.22\n", "main.go": prog} {
 		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -318,6 +324,6 @@ func main() {
 	build.Dir = src
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local", "GOFLAGS=")
 	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build setxattr: %v\n%s", err, b)
+		t.Fatalf("build %s: %v\n%s", filepath.Base(out), err, b)
 	}
 }

@@ -78,9 +78,16 @@ func TestBadInput(t *testing.T) {
 			want:       []string{"Dockerfile:3:", "exit code: 7", "hi"},
 		},
 		{
-			name:       "RUN --mount=type=ssh",
-			dockerfile: "FROM " + base + "\nRUN --mount=type=ssh true\n",
-			want:       []string{"Dockerfile:2:", "type=ssh", "not supported yet"},
+			name:       "required ssh agent not forwarded",
+			dockerfile: "FROM " + base + "\nRUN --mount=type=ssh,id=deploy,required=true true\n",
+			want:       []string{"Dockerfile:2:", `no SSH key "deploy" forwarded`, "--ssh deploy"},
+		},
+		{
+			name:       "--ssh key file that is not a key",
+			dockerfile: "FROM scratch\nLABEL a=b\n",
+			files:      map[string]string{"notakey": "hello"},
+			args:       []string{"--ssh", "deploy=notakey"},
+			want:       []string{"--ssh deploy", "notakey"},
 		},
 		{
 			name:       "RUN --security=insecure without --allow",

@@ -4,9 +4,13 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"crypto/ed25519"
 	"crypto/md5"
+	"crypto/rand"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +22,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kiln-build/kiln/internal/testenv"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 )
 
 const secretValue = "s3cr3t-value"
@@ -390,6 +396,113 @@ func TestRunSecurityInsecure(t *testing.T) {
 			}
 			if got := string(tree["sandboxed"].Content); got != "refused\n" {
 				t.Errorf("/sandboxed = %q: the RUN after the insecure one was not sandboxed", got)
+			}
+		})
+	}
+}
+
+// agentKeysProg prints how many keys the agent at $SSH_AUTH_SOCK holds,
+// speaking the agent protocol (REQUEST_IDENTITIES) itself: busybox has no
+// ssh-add.
+const agentKeysProg = `package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+)
+
+func main() {
+	c, err := net.Dial("unix", os.Getenv("SSH_AUTH_SOCK"))
+	if err != nil {
+		fmt.Println("dial:", err)
+		os.Exit(1)
+	}
+	c.Write([]byte{0, 0, 0, 1, 11})
+	var hdr [4]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		fmt.Println("read:", err)
+		os.Exit(1)
+	}
+	body := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(c, body); err != nil || len(body) < 5 || body[0] != 12 {
+		fmt.Println("bad answer", err)
+		os.Exit(1)
+	}
+	fmt.Println("keys:", binary.BigEndian.Uint32(body[1:5]))
+}
+`
+
+// RUN --mount=type=ssh reaches the agent --ssh names, as in BuildKit: the
+// user's agent (SSH_AUTH_SOCK) by default, key files kiln serves itself,
+// through a socket of the step's own at /run/buildkit/ssh_agent.N (0600
+// root unless mode/uid/gid); an optional id nobody forwarded is skipped,
+// and nothing of it stays in the image.
+func TestRunSSHMount(t *testing.T) {
+	testenv.Need(t, "runc")
+	host := testenv.Registry(t)
+	base, _ := testenv.BusyboxImage(t, host, "busybox")
+
+	// The user's agent, holding two keys.
+	keyring := agent.NewKeyring()
+	for range 2 {
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		if err := keyring.Add(agent.AddedKey{PrivateKey: priv}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _ = agent.ServeAgent(keyring, c) }()
+		}
+	}()
+	// A key file.
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	blk, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(blk), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	df := "FROM " + base + "\nCOPY agentkeys /usr/local/bin/\n" +
+		"RUN --mount=type=ssh agentkeys > /default.txt && echo $SSH_AUTH_SOCK > /sock.txt && ls -l $SSH_AUTH_SOCK | cut -c1-10 > /perm.txt\n" +
+		"RUN --mount=type=ssh,id=deploy,target=/k.sock,mode=0666 SSH_AUTH_SOCK=/k.sock agentkeys > /file.txt && ls -l /k.sock | cut -c1-10 > /perm2.txt\n" +
+		"RUN --mount=type=ssh,id=absent echo skipped > /absent.txt\n"
+	for _, iso := range []string{"chroot", "runc"} {
+		t.Run(iso, func(t *testing.T) {
+			dir := writeContext(t, map[string]string{"Dockerfile": df})
+			buildStaticGo(t, filepath.Join(dir, "agentkeys"), agentKeysProg)
+			ref := host + "/ssh:" + iso
+			kiln(t, dir, []string{"SSH_AUTH_SOCK=" + sock}, "build", "--progress=plain", "--isolation", iso,
+				"--ssh", "default", "--ssh", "deploy="+keyFile, "--push", "-t", ref, ".")
+			tree := testenv.Tree(t, testenv.Pull(t, ref))
+			for p, want := range map[string]string{
+				"default.txt": "keys: 2\n", "sock.txt": "/run/buildkit/ssh_agent.0\n", "perm.txt": "srw-------\n",
+				"file.txt": "keys: 1\n", "perm2.txt": "srw-rw-rw-\n", "absent.txt": "skipped\n",
+			} {
+				if got := string(tree[p].Content); got != want {
+					t.Errorf("/%s = %q, want %q", p, got, want)
+				}
+			}
+			for p := range tree {
+				if strings.Contains(p, "ssh_agent") || p == "k.sock" {
+					t.Errorf("%s is in the image: an ssh mount left its socket behind", p)
+				}
 			}
 		})
 	}

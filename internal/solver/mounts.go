@@ -43,6 +43,7 @@ func (b *builder) runMounts(ctx context.Context, s *stage, c *instructions.RunCo
 	if wd == "" {
 		wd = "/"
 	}
+	sshMounts := 0
 	for _, m := range instructions.GetMounts(c) {
 		target := m.Target
 		if target != "" && !path.IsAbs(target) {
@@ -82,7 +83,23 @@ func (b *builder) runMounts(ctx context.Context, s *stage, c *instructions.RunCo
 				ms = append(ms, mnt)
 			}
 		case instructions.MountTypeSSH:
-			return nil, nil, cleanup, fmt.Errorf("RUN --mount=type=ssh: %w", ErrUnsupported)
+			// As BuildKit: the Nth ssh mount defaults to ssh_agent.N, and
+			// the first one's target is SSH_AUTH_SOCK unless set.
+			if target == "" {
+				target = fmt.Sprintf("/run/buildkit/ssh_agent.%d", sshMounts)
+			}
+			if _, set := s.vars.Get("SSH_AUTH_SOCK"); sshMounts == 0 && !set {
+				env = append(env, "SSH_AUTH_SOCK="+target)
+			}
+			sshMounts++
+			mnt, done, ok, err := b.sshMount(m, target)
+			undo = append(undo, done)
+			if err != nil {
+				return nil, nil, cleanup, err
+			}
+			if ok {
+				ms = append(ms, mnt)
+			}
 		default:
 			return nil, nil, cleanup, fmt.Errorf("RUN --mount=type=%s: unknown mount type", m.Type)
 		}

@@ -1,6 +1,7 @@
 package solver
 
 import (
+	"golang.org/x/crypto/ssh/agent"
 	"os"
 	"path/filepath"
 	"time"
@@ -74,6 +75,8 @@ type Options struct {
 	AllowInsecure bool
 	// Secrets are the --secret values by id.
 	Secrets map[string]Secret
+	// SSH are the --ssh agents by id, for RUN --mount=type=ssh.
+	SSH map[string]SSH
 
 	Progress progress.Sink
 }
@@ -138,4 +141,11 @@ func (o Options) ownPaths(tmp string) []string {
 		}
 	}
 	return paths
+}
+
+// SSH is one --ssh source: the socket of an SSH agent on this machine, or
+// an agent kiln serves itself (keys read from files, held in memory).
+type SSH struct {
+	Socket string
+	Agent  agent.Agent
 }
