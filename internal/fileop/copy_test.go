@@ -474,3 +474,26 @@ func TestCopyParents(t *testing.T) {
 		})
 	}
 }
+
+// A --parents source whose path climbs out of its pivot, or out of the
+// tree, is refused; nothing is written outside the destination.
+func TestCopyParentsHostile(t *testing.T) {
+	requireRoot(t)
+	outer := t.TempDir()
+	src := filepath.Join(outer, "ctx")
+	mkTree(t, src, map[string]spec{"a/f": {data: "F"}, "x/g": {data: "G"}, "up": {link: "../"}})
+	if err := os.WriteFile(filepath.Join(outer, "secret"), []byte("S"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"a/./../x/g", "../secret", "a/./../../secret", "up/secret"} {
+		rootfs := t.TempDir()
+		op := Copy{Src: Tree{Root: src, ResetOwner: true}, Sources: []string{s}, Dest: "/d", Parents: true}
+		_, err := op.Apply(context.Background(), rootfs)
+		if err == nil {
+			t.Errorf("COPY --parents %s: no error", s)
+		}
+		if b, rerr := os.ReadFile(filepath.Join(rootfs, "d", "secret")); rerr == nil {
+			t.Errorf("COPY --parents %s copied a file from outside the context: %q", s, b)
+		}
+	}
+}
