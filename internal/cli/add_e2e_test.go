@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"net/http"
+	"net/http/cgi"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -56,10 +59,84 @@ func TestAddURL(t *testing.T) {
 		t.Errorf("a checksum mismatch must fail naming line 2 and the checksum; exit %d:\n%s", res.ExitCode, res.Stderr)
 	}
 
-	gitDir := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD git@127.0.0.1:repo.git /src\n"})
-	res = testenv.Run(t, gitDir, nil, "build", "--progress=plain", ".")
-	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Dockerfile:2:") || !strings.Contains(res.Stderr, "not supported") {
-		t.Errorf("ADD of a git URL must fail clearly as not supported yet; exit %d:\n%s", res.ExitCode, res.Stderr)
+}
+
+// ADD of a git source (here git's own smart HTTP server on loopback)
+// copies the tree at the ref, as BuildKit: the commit's time on every
+// file, no .git unless --keep-git-dir, #ref:subdir for a part of it; the
+// key is the commit, so a moved branch is rebuilt, never served stale.
+func TestAddGit(t *testing.T) {
+	backend := testenv.Need(t, "/usr/lib/git-core/git-http-backend")
+	testenv.Need(t, "git")
+	repos := t.TempDir()
+	work := filepath.Join(repos, "work")
+	gitRun := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("git", args...)
+		cmd.Dir = work
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_DATE=2020-01-02T03:04:05Z", "GIT_COMMITTER_DATE=2020-01-02T03:04:05Z",
+			"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.invalid")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if err := os.MkdirAll(filepath.Join(work, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{"README": "v1\n", "sub/tool.sh": "#!/bin/sh\n"} {
+		if err := os.WriteFile(filepath.Join(work, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(work, "sub/tool.sh"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	gitRun("init", "-q", "-b", "main")
+	gitRun("add", ".")
+	gitRun("commit", "-q", "-m", "one")
+	gitRun("tag", "v1")
+	gitRun("clone", "-q", "--bare", ".", filepath.Join(repos, "repo.git"))
+	srv := httptest.NewServer(&cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + repos, "GIT_HTTP_EXPORT_ALL=1"}})
+	t.Cleanup(srv.Close)
+	remote := srv.URL + "/repo.git"
+
+	df := "FROM scratch\nADD " + remote + "#main /src\nADD " + remote + "#v1:sub /sub/\nADD --keep-git-dir=true " + remote + "#v1 /kept\n"
+	dir := writeContext(t, map[string]string{"Dockerfile": df})
+	build := func() map[string]testenv.Entry {
+		ociDir := filepath.Join(t.TempDir(), "oci")
+		kiln(t, dir, nil, "build", "--progress=plain", "-o", "type=oci,tar=false,dest="+ociDir, ".")
+		return treeFromLayout(t, ociDir)
+	}
+	tree := build()
+	checkTree(t, tree, map[string]want{
+		"src/README":      {typ: tar.TypeReg, mode: 0o644, content: "v1\n"},
+		"src/sub/tool.sh": {typ: tar.TypeReg, mode: 0o755, content: "#!/bin/sh\n"},
+		"sub/tool.sh":     {typ: tar.TypeReg, mode: 0o755, content: "#!/bin/sh\n"},
+	})
+	if _, ok := tree["src/.git"]; ok {
+		t.Error("ADD of a git source kept .git without --keep-git-dir")
+	}
+	if _, ok := tree["kept/.git/HEAD"]; !ok {
+		t.Error("--keep-git-dir=true dropped .git")
+	}
+
+	// The branch moves: the same Dockerfile must build the new commit.
+	if err := os.WriteFile(filepath.Join(work, "README"), []byte("v2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gitRun("commit", "-q", "-am", "two")
+	gitRun("push", "-q", filepath.Join(repos, "repo.git"), "main")
+	tree = build()
+	if got := string(tree["src/README"].Content); got != "v2\n" {
+		t.Errorf("after the branch moved, /src/README = %q, want the new commit's v2", got)
+	}
+
+	bad := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD " + remote + "#nosuchref /src\n"})
+	res := testenv.Run(t, bad, nil, "build", "--progress=plain", ".")
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Dockerfile:2:") || !strings.Contains(res.Stderr, "nosuchref") {
+		t.Errorf("ADD of a missing git ref must fail naming the line and the ref; exit %d:\n%s", res.ExitCode, res.Stderr)
 	}
 }
 

@@ -37,7 +37,8 @@ var ErrChecksum = errors.New("checksum mismatch")
 //     from Last-Modified; Checksum ("sha256:<hex>") is verified when set.
 //     A URL is extracted into Dest only with Unpack true (--unpack), and
 //     a local archive is copied as it is with Unpack false, as BuildKit;
-//   - a git URL is an error wrapping ErrNotSupported.
+//   - a git URL is an error wrapping ErrNotSupported: the solver fetches
+//     git sources itself (internal/gitsrc) and copies their trees.
 type Add struct {
 	Copy
 	Checksum string

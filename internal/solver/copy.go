@@ -13,6 +13,7 @@ import (
 	"github.com/kiln-build/kiln/internal/buildctx"
 	"github.com/kiln-build/kiln/internal/cachekey"
 	"github.com/kiln-build/kiln/internal/fileop"
+	"github.com/kiln-build/kiln/internal/gitsrc"
 )
 
 type copySpec struct {
@@ -23,9 +24,11 @@ type copySpec struct {
 	chmod    string
 	exclude  []string
 	checksum string
-	unpack   *bool  // ADD --unpack
-	parents  bool   // COPY --parents
-	text     string // the instruction as written, for progress
+	unpack   *bool // ADD --unpack
+	parents  bool  // COPY --parents
+	// keepGitDir is ADD --keep-git-dir.
+	keepGitDir *bool
+	text       string // the instruction as written, for progress
 }
 
 // copy runs COPY or ADD through the cache: its key covers the content of
@@ -52,6 +55,10 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 	for _, sc := range c.params.SourceContents {
 		st.inputs["heredoc:"+sc.Path] = cachekey.Value(sc.Data)
 	}
+	gits, err := b.gitSources(ctx, &c, &st)
+	if err != nil {
+		return err
+	}
 	snap, err := b.copyInputs(ctx, c, &st)
 	if err != nil {
 		return err
@@ -77,6 +84,11 @@ func (b *builder) copy(ctx context.Context, s *stage, c copySpec) error {
 					return fmt.Errorf("%s --chown=%s: %w", c.name, c.chown, err)
 				}
 				chown = &o
+			}
+			for _, g := range gits {
+				if err := b.addGit(ctx, root, g, dest, chown, chmod); err != nil {
+					return fmt.Errorf("%s %s: %w", c.name, g.text, err)
+				}
 			}
 			if len(c.params.SourcePaths) > 0 {
 				cp := fileop.Copy{Src: src, Sources: c.params.SourcePaths, Dest: dest, Chown: chown, Chmod: chmod, Exclude: c.exclude, Parents: c.parents}
@@ -161,7 +173,8 @@ func copyHistory(c copySpec) string {
 		msg += " --chmod=" + c.chmod
 	}
 	for _, src := range c.params.SourcePaths {
-		msg += " " + src
+		// A git remote's credentials stay out of history and keys.
+		msg += " " + gitsrc.Redact(src)
 	}
 	for _, sc := range c.params.SourceContents {
 		msg += " <<" + sc.Path

@@ -25,7 +25,7 @@ func (b *builder) dispatchFiles(ctx context.Context, s *stage, cmd instructions.
 	case *instructions.AddCommand:
 		return b.copy(ctx, s, copySpec{
 			name: "ADD", params: c.SourcesAndDest, chown: c.Chown, chmod: c.Chmod,
-			exclude: c.ExcludePatterns, checksum: c.Checksum, unpack: c.Unpack, text: c.String(),
+			exclude: c.ExcludePatterns, checksum: c.Checksum, unpack: c.Unpack, keepGitDir: c.KeepGitDir, text: c.String(),
 		})
 	case *instructions.RunCommand:
 		return b.run(ctx, s, c)
