@@ -133,6 +133,13 @@ func TestAddGit(t *testing.T) {
 		t.Errorf("after the branch moved, /src/README = %q, want the new commit's v2", got)
 	}
 
+	wrong := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD --checksum=" + strings.Repeat("0", 40) + " " + remote + "#main /src\n"})
+	if res := testenv.Run(t, wrong, nil, "build", "--progress=plain", "."); res.ExitCode == 0 || !strings.Contains(res.Stderr, "checksum mismatch") {
+		t.Errorf("ADD --checksum naming another commit must fail; exit %d:\n%s", res.ExitCode, res.Stderr)
+	}
+	right := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD --checksum=" + gitRun("rev-parse", "HEAD") + " " + remote + "#main /src\n"})
+	kiln(t, right, nil, "build", "--progress=plain", ".")
+
 	bad := writeContext(t, map[string]string{"Dockerfile": "FROM scratch\nADD " + remote + "#nosuchref /src\n"})
 	res := testenv.Run(t, bad, nil, "build", "--progress=plain", ".")
 	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "Dockerfile:2:") || !strings.Contains(res.Stderr, "nosuchref") {

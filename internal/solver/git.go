@@ -57,7 +57,10 @@ func (b *builder) gitSources(ctx context.Context, c *copySpec, st *step) ([]gitS
 		if g.commit, err = gitsrc.Resolve(ctx, src.Remote, src.Ref); err != nil {
 			return nil, fmt.Errorf("%s %s: %w", c.name, gitsrc.Redact(text), err)
 		}
-		if want := src.Checksum; want == "" && c.checksum != "" {
+		switch {
+		case c.checksum != "" && src.Checksum != "" && c.checksum != src.Checksum:
+			return nil, fmt.Errorf("checksum mismatch %q != %q", c.checksum, src.Checksum)
+		case src.Checksum == "":
 			src.Checksum = c.checksum
 		}
 		if src.Checksum != "" && src.Checksum != g.commit && !(len(src.Checksum) < len(g.commit) && g.commit[:len(src.Checksum)] == src.Checksum) {
