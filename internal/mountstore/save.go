@@ -463,24 +463,24 @@ func (s *saver) compact(dir string) error {
 	return nil
 }
 
-// dropUnused removes packs no chunk names (compacted away) and renumbers.
+// dropUnused removes packs no chunk names (compacted away) and numbers the
+// rest in the order the entries first name them. The order is canonical:
+// a save of an unchanged mount then writes the very manifest it read, so
+// nothing is uploaded, whichever order this save opened or reused its
+// packs in (compaction appends packs that earlier entries name).
 func (s *saver) dropUnused() {
-	used := make([]bool, len(s.m.Packs))
+	renum := make([]int, len(s.m.Packs))
+	for i := range renum {
+		renum[i] = -1
+	}
+	packs := make([]Pack, 0, len(s.m.Packs))
 	for _, e := range s.m.Entries {
 		for _, c := range e.Chunks {
-			used[c.Pack] = true
+			if renum[c.Pack] < 0 {
+				renum[c.Pack] = len(packs)
+				packs = append(packs, s.m.Packs[c.Pack])
+			}
 		}
-	}
-	renum := make([]int, len(s.m.Packs))
-	packs := s.m.Packs[:0:0]
-	for i, p := range s.m.Packs {
-		if used[i] {
-			renum[i] = len(packs)
-			packs = append(packs, p)
-		}
-	}
-	if len(packs) == len(s.m.Packs) {
-		return
 	}
 	for i := range s.m.Entries {
 		for j := range s.m.Entries[i].Chunks {
