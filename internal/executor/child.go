@@ -318,13 +318,44 @@ func dropCapabilities(lastCap int) error {
 	return nil
 }
 
+// raiseAmbient makes every permitted capability of this thread effective,
+// inheritable and ambient, so execve as a non-root user keeps them all.
+func raiseAmbient(lastCap int) error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	for i := range data {
+		data[i].Effective, data[i].Inheritable = data[i].Permitted, data[i].Permitted
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
+	}
+	for c := 0; c <= lastCap; c++ {
+		if data[c/32].Permitted&(1<<(c%32)) == 0 {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uintptr(c), 0, 0); err != nil {
+			return fmt.Errorf("raise ambient capability %d: %w", c, err)
+		}
+	}
+	return nil
+}
+
 // execProcess drops privileges and execs the process.
 func execProcess(cfg childConfig, lastCap int) error {
-	// Insecure keeps the whole bounding set: root gets every capability.
-	// Unlike runc's, other users get none (no ambient set here).
+	// Insecure keeps the whole bounding set, and any user keeps every
+	// capability through the setuid (as ambient ones), as runc gives them.
 	if !cfg.Insecure {
 		if err := dropCapabilities(lastCap); err != nil {
 			return err
+		}
+	}
+	keep := cfg.Insecure && cfg.UID != 0
+	if keep {
+		if err := unix.Prctl(unix.PR_SET_KEEPCAPS, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("keep capabilities: %w", err)
 		}
 	}
 	gids := make([]int, len(cfg.Sgids))
@@ -339,6 +370,11 @@ func execProcess(cfg childConfig, lastCap int) error {
 	}
 	if err := syscall.Setuid(int(cfg.UID)); err != nil {
 		return fmt.Errorf("setuid %d: %w", cfg.UID, err)
+	}
+	if keep {
+		if err := raiseAmbient(lastCap); err != nil {
+			return err
+		}
 	}
 	unix.Umask(0o022)
 	if err := unix.Chdir(cfg.Cwd); err != nil {

@@ -173,6 +173,11 @@ func testExecutor(t *testing.T, name string) {
 				t.Errorf("insecure RUN printed %q, lacking %q", out, want)
 			}
 		}
+		// Any user keeps them, as runc's ambient set gives them.
+		out, errOut, err = runIn(t, ctx, ex, root, Spec{Insecure: true, User: "app", Args: sh(`grep CapEff /proc/self/status`)})
+		if err != nil || !strings.Contains(out, "CapEff:\t"+all) {
+			t.Errorf("an insecure RUN as a user has %q (%v: %s), want CapEff %s", out, err, errOut, all)
+		}
 		// The same without it: no mount.
 		if _, _, err := runIn(t, ctx, ex, root, Spec{Args: sh("mkdir -p /mnt/t && mount -t tmpfs none /mnt/t")}); err == nil {
 			t.Error("a sandboxed RUN mounted a tmpfs")
