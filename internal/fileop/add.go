@@ -176,7 +176,7 @@ func (op Add) unpackDownload(ctx context.Context, w *writer, f *os.File, rawURL,
 	if err := w.mkdirAll(ctx, destDir, op.Chown); err != nil {
 		return false, err
 	}
-	c := &copier{w: w, op: op.Copy, links: map[[2]uint64]string{}}
+	c := newCopier(w, op.Copy)
 	if err := c.extract(ctx, tr, meter, destDir); err != nil {
 		return false, fmt.Errorf("ADD %s: %w", rawURL, err)
 	}

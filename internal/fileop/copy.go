@@ -66,6 +66,10 @@ func (op Copy) Apply(ctx context.Context, rootfs string) ([]string, error) {
 // archive). It reports whether it handled the item.
 type fileHook func(ctx context.Context, c *copier, it item, destDir string) (bool, error)
 
+func newCopier(w *writer, op Copy) *copier {
+	return &copier{w: w, op: op, links: map[[2]uint64]string{}}
+}
+
 type copier struct {
 	w       *writer
 	op      Copy
@@ -132,7 +136,7 @@ func (op Copy) apply(ctx context.Context, rootfs string, hook fileHook) ([]strin
 		return nil, err
 	}
 	defer w.close()
-	c := &copier{w: w, op: op, links: map[[2]uint64]string{}}
+	c := newCopier(w, op)
 	if len(op.Exclude) > 0 {
 		if c.exclude, err = patternmatcher.New(op.Exclude); err != nil {
 			return nil, fmt.Errorf("invalid --exclude pattern: %w", err)

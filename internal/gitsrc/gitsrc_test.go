@@ -3,7 +3,6 @@ package gitsrc
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,15 +19,7 @@ func TestResolveAndCheckout(t *testing.T) {
 	repo := t.TempDir()
 	run := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command("git", args...)
-		cmd.Dir = repo
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_DATE=2021-03-04T05:06:07Z", "GIT_COMMITTER_DATE=2021-03-04T05:06:07Z",
-			"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.invalid")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-		return strings.TrimSpace(string(out))
+		return testenv.Git(t, repo, time.Date(2021, 3, 4, 5, 6, 7, 0, time.UTC), args...)
 	}
 	if err := os.MkdirAll(filepath.Join(repo, "d"), 0o755); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 
@@ -63,7 +64,7 @@ func (b *builder) gitSources(ctx context.Context, c *copySpec, st *step) ([]gitS
 		case src.Checksum == "":
 			src.Checksum = c.checksum
 		}
-		if src.Checksum != "" && src.Checksum != g.commit && !(len(src.Checksum) < len(g.commit) && g.commit[:len(src.Checksum)] == src.Checksum) {
+		if src.Checksum != "" && !strings.HasPrefix(g.commit, src.Checksum) {
 			return nil, fmt.Errorf("%s %s: checksum mismatch: the ref is at %s, the checksum wants %s", c.name, gitsrc.Redact(text), g.commit, src.Checksum)
 		}
 		st.inputs["git:"+gitsrc.Redact(text)] = cachekey.Value(fmt.Sprintf("%s subdir=%s keep-git-dir=%s submodules=%s",
