@@ -17,6 +17,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/ulikunitz/xz"
+	"golang.org/x/sys/unix"
 
 	"github.com/kiln-build/kiln/internal/archive"
 )
@@ -368,4 +369,47 @@ func TestAddUnpack(t *testing.T) {
 		"local/a.tgz":   {data: string(tgz), mode: 0o644},
 		"local/pkg":     nil,
 	})
+}
+
+// An archive entry's xattrs are applied (a capability survives the chown
+// applied before it), except trusted.overlay.*, which would steer the
+// overlay the root filesystem is.
+func TestAddArchiveXattrs(t *testing.T) {
+	requireRoot(t)
+	caps := string([]byte{1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "capped", Typeflag: tar.TypeReg, Mode: 0o755, Uid: 5, Size: 1, Format: tar.FormatPAX,
+			PAXRecords: map[string]string{"SCHILY.xattr.security.capability": caps}},
+		{Name: "steer", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1, Format: tar.FormatPAX,
+			PAXRecords: map[string]string{"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.trusted.overlay.opaque": "y"}},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctxDir, rootfs := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(ctxDir, "a.tar"), buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	op := Add{Copy: Copy{Src: Tree{Root: ctxDir}, Sources: []string{"a.tar"}, Dest: "/x/"}}
+	if _, err := op.Apply(context.Background(), rootfs); err != nil {
+		t.Fatal(err)
+	}
+	val := make([]byte, 64)
+	if n, err := unix.Lgetxattr(filepath.Join(rootfs, "x/capped"), "security.capability", val); err != nil || string(val[:n]) != caps {
+		t.Errorf("x/capped security.capability = %q, %v; want the archive's", val[:n], err)
+	}
+	for _, attr := range []string{"trusted.overlay.redirect", "trusted.overlay.opaque"} {
+		if _, err := unix.Lgetxattr(filepath.Join(rootfs, "x/steer"), attr, val); err == nil {
+			t.Errorf("x/steer has %s from the archive", attr)
+		}
+	}
 }
