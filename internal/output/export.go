@@ -16,6 +16,12 @@ import (
 // Image is what a build produced and an output consumes.
 type Image struct {
 	Image v1.Image
+	// Index, instead of Image, is an image index: one image per platform,
+	// and attestation manifests beside them. type=docker takes its only
+	// platform image (an engine's classic store holds no indexes, and
+	// BuildKit's docker exporter drops attestations too); several
+	// platforms are refused there.
+	Index v1.ImageIndex
 	// Tags are the -t values, as given.
 	Tags []string
 	// Rootfs writes the final root filesystem into dir (for type=local).
@@ -57,7 +63,13 @@ var ErrNoName = errors.New("no image name: give -t NAME or name=NAME")
 
 // Export writes img to spec and reports what it wrote.
 func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) {
-	if img.Image == nil && spec.Type != TypeLocal {
+	var t top
+	switch {
+	case img.Index != nil:
+		t = img.Index
+	case img.Image != nil:
+		t = img.Image
+	case spec.Type != TypeLocal:
 		return Result{}, fmt.Errorf("export %s: no image", spec.Type)
 	}
 	names, err := NormalizeNames(append(append([]string(nil), img.Tags...), spec.Names...))
@@ -65,8 +77,8 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 		return Result{}, fmt.Errorf("export %s: %w", spec.Type, err)
 	}
 	var res Result
-	if img.Image != nil {
-		if res, err = describe(img.Image); err != nil {
+	if t != nil {
+		if res, err = describe(t); err != nil {
 			return Result{}, fmt.Errorf("export %s: %w", spec.Type, err)
 		}
 	}
@@ -77,17 +89,27 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 		if len(names) == 0 {
 			return Result{}, fmt.Errorf("export registry: %w", ErrNoName)
 		}
-		if _, err := registry.Push(ctx, img.Image, names, env.Registry); err != nil {
+		if _, err := registry.Push(ctx, t, names, env.Registry); err != nil {
 			return Result{}, fmt.Errorf("export registry: %w", err)
 		}
 	case TypeOCI:
-		err = exportOCI(ctx, spec, img.Image, names, env.TempTag)
+		err = exportOCI(ctx, spec, t, names, env.TempTag)
 	case TypeDocker:
+		one := img.Image
+		if img.Index != nil {
+			if one, err = platformImage(img.Index); err != nil {
+				return Result{}, fmt.Errorf("export docker: %w", err)
+			}
+			if res, err = describe(one); err != nil {
+				return Result{}, fmt.Errorf("export docker: %w", err)
+			}
+			res.Names = names
+		}
 		if spec.Dest == "" {
-			err = loadDocker(ctx, env.DockerHost, img.Image, names)
+			err = loadDocker(ctx, env.DockerHost, one, names)
 		} else {
 			err = writeFileWith(spec.Dest, env.TempTag, func(w io.Writer) error {
-				return writeDockerTar(w, img.Image, names)
+				return writeDockerTar(w, one, names)
 			})
 		}
 	case TypeLocal:
@@ -99,7 +121,7 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 		if env.StoreDir == "" {
 			return Result{}, errors.New("export store: no store directory configured")
 		}
-		err = writeLayoutDir(ctx, env.StoreDir, img.Image, names, true, env.BlobDir)
+		err = writeLayoutDir(ctx, env.StoreDir, t, names, true, env.BlobDir)
 	default:
 		return Result{}, fmt.Errorf("export: unknown output type %q", spec.Type)
 	}
@@ -111,7 +133,7 @@ func Export(ctx context.Context, spec Spec, img Image, env Env) (Result, error) 
 
 // exportOCI writes an OCI layout tar, or a layout directory (merged into
 // an existing one, as BuildKit's content store does) with tar=false.
-func exportOCI(ctx context.Context, spec Spec, img v1.Image, names []string, tag string) error {
+func exportOCI(ctx context.Context, spec Spec, img top, names []string, tag string) error {
 	if spec.Tar {
 		return writeFileWith(spec.Dest, tag, func(w io.Writer) error {
 			return writeLayoutTar(ctx, w, img, names)
@@ -125,23 +147,51 @@ func exportOCI(ctx context.Context, spec Spec, img v1.Image, names []string, tag
 	})
 }
 
-// describe computes the digests and total compressed size of img.
-func describe(img v1.Image) (Result, error) {
-	d, err := img.Digest()
+// describe computes the digest of t and the compressed size of
+// everything it names, each blob once (an index's children included).
+func describe(t top) (Result, error) {
+	d, err := t.Digest()
 	if err != nil {
 		return Result{}, fmt.Errorf("computing manifest digest: %w", err)
 	}
-	m, err := img.Manifest()
+	blobs, err := blobsOf(t)
 	if err != nil {
-		return Result{}, fmt.Errorf("reading manifest: %w", err)
+		return Result{}, err
 	}
-	msize, err := img.Size()
-	if err != nil {
-		return Result{}, fmt.Errorf("computing manifest size: %w", err)
+	var size int64
+	for _, b := range blobs {
+		size += b.size
 	}
-	size := msize + m.Config.Size
-	for _, l := range m.Layers {
-		size += l.Size
+	res := Result{Digest: d, Size: size}
+	if img, ok := t.(v1.Image); ok {
+		m, err := img.Manifest()
+		if err != nil {
+			return Result{}, fmt.Errorf("reading manifest: %w", err)
+		}
+		res.ConfigDigest = m.Config.Digest
 	}
-	return Result{Digest: d, ConfigDigest: m.Config.Digest, Size: size}, nil
+	return res, nil
 }
+
+// platformImage is the one image of idx that is not an attestation: what
+// type=docker loads. Several platforms cannot be loaded as one image.
+func platformImage(idx v1.ImageIndex) (v1.Image, error) {
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("reading index: %w", err)
+	}
+	var found []v1.Descriptor
+	for _, m := range im.Manifests {
+		if m.MediaType.IsImage() && (m.Platform == nil || m.Platform.OS != "unknown") {
+			found = append(found, m)
+		}
+	}
+	if len(found) != 1 {
+		return nil, fmt.Errorf("%w: the image has %d platforms; the docker exporter loads one (build one --platform, or use type=oci or type=registry)", ErrMultiPlatform, len(found))
+	}
+	return idx.Image(found[0].Digest)
+}
+
+// ErrMultiPlatform: an output that holds one platform's image was given
+// several.
+var ErrMultiPlatform = errors.New("multi-platform image")

@@ -82,23 +82,41 @@ func (s StoreGC) remove(ctx context.Context, f *gc.Freer, d v1.Hash) error {
 	return s.sweepLocked(f, idx)
 }
 
-// sweepLocked removes blobs that no manifest of idx reaches.
+// sweepLocked removes blobs that no manifest of idx reaches, through
+// nested indexes (a multi-platform image, attestations) too.
 func (s StoreGC) sweepLocked(f *gc.Freer, idx *v1.IndexManifest) error {
 	named := map[string]bool{}
-	for _, m := range idx.Manifests {
-		named[m.Digest.Hex] = true
-		raw, err := os.ReadFile(filepath.Join(s.Dir, "blobs", m.Digest.Algorithm, m.Digest.Hex))
+	var mark func(d v1.Hash)
+	mark = func(d v1.Hash) {
+		if named[d.Hex] {
+			return
+		}
+		named[d.Hex] = true
+		raw, err := os.ReadFile(filepath.Join(s.Dir, "blobs", d.Algorithm, d.Hex))
 		if err != nil {
-			continue
+			return
 		}
-		var man v1.Manifest
+		// An image manifest or an index: whichever fields it has.
+		var man struct {
+			Config    v1.Descriptor   `json:"config"`
+			Layers    []v1.Descriptor `json:"layers"`
+			Manifests []v1.Descriptor `json:"manifests"`
+		}
 		if err := json.Unmarshal(raw, &man); err != nil {
-			continue
+			return
 		}
-		named[man.Config.Digest.Hex] = true
+		if man.Config.Digest.Hex != "" {
+			named[man.Config.Digest.Hex] = true
+		}
 		for _, l := range man.Layers {
 			named[l.Digest.Hex] = true
 		}
+		for _, m := range man.Manifests {
+			mark(m.Digest)
+		}
+	}
+	for _, m := range idx.Manifests {
+		mark(m.Digest)
 	}
 	dir := filepath.Join(s.Dir, "blobs", "sha256")
 	des, err := os.ReadDir(dir)

@@ -41,6 +41,70 @@ type blob struct {
 	open   func() (io.ReadCloser, error)
 }
 
+// top is what an output writes at its root: a v1.Image, or a
+// v1.ImageIndex (several platforms, attestations).
+type top interface {
+	Digest() (v1.Hash, error)
+	MediaType() (types.MediaType, error)
+	RawManifest() ([]byte, error)
+	Size() (int64, error)
+}
+
+// blobsOf lists every blob of t, each once: for an index, its own manifest
+// first (its mtime is the store's record of use), then each child's.
+func blobsOf(t top) ([]blob, error) {
+	idx, ok := t.(v1.ImageIndex)
+	if !ok {
+		return imageBlobs(t.(v1.Image))
+	}
+	raw, err := idx.RawManifest()
+	if err != nil {
+		return nil, fmt.Errorf("reading index: %w", err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		return nil, fmt.Errorf("computing index digest: %w", err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("reading index: %w", err)
+	}
+	out := []blob{bytesBlob(d, raw)}
+	seen := map[v1.Hash]bool{d: true}
+	for _, m := range im.Manifests {
+		var child []blob
+		switch {
+		case m.MediaType.IsIndex():
+			ci, err := idx.ImageIndex(m.Digest)
+			if err != nil {
+				return nil, fmt.Errorf("index child %s: %w", m.Digest, err)
+			}
+			child, err = blobsOf(ci)
+			if err != nil {
+				return nil, err
+			}
+		case m.MediaType.IsImage():
+			img, err := idx.Image(m.Digest)
+			if err != nil {
+				return nil, fmt.Errorf("index child %s: %w", m.Digest, err)
+			}
+			child, err = imageBlobs(img)
+			if err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("index child %s: unsupported media type %s", m.Digest, m.MediaType)
+		}
+		for _, b := range child {
+			if !seen[b.digest] {
+				seen[b.digest] = true
+				out = append(out, b)
+			}
+		}
+	}
+	return out, nil
+}
+
 // imageBlobs lists the manifest, the config and the compressed layers of img.
 func imageBlobs(img v1.Image) ([]blob, error) {
 	rawManifest, err := img.RawManifest()
@@ -84,7 +148,7 @@ func bytesBlob(d v1.Hash, b []byte) blob {
 
 // indexEntries returns the index.json descriptors for img: one per name,
 // annotated as BuildKit does, or one unnamed entry when there are none.
-func indexEntries(img v1.Image, names []string) ([]v1.Descriptor, error) {
+func indexEntries(img top, names []string) ([]v1.Descriptor, error) {
 	mt, err := img.MediaType()
 	if err != nil {
 		return nil, fmt.Errorf("reading media type: %w", err)
@@ -157,8 +221,8 @@ func mergeIndex(idx *v1.IndexManifest, entries []v1.Descriptor) {
 // directories are not littered with the lock file. A blob found in
 // linkFrom (a directory of blobs named by hex digest: kiln's cache) is
 // hard-linked instead of copied, so the store costs no second copy.
-func writeLayoutDir(ctx context.Context, dir string, img v1.Image, names []string, withLock bool, linkFrom string) error {
-	blobs, err := imageBlobs(img)
+func writeLayoutDir(ctx context.Context, dir string, img top, names []string, withLock bool, linkFrom string) error {
+	blobs, err := blobsOf(img)
 	if err != nil {
 		return err
 	}
@@ -276,8 +340,8 @@ func writeBlob(ctx context.Context, dir string, b blob) error {
 
 // writeLayoutTar streams img as an OCI image layout tar, as `docker buildx
 // build -o type=oci` produces: blobs, then oci-layout and index.json.
-func writeLayoutTar(ctx context.Context, w io.Writer, img v1.Image, names []string) error {
-	blobs, err := imageBlobs(img)
+func writeLayoutTar(ctx context.Context, w io.Writer, img top, names []string) error {
+	blobs, err := blobsOf(img)
 	if err != nil {
 		return err
 	}

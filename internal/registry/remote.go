@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -169,14 +170,23 @@ func Matches(have, want v1.Platform) bool {
 	return hv == wv
 }
 
+// Artifact is what Push uploads: a v1.Image, or a v1.ImageIndex (pushed
+// with every manifest and blob it names).
+type Artifact interface {
+	Digest() (v1.Hash, error)
+	MediaType() (types.MediaType, error)
+	RawManifest() ([]byte, error)
+}
+
 // Push uploads img under every tag (full references such as
 // "127.0.0.1:5000/app:v1") and returns its manifest digest. Blobs upload
 // concurrently and blobs the registry already has are skipped. All blobs and
 // the manifest are first pushed by digest into every repository involved;
 // only then are tags pointed at it, so a failed upload moves no tag. Tags
 // in several repositories of one registry upload each layer once and
-// cross-repository mount it into the others.
-func Push(ctx context.Context, img v1.Image, tags []string, o Options) (v1.Hash, error) {
+// cross-repository mount it into the others (an index's children upload
+// into each repository: ggcr mounts only an image's own layers).
+func Push(ctx context.Context, img Artifact, tags []string, o Options) (v1.Hash, error) {
 	digest, refs, repos, err := pushTargets(img, tags, o)
 	if err != nil {
 		return v1.Hash{}, err
@@ -190,9 +200,11 @@ func Push(ctx context.Context, img v1.Image, tags []string, o Options) (v1.Hash,
 	firstOn := map[string]name.Reference{}
 	for _, repo := range repos {
 		byDigest := repo.Digest(digest.String())
-		src := img
+		var src remote.Taggable = img
 		if first, ok := firstOn[repo.RegistryStr()]; ok {
-			src = MountFrom(img, first)
+			if one, isImage := img.(v1.Image); isImage {
+				src = MountFrom(one, first)
+			}
 		} else {
 			firstOn[repo.RegistryStr()] = byDigest
 		}
@@ -214,7 +226,7 @@ func Push(ctx context.Context, img v1.Image, tags []string, o Options) (v1.Hash,
 
 // pushTargets parses tags into the references Push writes and the
 // repositories they name, each once, in order.
-func pushTargets(img v1.Image, tags []string, o Options) (v1.Hash, []name.Reference, []name.Repository, error) {
+func pushTargets(img Artifact, tags []string, o Options) (v1.Hash, []name.Reference, []name.Repository, error) {
 	digest, err := img.Digest()
 	if err != nil {
 		return v1.Hash{}, nil, nil, fmt.Errorf("computing image digest: %w", err)
