@@ -38,7 +38,6 @@ func twoPlatforms(t *testing.T) v1.ImageIndex {
 	return idx
 }
 
-
 // An index goes into an OCI layout whole: index.json names the index, and
 // every child image reads back valid from the layout.
 func TestExportIndexToLayouts(t *testing.T) {
