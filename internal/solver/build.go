@@ -14,6 +14,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/containerd/platforms"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"golang.org/x/sync/errgroup"
@@ -48,10 +49,16 @@ type builder struct {
 	state    *state.Build // this build's own locked directory
 	tmp      string       // state.TempDir(): TMPDIR/kiln-build-ID
 	created  time.Time
-	platform v1.Platform
+	// platform is the target platform, which stages build for unless
+	// their FROM --platform says otherwise (stage.platform).
+	platform dockerfile.Platform
+	// multi: one of several platforms' builders (multiplatform.go): step
+	// names carry the platform, and finish replaces the export.
+	multi  bool
+	finish func(ctx context.Context, s *stage) (*Result, error)
 	layer    image.LayerOptions // layers of the image's FROM chain
 	sink     progress.Sink
-	ids      atomic.Int32
+	ids      *atomic.Int32 // shared by a multi-platform build's builders
 	ownRoot  string // a temporary state root made for this build alone
 
 	// cacheLayer encodes the blobs only the cache holds (compress.go).
@@ -286,7 +293,11 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := b.export(ctx, b.stages[b.target])
+	finish := b.finish
+	if finish == nil {
+		finish = b.export
+	}
+	res, err := finish(ctx, b.stages[b.target])
 	if res != nil {
 		res.Plan = p
 	}
@@ -341,17 +352,48 @@ func (b *builder) endState() {
 	}
 }
 
+// setPlatform normalizes the target platform (the host's when unset), as
+// BuildKit does: "linux/arm64/v8" is linux/arm64, "linux/arm" is
+// linux/arm/v7.
 func (b *builder) setPlatform() error {
+	if b.ids == nil {
+		b.ids = new(atomic.Int32)
+	}
 	p := b.opts.Platform
 	if p.OS == "" {
-		p = dockerfile.Platform{OS: "linux", Arch: "amd64"}
+		p = HostPlatform()
 	}
-	if p.OS != "linux" || p.Arch != "amd64" || p.Variant != "" {
-		return fmt.Errorf("platform %s: only linux/amd64 is supported yet", p)
+	n, err := ParsePlatform(p.String())
+	if err != nil {
+		return err
 	}
-	b.opts.Platform = p
-	b.platform = v1.Platform{OS: p.OS, Architecture: p.Arch}
+	b.opts.Platform, b.platform = n, n
 	return nil
+}
+
+// HostPlatform is the machine's own platform: BUILDPLATFORM.
+func HostPlatform() dockerfile.Platform {
+	p := platforms.DefaultSpec()
+	return dockerfile.Platform{OS: p.OS, Arch: p.Architecture, Variant: p.Variant}
+}
+
+// ParsePlatform reads one platform ("linux/arm64", "linux/arm/v7") and
+// normalizes it as BuildKit does. Only Linux platforms build.
+func ParsePlatform(s string) (dockerfile.Platform, error) {
+	spec, err := platforms.Parse(s)
+	if err != nil {
+		return dockerfile.Platform{}, fmt.Errorf("platform %q: %w", s, err)
+	}
+	spec = platforms.Normalize(spec)
+	if spec.OS != "linux" {
+		return dockerfile.Platform{}, fmt.Errorf("platform %s: only linux platforms can be built", s)
+	}
+	return dockerfile.Platform{OS: spec.OS, Arch: spec.Architecture, Variant: spec.Variant}, nil
+}
+
+// ociPlatform is p as image indexes and registries name it.
+func ociPlatform(p dockerfile.Platform) v1.Platform {
+	return v1.Platform{OS: p.OS, Architecture: p.Arch, Variant: p.Variant}
 }
 
 // prepare expands every FROM, finds each stage's dependencies, refuses what
@@ -360,7 +402,7 @@ func (b *builder) setPlatform() error {
 // files).
 func (b *builder) prepare(ctx context.Context) error {
 	df := b.df
-	globals, err := df.GlobalArgs(b.opts.BuildArgs, dockerfile.PlatformArgs(b.opts.Platform, b.opts.Platform, df.TargetStage(b.opts.Target)))
+	globals, err := df.GlobalArgs(b.opts.BuildArgs, dockerfile.PlatformArgs(b.platform, HostPlatform(), df.TargetStage(b.opts.Target)))
 	if err != nil {
 		return err
 	}
@@ -382,13 +424,18 @@ func (b *builder) prepare(ctx context.Context) error {
 			return df.Errorf(def.Location, "base name (%s) should not be blank", def.BaseName)
 		}
 		s.def.BaseName = base
+		s.platform = b.platform
+		if j, ok := b.parentStage(i, base); ok {
+			// Built on a stage: that stage's files, so its platform.
+			s.platform = b.stages[j].platform
+		}
 		if def.Platform != "" {
 			p, err := df.ExpandWord(def.Platform, globals)
 			if err != nil {
 				return df.Wrap(def.Location, err)
 			}
-			if p != b.opts.Platform.String() {
-				return df.Errorf(def.Location, "FROM --platform=%s: only %s is supported yet", p, b.opts.Platform)
+			if s.platform, err = ParsePlatform(p); err != nil {
+				return df.Wrap(def.Location, fmt.Errorf("FROM --platform: %w", err))
 			}
 		}
 		b.stages = append(b.stages, s)
@@ -526,15 +573,15 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 		return b.onBuild(s, triggers)
 	}
 	if s.def.BaseName == "scratch" {
-		s.cfg = b.emptyConfig()
+		s.cfg = emptyConfig(s.platform)
 		s.vars = dockerfile.NewVars(s.cfg.Config.Env)
-		s.baseKey = cachekey.Base(b.opts.Platform.String(), "", b.keyOptions())
+		s.baseKey = cachekey.Base(s.platform.String(), "", b.keyOptions())
 		s.baseRef = "scratch"
 		return nil
 	}
 	s.steps++ // the FROM itself
 	id, start := b.start(s, "FROM "+s.def.BaseName)
-	img, err := registry.Image(ctx, s.def.BaseName, b.platform, b.opts.Registry)
+	img, err := registry.Image(ctx, s.def.BaseName, ociPlatform(s.platform), b.opts.Registry)
 	if err != nil {
 		b.fail(id, start, err)
 		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
@@ -550,7 +597,7 @@ func (b *builder) resolveBase(ctx context.Context, s *stage) error {
 		b.fail(id, start, err)
 		return b.df.Wrap(s.def.Location, fmt.Errorf("FROM %s: %w", s.def.BaseName, err))
 	}
-	s.baseKey = cachekey.Base(b.opts.Platform.String(), manifest.String(), b.keyOptions())
+	s.baseKey = cachekey.Base(s.platform.String(), manifest.String(), b.keyOptions())
 	s.baseRef = manifest.String()
 	s.baseHist = len(cfg.History)
 	layers, err := img.Layers()
@@ -608,10 +655,11 @@ func (b *builder) onBuild(s *stage, triggers []string) error {
 }
 
 // emptyConfig is the config of `FROM scratch`, as BuildKit makes it.
-func (b *builder) emptyConfig() *v1.ConfigFile {
+func emptyConfig(p dockerfile.Platform) *v1.ConfigFile {
 	return &v1.ConfigFile{
-		Architecture: b.platform.Architecture,
-		OS:           b.platform.OS,
+		Architecture: p.Arch,
+		OS:           p.OS,
+		Variant:      p.Variant,
 		RootFS:       v1.RootFS{Type: "layers"},
 		Config: v1.Config{
 			Env:        []string{"PATH=" + defaultPath},
@@ -722,8 +770,11 @@ func (b *builder) start(s *stage, what string) (int, time.Time) {
 	name := what
 	if s != nil {
 		prefix := ""
+		if b.multi {
+			prefix = b.platform.String() + " "
+		}
 		if len(b.stages) > 1 {
-			prefix = s.name + " "
+			prefix += s.name + " "
 		}
 		s.step++
 		name = fmt.Sprintf("[%s%d/%d] %s", prefix, s.step, s.steps, what)

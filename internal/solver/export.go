@@ -107,8 +107,7 @@ func cacheLayerOptions(o Options, img image.LayerOptions) (image.LayerOptions, e
 func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	cfg := s.cfg.DeepCopy()
 	cfg.Created = v1.Time{Time: fillCreated(cfg.History[s.baseHist:], b.created)}
-	cfg.Architecture = b.platform.Architecture
-	cfg.OS = b.platform.OS
+	cfg.Architecture, cfg.OS, cfg.Variant = s.platform.Arch, s.platform.OS, s.platform.Variant
 	if len(b.opts.Labels) > 0 {
 		if cfg.Config.Labels == nil {
 			cfg.Config.Labels = map[string]string{}

@@ -63,7 +63,7 @@ func (b *builder) imageSource(ctx context.Context, ref string) (*stage, error) {
 		return s, nil
 	}
 	// b.ctx, not ctx: the image's layers are read lazily, later.
-	img, err := registry.Image(b.ctx, ref, b.platform, b.opts.Registry)
+	img, err := registry.Image(b.ctx, ref, ociPlatform(b.platform), b.opts.Registry)
 	if err != nil {
 		return nil, fmt.Errorf("--from=%s: no stage of that name (stages: %s), and no such image: %w", ref, b.stageNames(), err)
 	}

@@ -180,6 +180,10 @@ func runArgs(s *stage, c *instructions.RunCommand) ([]string, *inlineScript, err
 }
 
 func (b *builder) doRun(ctx context.Context, s *stage, c *instructions.RunCommand, id int, args []string, script *inlineScript, network, cwd string) (v1.Layer, error) {
+	// Checked only when a RUN runs: a cached step needs no emulator.
+	if err := executor.CheckArch(s.platform.Arch); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.platform, err)
+	}
 	exec, err := b.executor()
 	if err != nil {
 		return nil, err

@@ -27,6 +27,9 @@ type stage struct {
 	index int
 	def   instructions.Stage
 	name  string // display name: the stage's name or "stage-N"
+	// platform is what the stage builds for: the target's, its FROM
+	// --platform's, or that of the stage it is built on.
+	platform dockerfile.Platform
 
 	// base is the registry image at the root of this stage's ancestry
 	// (nil for scratch); added are the layers built on top of it, by this
