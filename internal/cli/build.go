@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kiln-build/kiln/internal/dockerfile"
 	"github.com/kiln-build/kiln/internal/gc"
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/output"
@@ -61,7 +60,7 @@ func (f *buildFlags) addFlags(cmd *cobra.Command) {
 	fl.StringVar(&f.target, "target", "", "Target build stage to build")
 	fl.StringArrayVar(&f.buildArgs, "build-arg", nil, "Set build-time variables (KEY=VALUE, or KEY to take the value from the environment)")
 	fl.StringArrayVar(&f.labels, "label", nil, "Set metadata for an image (KEY=VALUE)")
-	fl.StringVar(&f.platform, "platform", "", "Set target platform for build (linux/amd64)")
+	fl.StringVar(&f.platform, "platform", "", "Set target platforms for build (linux/amd64,linux/arm64)")
 	fl.BoolVar(&f.noCache, "no-cache", false, "Do not use cache when building the image")
 	fl.IntVar(&f.parallelism, "parallelism", 0, "Maximum number of stages built at once (default: every stage whose dependencies are built, as in BuildKit)")
 	fl.BoolVar(&f.push, "push", false, `Shorthand for "--output=type=registry"`)
@@ -237,16 +236,13 @@ func (f *buildFlags) options(stdin io.Reader, contextDir string) (solver.Options
 		return o, err
 	}
 	if f.platform != "" {
-		parts := strings.Split(f.platform, "/")
-		if len(parts) < 2 || len(parts) > 3 || strings.Contains(f.platform, ",") {
-			return o, fmt.Errorf("--platform=%s: only linux/amd64 is supported yet", f.platform)
-		}
-		o.Platform = dockerfile.Platform{OS: parts[0], Arch: parts[1]}
-		if len(parts) == 3 {
-			o.Platform.Variant = parts[2]
-		}
-		if o.Platform.OS != "linux" || o.Platform.Arch != "amd64" || o.Platform.Variant != "" {
-			return o, fmt.Errorf("--platform=%s: only linux/amd64 is supported yet", f.platform)
+		// buildx's list: "linux/amd64,linux/arm64" builds both.
+		for _, v := range strings.Split(f.platform, ",") {
+			p, err := solver.ParsePlatform(strings.TrimSpace(v))
+			if err != nil {
+				return o, fmt.Errorf("--platform=%s: %w", f.platform, err)
+			}
+			o.Platforms = append(o.Platforms, p)
 		}
 	}
 	if o.Epoch, err = sourceDateEpoch(o.BuildArgs); err != nil {

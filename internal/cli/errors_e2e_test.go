@@ -129,10 +129,22 @@ func TestBadInput(t *testing.T) {
 			want:       []string{"Dockerfile:2:", "nosuchuser"},
 		},
 		{
-			name:       "other platform",
+			name:       "not a linux platform",
 			dockerfile: "FROM scratch\n",
-			args:       []string{"--platform", "linux/arm64"},
-			want:       []string{"linux/arm64", "only linux/amd64"},
+			args:       []string{"--platform", "windows/amd64"},
+			want:       []string{"windows/amd64", "only linux platforms"},
+		},
+		{
+			name:       "platform given twice",
+			dockerfile: "FROM scratch\n",
+			args:       []string{"--platform", "linux/arm64,linux/arm64/v8"},
+			want:       []string{"linux/arm64 is given twice"},
+		},
+		{
+			name:       "two platforms into docker",
+			dockerfile: "FROM scratch\n",
+			args:       []string{"--platform", "linux/amd64,linux/arm64", "-o", "type=docker,dest=img.tar"},
+			want:       []string{"type=docker", "one platform"},
 		},
 		{
 			name:       "bad output",

@@ -56,6 +56,7 @@ type builder struct {
 	// names carry the platform, and finish replaces the export.
 	multi  bool
 	finish func(ctx context.Context, s *stage) (*Result, error)
+	plan   *plan.Plan // what the build predicted, once planned
 	layer    image.LayerOptions // layers of the image's FROM chain
 	sink     progress.Sink
 	ids      *atomic.Int32 // shared by a multi-platform build's builders
@@ -144,6 +145,12 @@ func (b *builder) executor() (executor.Executor, error) {
 // ended, as failed if nothing else ended it.
 func Build(ctx context.Context, o Options) (*Result, error) {
 	tr := progress.Track(o.Progress)
+	if len(o.Platforms) > 1 {
+		return buildPlatforms(ctx, o, tr)
+	}
+	if len(o.Platforms) == 1 {
+		o.Platform = o.Platforms[0]
+	}
 	b := &builder{opts: o, sink: tr, images: map[string]*stage{}}
 	res, err := build(ctx, b)
 	if err != nil {
@@ -271,6 +278,7 @@ func build(ctx context.Context, b *builder) (*Result, error) {
 	for _, i := range needed {
 		p.Stages = append(p.Stages, b.stages[i].plan)
 	}
+	b.plan = p
 	if o.DryRun {
 		res := &Result{Plan: p}
 		b.fillSteps(res)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/kiln-build/kiln/internal/image"
 	"github.com/kiln-build/kiln/internal/output"
@@ -102,9 +103,46 @@ func cacheLayerOptions(o Options, img image.LayerOptions) (image.LayerOptions, e
 }
 
 // export assembles the target stage's image, writes the caches while the
-// image's blobs go up, then writes every output. It runs only after every stage succeeded, so a
-// failed build exports nothing.
+// image's blobs go up, then writes every output. It runs only after every
+// stage succeeded, so a failed build exports nothing.
 func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
+	p, err := b.prepareExport(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	// The image's blobs go up while the caches are written; its manifest
+	// and tags only after. A --cache-to that fails (without ignore-error)
+	// fails the build before any output is written, so a failed build
+	// never leaves a pushed image behind: at most blobs no manifest names.
+	sent := b.sendAhead(ctx, p.specs, p.imgs)
+	if err := b.exportCaches(ctx, s); err != nil {
+		sent.cancel()
+		sent.wait()
+		return nil, err
+	}
+	sent.wait()
+	res, err := b.writeOutputs(ctx, p.specs, func(i int) output.Image {
+		return output.Image{Image: p.imgs[i], Tags: b.opts.Tags, Rootfs: p.rootfs}
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.summarize(res)
+	return res, nil
+}
+
+// exportPrep is a target stage made ready for the outputs: one image per
+// output (force-compression and the inline cache differ between them),
+// and the writer of its root filesystem for type=local.
+type exportPrep struct {
+	specs  []output.Spec
+	imgs   []v1.Image
+	rootfs func(ctx context.Context, dir string) error
+}
+
+// prepareExport finishes the target stage's config and assembles its
+// image for every output.
+func (b *builder) prepareExport(ctx context.Context, s *stage) (*exportPrep, error) {
 	cfg := s.cfg.DeepCopy()
 	cfg.Created = v1.Time{Time: fillCreated(cfg.History[s.baseHist:], b.created)}
 	cfg.Architecture, cfg.OS, cfg.Variant = s.platform.Arch, s.platform.OS, s.platform.Variant
@@ -114,22 +152,20 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 		}
 		maps.Copy(cfg.Config.Labels, b.opts.Labels)
 	}
-	specs := b.opts.Outputs
-	if len(specs) == 0 {
-		specs = []output.Spec{{Type: "store"}}
+	p := &exportPrep{specs: b.opts.Outputs}
+	if len(p.specs) == 0 {
+		p.specs = []output.Spec{{Type: "store"}}
 	}
-	env := output.Env{Registry: b.opts.Registry, StoreDir: b.opts.StoreDir, BlobDir: b.caches.local.BlobDir(), DockerHost: b.opts.DockerHost,
-		TempTag: b.state.ID()}
-	for _, spec := range specs {
+	for _, spec := range p.specs {
 		// What a kill during this export leaves next to the dest is
 		// removed by the next kiln command.
 		if spec.Dest != "" && spec.Dest != "-" {
-			if err := b.state.RecordOwned(output.TempPattern(spec.Dest, env.TempTag)); err != nil {
+			if err := b.state.RecordOwned(output.TempPattern(spec.Dest, b.state.ID())); err != nil {
 				return nil, err
 			}
 		}
 	}
-	rootfs := func(ctx context.Context, dir string) error {
+	p.rootfs = func(ctx context.Context, dir string) error {
 		ls, err := s.layers()
 		if err != nil {
 			return err
@@ -143,31 +179,27 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 	if err := b.imageEncoding(ctx, s); err != nil {
 		return nil, err
 	}
-	imgs := make([]v1.Image, len(specs))
-	for i, spec := range specs {
+	p.imgs = make([]v1.Image, len(p.specs))
+	for i, spec := range p.specs {
 		img, err := b.assemble(ctx, s, spec, cfg)
 		if err != nil {
 			return nil, err
 		}
-		imgs[i] = img
+		p.imgs[i] = img
 	}
-	// The image's blobs go up while the caches are written; its manifest
-	// and tags only after. A --cache-to that fails (without ignore-error)
-	// fails the build before any output is written, so a failed build
-	// never leaves a pushed image behind: at most blobs no manifest names.
-	sent := b.sendAhead(ctx, specs, imgs)
-	if err := b.exportCaches(ctx, s); err != nil {
-		sent.cancel()
-		sent.wait()
-		return nil, err
-	}
-	sent.wait()
+	return p, nil
+}
+
+// writeOutputs writes what each output's image(i) holds to it, in order.
+func (b *builder) writeOutputs(ctx context.Context, specs []output.Spec, image func(i int) output.Image) (*Result, error) {
+	env := output.Env{Registry: b.opts.Registry, StoreDir: b.opts.StoreDir, BlobDir: b.caches.local.BlobDir(), DockerHost: b.opts.DockerHost,
+		TempTag: b.state.ID()}
 	res := &Result{}
 	for i, spec := range specs {
-		img := imgs[i]
+		img := image(i)
 		id, start := b.start(nil, "exporting to "+spec.Type)
 		done := b.uploading.begin(spec.Type == "registry")
-		out, err := output.Export(ctx, spec, output.Image{Image: img, Tags: b.opts.Tags, Rootfs: rootfs}, env)
+		out, err := output.Export(ctx, spec, img, env)
 		done()
 		if err != nil {
 			b.fail(id, start, err)
@@ -177,15 +209,21 @@ func (b *builder) export(ctx context.Context, s *stage) (*Result, error) {
 		res.Outputs = append(res.Outputs, out)
 		if i == 0 {
 			res.Digest, res.ConfigDigest, res.Size, res.Names = out.Digest, out.ConfigDigest, out.Size, out.Names
-			if mt, err := img.MediaType(); err == nil {
+			var t interface {
+				MediaType() (types.MediaType, error)
+				RawManifest() ([]byte, error)
+			} = img.Image
+			if img.Index != nil {
+				t = img.Index
+			}
+			if mt, err := t.MediaType(); err == nil {
 				res.MediaType = string(mt)
 			}
-			if raw, err := img.RawManifest(); err == nil {
+			if raw, err := t.RawManifest(); err == nil {
 				res.ManifestSize = int64(len(raw))
 			}
 		}
 	}
-	b.summarize(res)
 	return res, nil
 }
 
@@ -325,21 +363,26 @@ func fillCreated(hist []v1.History, fallback time.Time) time.Time {
 // summarize fills the build summary and prints its closing line.
 func (b *builder) summarize(res *Result) {
 	b.fillSteps(res)
+	emitSummary(b.sink, res)
+}
+
+// emitSummary prints the build summary's closing lines.
+func emitSummary(sink progress.Sink, res *Result) {
 	line := fmt.Sprintf("summary: %d steps, %d cached, %d built; %s downloaded, %s uploaded",
 		res.Totals.Steps, res.Totals.Cached, res.Totals.Steps-res.Totals.Cached,
 		humanBytes(res.Totals.Downloaded), humanBytes(res.Totals.Uploaded))
 	if n := res.Totals.Recompressed; n > 0 {
 		line += fmt.Sprintf("; %d cached layers recompressed for the image", n)
 	}
-	b.sink.Emit(progress.Event{Status: progress.Summary, Log: line})
+	sink.Emit(progress.Event{Status: progress.Summary, Log: line})
 	for _, st := range res.Steps {
 		if !st.Cached && st.Reason != "" {
-			b.sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("  #%d %s: rebuilt because %s", st.ID, st.Name, st.Reason)})
+			sink.Emit(progress.Event{Status: progress.Summary, Log: fmt.Sprintf("  #%d %s: rebuilt because %s", st.ID, st.Name, st.Reason)})
 		}
 	}
 	for _, m := range res.Mounts {
 		if l := m.line(); l != "" {
-			b.sink.Emit(progress.Event{Status: progress.Summary, Log: "  " + l})
+			sink.Emit(progress.Event{Status: progress.Summary, Log: "  " + l})
 		}
 	}
 }
@@ -361,10 +404,10 @@ func (b *builder) fillSteps(res *Result) {
 		res.Totals.Uploaded += rep.Uploaded
 	}
 	res.Totals.Uploaded += b.caches.unstepped.Load()
-	res.Mounts = b.mountReps.list()
-	res.Totals.Downloaded = b.downloaded.Load()
+	res.Mounts = append(res.Mounts, b.mountReps.list()...)
+	res.Totals.Downloaded += b.downloaded.Load()
 	b.recompressed.mu.Lock()
-	res.Totals.Recompressed = b.recompressed.forImage
+	res.Totals.Recompressed += b.recompressed.forImage
 	b.recompressed.mu.Unlock()
 }
 

@@ -38,7 +38,11 @@ type Options struct {
 
 	BuildArgs map[string]string
 	Labels    map[string]string
+	// Platform is the target platform (the host's when unset); with
+	// more than one Platforms, each is built and the outputs get one
+	// image index holding an image per platform.
 	Platform  dockerfile.Platform
+	Platforms []dockerfile.Platform
 	// Parallelism caps how many stages are built at once; 0 (unset)
 	// builds every stage whose dependencies are built, as BuildKit does.
 	Parallelism int
