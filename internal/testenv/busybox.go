@@ -49,6 +49,7 @@ const (
 type ImageOption func(*imageOptions)
 
 type imageOptions struct {
+	arch    string // GOARCH of the busybox binary; "" is the host's
 	tag     string
 	onBuild []string
 	config  []func(*v1.Config)
@@ -64,6 +65,13 @@ func WithLayers(ls ...v1.Layer) ImageOption {
 // WithOnBuild sets the image's ONBUILD triggers (Dockerfile instructions).
 func WithOnBuild(triggers ...string) ImageOption {
 	return func(o *imageOptions) { o.onBuild = append(o.onBuild, triggers...) }
+}
+
+// WithArch builds the image for another architecture (a Go name:
+// "arm64"), from Debian's busybox-static of that architecture
+// (ForeignBusybox). Its RUN steps need QEMU user emulation.
+func WithArch(arch string) ImageOption {
+	return func(o *imageOptions) { o.arch = arch }
 }
 
 // WithTag pushes to host/repo:tag instead of host/repo:latest.
@@ -116,7 +124,7 @@ func BusyboxImage(t testing.TB, host, repo string, opts ...ImageOption) (ref str
 
 func busyboxImage(t testing.TB, o imageOptions) (v1.Image, error) {
 	t.Helper()
-	layer, err := busyboxLayer(t)
+	layer, err := busyboxLayer(t, o.arch)
 	if err != nil {
 		return nil, err
 	}
@@ -150,6 +158,9 @@ func busyboxImage(t testing.TB, o imageOptions) (v1.Image, error) {
 	}
 	cf = cf.DeepCopy()
 	cf.Architecture = runtime.GOARCH
+	if o.arch != "" {
+		cf.Architecture = o.arch
+	}
 	cf.OS = "linux"
 	cf.Created = v1.Time{Time: BusyboxEpoch}
 	cf.Config = v1.Config{
@@ -168,23 +179,38 @@ func busyboxImage(t testing.TB, o imageOptions) (v1.Image, error) {
 	return img, nil
 }
 
-// The layer is the same for every call in a process; build it once.
+// The layer is the same for every call in a process; build it once per
+// architecture.
 var busybox struct {
-	once sync.Once
-	gz   []byte
-	err  error
+	mu     sync.Mutex
+	layers map[string][]byte // gzip'd, by GOARCH
 }
 
-func busyboxLayer(t testing.TB) (v1.Layer, error) {
+func busyboxLayer(t testing.TB, arch string) (v1.Layer, error) {
 	t.Helper()
-	bin := Need(t, "busybox")
-	busybox.once.Do(func() {
-		busybox.gz, busybox.err = buildBusyboxLayer(bin)
-	})
-	if busybox.err != nil {
-		return nil, busybox.err
+	if arch == "" {
+		arch = runtime.GOARCH
 	}
-	gz := busybox.gz
+	var bin string
+	if arch == runtime.GOARCH {
+		bin = Need(t, "busybox")
+	} else {
+		bin = ForeignBusybox(t, arch)
+	}
+	busybox.mu.Lock()
+	gz, ok := busybox.layers[arch]
+	if !ok {
+		var err error
+		if gz, err = buildBusyboxLayer(bin); err != nil {
+			busybox.mu.Unlock()
+			return nil, err
+		}
+		if busybox.layers == nil {
+			busybox.layers = map[string][]byte{}
+		}
+		busybox.layers[arch] = gz
+	}
+	busybox.mu.Unlock()
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(gz)), nil
 	}, tarball.WithMediaType(types.DockerLayer))
@@ -192,6 +218,72 @@ func busyboxLayer(t testing.TB) (v1.Layer, error) {
 		return nil, fmt.Errorf("busybox layer: %w", err)
 	}
 	return layer, nil
+}
+
+// ForeignDir holds Debian's static busybox for other architectures, one
+// directory per Go architecture name (ForeignDir/arm64/bin/busybox), as
+// .ci/run unpacks busybox-static:ARCH there.
+const ForeignDir = "/usr/local/lib/kiln-testenv"
+
+// ForeignBusybox is the static busybox for arch (a Go name: "arm64"),
+// and checks that this machine runs it through QEMU user emulation. When
+// either is missing the test is skipped, or failed when CI=true.
+func ForeignBusybox(t testing.TB, arch string) string {
+	t.Helper()
+	bin := ForeignDir + "/" + arch + "/bin/busybox"
+	fail := t.Skipf
+	if os.Getenv("CI") == "true" {
+		fail = t.Fatalf
+	}
+	if _, err := os.Stat(bin); err != nil {
+		fail("testenv: %s busybox: %v (.ci/run unpacks Debian's busybox-static:%s there)", arch, err, arch)
+		return ""
+	}
+	if out, err := exec.Command(bin, "true").CombinedOutput(); err != nil {
+		fail("testenv: %s busybox does not run here (install qemu-user-static and binfmt-support): %v: %s", arch, err, out)
+		return ""
+	}
+	return bin
+}
+
+// BusyboxIndex pushes a multi-platform busybox image to host/repo:tag
+// (a Docker manifest list, as Docker Hub serves busybox): one busybox
+// image per architecture, in order, each as BusyboxImage makes it with
+// opts. It returns the reference, the list's digest and each platform
+// image's digest by architecture.
+func BusyboxIndex(t testing.TB, host, repo string, archs []string, opts ...ImageOption) (ref string, digest v1.Hash, images map[string]v1.Hash) {
+	t.Helper()
+	o := imageOptions{tag: "latest"}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	idx := mutate.IndexMediaType(empty.Index, types.DockerManifestList)
+	images = map[string]v1.Hash{}
+	for _, arch := range archs {
+		po := o
+		po.arch = arch
+		img, err := busyboxImage(t, po)
+		if err != nil {
+			t.Fatalf("testenv: BusyboxIndex: %s: %v", arch, err)
+		}
+		if images[arch], err = img.Digest(); err != nil {
+			t.Fatalf("testenv: BusyboxIndex: %v", err)
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	ref = host + "/" + repo + ":" + o.tag
+	tag, err := name.NewTag(ref, name.Insecure)
+	if err != nil {
+		t.Fatalf("testenv: BusyboxIndex: parse %q: %v", ref, err)
+	}
+	if err := remote.WriteIndex(tag, idx, remote.WithContext(t.Context())); err != nil {
+		t.Fatalf("testenv: BusyboxIndex: push %s: %v", ref, err)
+	}
+	if digest, err = idx.Digest(); err != nil {
+		t.Fatalf("testenv: BusyboxIndex: digest: %v", err)
+	}
+	return ref, digest, images
 }
 
 // buildBusyboxLayer writes the base filesystem as a gzip'd tar with fixed
