@@ -13,8 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/containerd/platforms"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"golang.org/x/sync/errgroup"
@@ -39,28 +39,28 @@ var ErrUnsupported = errors.New("not supported yet")
 
 // builder holds one build's state.
 type builder struct {
-	opts     Options
-	df       *dockerfile.Dockerfile
-	globals  *dockerfile.Vars
-	stages   []*stage
-	graph    *graph.Graph
-	target   int
-	bctx     *buildctx.Context
-	state    *state.Build // this build's own locked directory
-	tmp      string       // state.TempDir(): TMPDIR/kiln-build-ID
-	created  time.Time
+	opts    Options
+	df      *dockerfile.Dockerfile
+	globals *dockerfile.Vars
+	stages  []*stage
+	graph   *graph.Graph
+	target  int
+	bctx    *buildctx.Context
+	state   *state.Build // this build's own locked directory
+	tmp     string       // state.TempDir(): TMPDIR/kiln-build-ID
+	created time.Time
 	// platform is the target platform, which stages build for unless
 	// their FROM --platform says otherwise (stage.platform).
 	platform dockerfile.Platform
 	// multi: one of several platforms' builders (multiplatform.go): step
 	// names carry the platform, and finish replaces the export.
-	multi  bool
-	finish func(ctx context.Context, s *stage) (*Result, error)
-	plan   *plan.Plan // what the build predicted, once planned
-	layer    image.LayerOptions // layers of the image's FROM chain
-	sink     progress.Sink
-	ids      *atomic.Int32 // shared by a multi-platform build's builders
-	ownRoot  string // a temporary state root made for this build alone
+	multi   bool
+	finish  func(ctx context.Context, s *stage) (*Result, error)
+	plan    *plan.Plan         // what the build predicted, once planned
+	layer   image.LayerOptions // layers of the image's FROM chain
+	sink    progress.Sink
+	ids     *atomic.Int32 // shared by a multi-platform build's builders
+	ownRoot string        // a temporary state root made for this build alone
 
 	// cacheLayer encodes the blobs only the cache holds (compress.go).
 	cacheLayer image.LayerOptions
